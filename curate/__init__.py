@@ -1,0 +1,3 @@
+"""curate: video dataset curation for video diffusion models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,183 @@
+"""Typed pipeline configuration, loaded from YAML. Unknown keys are errors that name the key."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the file and key."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ProbeParams(Strict):
+    max_pixels: int = Field(7680 * 4320, gt=0, description="inputs with more pixels per frame are quarantined")
+    min_frames: int = Field(1, ge=1, description="inputs with fewer decodable frames are quarantined")
+
+
+class ContentDetectorParams(Strict):
+    kind: Literal["content"] = "content"
+    threshold: float = 27.0
+    luma_only: bool = False
+
+
+class AdaptiveDetectorParams(Strict):
+    kind: Literal["adaptive"] = "adaptive"
+    threshold: float = 3.0  # adaptive_threshold in PySceneDetect
+    min_content_val: float = 15.0
+    window_width: int = Field(2, ge=1)
+
+
+class ThresholdDetectorParams(Strict):
+    """Fades to/from black: a cut is placed where the picture crosses the brightness threshold."""
+
+    kind: Literal["threshold"] = "threshold"
+    threshold: float = 12.0
+    fade_bias: float = Field(0.0, ge=-1.0, le=1.0)
+
+
+DetectorParams = Annotated[
+    Union[ContentDetectorParams, AdaptiveDetectorParams, ThresholdDetectorParams],
+    Field(discriminator="kind"),
+]
+
+
+class FpsLevel(Strict):
+    """One cut-detection pass. `fps: null` means the native frame rate."""
+
+    fps: float | None = Field(None, gt=0)
+    detectors: list[DetectorParams]
+
+
+def _default_levels() -> list[FpsLevel]:
+    # SVD runs cut detection "in a cascaded manner at three different FPS levels": the native
+    # rate finds hard cuts to the frame; lower rates see slow fades and dissolves as one big jump.
+    # The adaptive detector with a low floor catches changes on static content (slides, titles)
+    # that a fixed threshold misses. Tuned on ../shared/data (bench/cuts.py prints the F1).
+    return [
+        FpsLevel(
+            fps=None,
+            detectors=[ContentDetectorParams(), AdaptiveDetectorParams(threshold=10.0, min_content_val=4.0)],
+        ),
+        FpsLevel(fps=4.0, detectors=[ContentDetectorParams(threshold=50.0)]),
+        FpsLevel(fps=1.0, detectors=[ContentDetectorParams(threshold=80.0)]),
+    ]
+
+
+class CutsParams(Strict):
+    levels: list[FpsLevel] = Field(default_factory=_default_levels, min_length=1)
+    analysis_width: int = Field(128, ge=16, description="frames are decoded scaled to this width")
+    min_scene_len_s: float = Field(0.5, ge=0.0)
+    merge_tolerance_s: float = Field(
+        0.5, ge=0.0, description="cuts from different levels closer than this are one cut"
+    )
+    decode_threads: int = Field(0, ge=0, description="ffmpeg decoder threads; 0 = automatic")
+
+
+class ClipsParams(Strict):
+    min_s: float = Field(2.0, gt=0)
+    max_s: float = Field(10.0, gt=0)
+    mode: Literal["copy", "exact", "smart"] = "exact"
+    crf: int = Field(18, ge=0, le=51)
+    preset: str = "veryfast"
+    trim_s: float = Field(0.0, ge=0.0, description="dropped at each scene boundary (transitions)")
+    extract: bool = Field(True, description="write clip files; off = rows only (dry run)")
+
+    @model_validator(mode="after")
+    def _order(self) -> "ClipsParams":
+        if self.max_s < self.min_s:
+            raise ValueError(f"clips.max_s ({self.max_s}) must be >= clips.min_s ({self.min_s})")
+        return self
+
+
+class ShardsParams(Strict):
+    max_rows: int = Field(1000, ge=1, description="at most this many rows per part file")
+    compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
+
+
+class RayParams(Strict):
+    address: str | None = None
+    num_cpus: int | None = Field(None, ge=1, description="local Ray only")
+    video_concurrency: int | None = Field(None, ge=1, description="parallel inputs; default = CPUs")
+
+
+class PipelineConfig(Strict):
+    name: str = "curate"
+    executor: Literal["ray", "local"] = "ray"
+    input_timeout_s: float = Field(900.0, gt=0, description="per-input processing limit")
+    probe: ProbeParams = Field(default_factory=ProbeParams)
+    cuts: CutsParams = Field(default_factory=CutsParams)
+    clips: ClipsParams = Field(default_factory=ClipsParams)
+    shards: ShardsParams = Field(default_factory=ShardsParams)
+    ray: RayParams = Field(default_factory=RayParams)
+
+    def hash(self) -> str:
+        """Hash of what changes results (not where or how fast it runs)."""
+        data = self.model_dump(mode="json", exclude={"ray", "executor", "name"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _format_error(source: str, err: ValidationError) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "tagged-union")))
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = data
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {key}: '{p}' is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {item!r}: empty key")
+    return key, yaml.safe_load(raw) if raw != "" else ""
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> PipelineConfig:
+    """Load YAML (or defaults when path is None), apply `key.sub=value` overrides, validate."""
+    data: dict[str, Any] = {}
+    source = "<defaults>"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config {p} is not valid YAML: {e}") from e
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config {p}: top level must be a mapping, got {type(loaded).__name__}")
+        data = loaded
+    for item in overrides or []:
+        key, value = parse_override(item)
+        _set_dotted(data, key, value)
+    try:
+        return PipelineConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(source, e)) from None

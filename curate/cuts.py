@@ -1,0 +1,218 @@
+"""Multi-FPS scene-cut detection with PySceneDetect's detectors over one downscaled decode.
+
+SVD detects cuts "in a cascaded manner at three different FPS levels": at the native rate a hard
+cut is one big frame difference; at 1-4 fps a slow fade or dissolve also becomes one big jump.
+Every level reads the same decoded frames (a level at fps f sees every k-th frame), so the video
+is decoded exactly once, by ffmpeg, already scaled. Cuts found at a low level are moved to the
+native frame with the largest luma change inside the gap they span, then all levels are unioned:
+cuts closer than `merge_tolerance_s` are one cut, and the most precise level wins.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import cv2
+import numpy as np
+
+from curate.config import (
+    AdaptiveDetectorParams,
+    ContentDetectorParams,
+    CutsParams,
+    DetectorParams,
+    ThresholdDetectorParams,
+)
+from curate.video import VideoInfo, iter_frames, scaled_size
+
+
+@dataclass
+class CutResult:
+    cuts: list[int]  # first frame of each new scene (frame 0 never listed)
+    n_frames: int  # frames that decoded
+    by_level: dict[str, list[int]] = field(default_factory=dict)  # before the union, for analysis
+    seconds: float = 0.0
+
+
+def make_detector(p: DetectorParams, min_scene_len: int):
+    from scenedetect.detectors import AdaptiveDetector, ContentDetector, ThresholdDetector
+
+    if isinstance(p, ContentDetectorParams):
+        return ContentDetector(threshold=p.threshold, min_scene_len=min_scene_len, luma_only=p.luma_only)
+    if isinstance(p, AdaptiveDetectorParams):
+        return AdaptiveDetector(
+            adaptive_threshold=p.threshold,
+            min_scene_len=min_scene_len,
+            min_content_val=p.min_content_val,
+            window_width=p.window_width,
+        )
+    if isinstance(p, ThresholdDetectorParams):
+        return ThresholdDetector(threshold=p.threshold, min_scene_len=min_scene_len, fade_bias=p.fade_bias)
+    raise TypeError(f"unknown detector params {type(p).__name__}")
+
+
+class _Level:
+    def __init__(self, name: str, stride: int, fps: float, detectors: list, params: list[DetectorParams]):
+        self.name = name
+        self.stride = stride
+        self.rate = Fraction(fps).limit_denominator(100000)
+        self.detectors = detectors
+        self.params = params
+        self.count = 0  # frames this level has seen
+        self.found: list[int] = []  # native frame indices (before refinement)
+
+    def feed(self, frame_index: int, frame: np.ndarray) -> None:
+        from scenedetect import FrameTimecode
+
+        tc = FrameTimecode(self.count, fps=self.rate)
+        for det in self.detectors:
+            for cut in det.process_frame(tc, frame):
+                self.found.append(cut.frame_num)
+        self.count += 1
+
+    def finish(self) -> None:
+        from scenedetect import FrameTimecode
+
+        if self.count == 0:
+            return
+        tc = FrameTimecode(self.count - 1, fps=self.rate)
+        for det in self.detectors:
+            for cut in det.post_process(tc):
+                self.found.append(cut.frame_num)
+
+
+def detect_cuts(path: str, info: VideoInfo, params: CutsParams, deadline_s: float | None = None) -> CutResult:
+    t0 = time.perf_counter()
+    width, height = scaled_size(info.coded_width, info.coded_height, params.analysis_width)
+    native = info.fps
+    levels: list[_Level] = []
+    for lv in params.levels:
+        stride = 1 if lv.fps is None or lv.fps >= native else max(1, int(round(native / lv.fps)))
+        level_fps = native / stride
+        min_len = max(1, int(round(params.min_scene_len_s * level_fps)))
+        name = "native" if stride == 1 and lv.fps is None else f"{lv.fps:g}fps"
+        dets = [make_detector(d, min_len) for d in lv.detectors]
+        levels.append(_Level(name, stride, level_fps, dets, list(lv.detectors)))
+
+    # Per-frame mean absolute luma change: the cheap signal used to place low-level cuts exactly.
+    diffs: list[float] = [0.0]
+    prev_luma: np.ndarray | None = None
+    index = 0
+    for chunk in iter_frames(path, width, height, threads=params.decode_threads, deadline_s=deadline_s):
+        luma = cv2.cvtColor(chunk.reshape(-1, width, 3), cv2.COLOR_BGR2GRAY).reshape(len(chunk), height, width)
+        for j in range(len(chunk)):
+            if prev_luma is not None:
+                diffs.append(float(cv2.absdiff(luma[j], prev_luma).mean()))
+            prev_luma = luma[j]
+            frame = chunk[j]
+            for level in levels:
+                if index % level.stride == 0:
+                    level.feed(index, frame)
+            index += 1
+    n_frames = index
+    for level in levels:
+        level.finish()
+
+    diff_arr = np.asarray(diffs[:n_frames], dtype=np.float64)
+    candidates: list[tuple[int, int, float]] = []  # (frame, precision rank, strength)
+    by_level: dict[str, list[int]] = {}
+    for rank, level in enumerate(sorted(levels, key=lambda lv: lv.stride)):
+        placed = []
+        for j in level.found:
+            f = _refine(j * level.stride if level.stride > 1 else j, level.stride, diff_arr)
+            if 0 < f < n_frames:
+                placed.append(f)
+        by_level[level.name] = sorted(set(placed))
+        candidates += [(f, level.stride, float(diff_arr[f])) for f in by_level[level.name]]
+
+    tol = max(1, int(round(params.merge_tolerance_s * native)))
+    min_len = max(1, int(round(params.min_scene_len_s * native)))
+    cuts = _union(candidates, tol, min_len, n_frames)
+    return CutResult(cuts=cuts, n_frames=n_frames, by_level=by_level, seconds=time.perf_counter() - t0)
+
+
+def _refine(frame: int, stride: int, diffs: np.ndarray) -> int:
+    """A cut seen between samples frame-stride and frame: the native frame of largest change."""
+    if stride <= 1 or len(diffs) == 0:
+        return frame
+    lo = max(1, frame - stride + 1)
+    hi = min(len(diffs), frame + 1)
+    if hi <= lo:
+        return min(frame, len(diffs) - 1)
+    return lo + int(np.argmax(diffs[lo:hi]))
+
+
+def _union(candidates: list[tuple[int, int, float]], tol: int, min_len: int, n_frames: int) -> list[int]:
+    """Merge cuts within `tol` frames (most precise level, then strongest change, wins), then drop
+    cuts that would leave a scene shorter than `min_len` frames at the start."""
+    if not candidates:
+        return []
+    candidates.sort()
+    groups: list[list[tuple[int, int, float]]] = [[candidates[0]]]
+    for c in candidates[1:]:
+        if c[0] - groups[-1][-1][0] <= tol:
+            groups[-1].append(c)
+        else:
+            groups.append([c])
+    merged = sorted(min(g, key=lambda c: (c[1], -c[2]))[0] for g in groups)
+    cuts: list[int] = []
+    for f in merged:
+        if f < min_len or (cuts and f - cuts[-1] < min_len):
+            continue
+        cuts.append(f)
+    return cuts
+
+
+# --- pipeline stage ---------------------------------------------------------------------------
+from typing import ClassVar  # noqa: E402
+
+import pyarrow as pa  # noqa: E402
+
+from curate import schema  # noqa: E402
+from curate import stage as _stage  # noqa: E402
+from curate.video import DecodeTimeout  # noqa: E402
+
+
+class CutStage:
+    """Adds the cut list and the true decoded frame count to each video record."""
+
+    name: ClassVar[str] = "cuts"
+    Params: ClassVar[type] = CutsParams
+    resources: ClassVar[_stage.Resources] = _stage.Resources(num_cpus=1, batch_size=1)
+    output_columns: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, params: CutsParams, min_frames: int = 1):
+        self.params = params
+        self.min_frames = min_frames
+
+    def setup(self) -> None:
+        pass
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        metas = _stage.read_meta(batch)
+        for meta in metas:
+            if meta.get("quarantine"):
+                continue
+            info = VideoInfo.from_dict(meta["info"])
+            left = _stage.remaining_s(meta)
+            t0 = time.perf_counter()
+            try:
+                if left is not None and left <= 0:
+                    raise DecodeTimeout("time budget spent before cut detection")
+                result = detect_cuts(meta["local"], info, self.params, deadline_s=left)
+            except DecodeTimeout as e:
+                _stage.quarantine(meta, schema.Q_TIMEOUT, f"cuts: {e}")
+                continue
+            except Exception as e:  # noqa: BLE001
+                _stage.quarantine(meta, schema.Q_ERROR, f"cuts: {type(e).__name__}: {e}")
+                continue
+            finally:
+                meta.setdefault("t", {})["cuts"] = time.perf_counter() - t0
+            if result.n_frames < self.min_frames:
+                _stage.quarantine(meta, schema.Q_UNDECODABLE, f"{result.n_frames} frames decode")
+                continue
+            meta["cuts"] = result.cuts
+            meta["n_frames"] = result.n_frames
+            meta["cuts_by_level"] = result.by_level
+        return _stage.with_meta(batch, metas)

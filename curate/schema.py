@@ -1,0 +1,98 @@
+"""The row schemas and every column name, in one place.
+
+A shard row is one clip. Later stages add columns here first, then fill them; a stage may only
+write columns declared in this module (checked by `curate.stage.check_stage`).
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+# --- clip identity and geometry (pipeline issue) -------------------------------------------
+CLIP_ID = "clip_id"
+VIDEO_ID = "video_id"
+SOURCE_URI = "source_uri"
+CLIP_URI = "clip_uri"
+CLIP_INDEX = "clip_index"
+START_FRAME = "start_frame"
+END_FRAME = "end_frame"  # exclusive
+START_S = "start_s"
+END_S = "end_s"
+DURATION_S = "duration_s"
+FPS = "fps"
+WIDTH = "width"
+HEIGHT = "height"
+CODEC = "codec"  # codec of the source video
+CLIP_MODE = "clip_mode"  # extraction mode actually used: copy | exact | smart
+ERRORS = "errors"
+
+CLIP_FIELDS: list[pa.Field] = [
+    pa.field(CLIP_ID, pa.string(), nullable=False),
+    pa.field(VIDEO_ID, pa.string(), nullable=False),
+    pa.field(SOURCE_URI, pa.string(), nullable=False),
+    pa.field(CLIP_URI, pa.string()),
+    pa.field(CLIP_INDEX, pa.int32()),
+    pa.field(START_FRAME, pa.int64()),
+    pa.field(END_FRAME, pa.int64()),
+    pa.field(START_S, pa.float64()),
+    pa.field(END_S, pa.float64()),
+    pa.field(DURATION_S, pa.float64()),
+    pa.field(FPS, pa.float64()),
+    pa.field(WIDTH, pa.int32()),
+    pa.field(HEIGHT, pa.int32()),
+    pa.field(CODEC, pa.string()),
+    pa.field(CLIP_MODE, pa.string()),
+    pa.field(ERRORS, pa.list_(pa.string())),
+]
+
+CLIP_SCHEMA = pa.schema(CLIP_FIELDS)
+
+# --- quarantine ------------------------------------------------------------------------------
+REASON = "reason"
+DETAIL = "detail"
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        pa.field(SOURCE_URI, pa.string(), nullable=False),
+        pa.field(VIDEO_ID, pa.string()),
+        pa.field(REASON, pa.string(), nullable=False),
+        pa.field(DETAIL, pa.string()),
+    ]
+)
+
+# Reason codes for quarantine rows. Short, stable, greppable.
+Q_MISSING = "missing"  # the input does not exist (or vanished)
+Q_EMPTY = "empty"  # zero-length file
+Q_UNREADABLE = "unreadable"  # the container cannot be opened (garbage, truncated header, moov-less)
+Q_NO_VIDEO = "no_video_stream"  # opens, but has no video stream (audio-only, data)
+Q_UNDECODABLE = "undecodable"  # has a video stream, but no frame decodes
+Q_TOO_LARGE = "too_large"  # frame size above the configured pixel limit
+Q_TIMEOUT = "timeout"  # processing exceeded the per-input timeout
+Q_DUPLICATE = "duplicate"  # byte-identical to an input already in this OUT
+Q_ERROR = "error"  # an unexpected failure while processing the input (detail has the message)
+QUARANTINE_REASONS = (
+    Q_MISSING, Q_EMPTY, Q_UNREADABLE, Q_NO_VIDEO, Q_UNDECODABLE, Q_TOO_LARGE, Q_TIMEOUT,
+    Q_DUPLICATE, Q_ERROR,
+)
+
+# --- in-flight columns ------------------------------------------------------------------------
+# Columns that travel between stages inside a run and are never written to shards. A row is
+# either a clip, or (clip_id null) a marker for a video that produced no clips, so the committer
+# always learns that a video is finished, whatever happened to it.
+VIDEO_META = "_video"  # JSON: per-video facts the committer needs (see pipelines.curate)
+INTERNAL_PREFIX = "_"
+
+
+def column_names() -> set[str]:
+    """Every column a stage may write."""
+    return {f.name for f in CLIP_SCHEMA}
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """Shard-ready table: the declared columns in schema order, cast to their types."""
+    cols = []
+    for field in CLIP_SCHEMA:
+        if field.name in table.column_names:
+            cols.append(table.column(field.name).cast(field.type))
+        else:
+            cols.append(pa.nulls(table.num_rows, field.type))
+    return pa.Table.from_arrays(cols, schema=CLIP_SCHEMA)

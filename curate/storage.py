@@ -1,0 +1,243 @@
+"""Where inputs come from and where outputs go: local paths or any URI pyarrow.fs understands.
+
+Decoders (PyAV, the ffmpeg binary) need local files, so a remote input is copied to a local temp
+file by the worker that processes it (`localize`) and removed when the video is done.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob as globlib
+import hashlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+VIDEO_EXTENSIONS = {
+    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".flv", ".wmv", ".mpg", ".mpeg", ".ts",
+    ".mts", ".m2ts", ".3gp", ".ogv", ".gif", ".vob", ".asf", ".y4m",
+}  # fmt: skip
+MANIFEST_EXTENSIONS = {".txt", ".lst", ".parquet"}
+_MANIFEST_COLUMNS = ("source_uri", "uri", "url", "path")
+
+
+class InputError(ValueError):
+    pass
+
+
+def is_remote(uri: str) -> bool:
+    return "://" in uri and not uri.startswith("file://")
+
+
+def _local(uri: str) -> str:
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+def _is_video_name(name: str) -> bool:
+    return Path(name).suffix.lower() in VIDEO_EXTENSIONS
+
+
+def _walk_local(root: str) -> list[str]:
+    """Video files under root, following directory symlinks once (a symlink loop ends, not hangs)."""
+    found: list[str] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames.sort()
+        for f in sorted(filenames):
+            if _is_video_name(f):
+                found.append(os.path.join(dirpath, f))
+    return found
+
+
+def _read_manifest(path: str, fs: pafs.FileSystem | None = None) -> list[str]:
+    base = os.path.dirname(path)
+    if path.endswith(".parquet"):
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path, filesystem=fs)
+        col = next((c for c in _MANIFEST_COLUMNS if c in table.column_names), None)
+        if col is None:
+            raise InputError(f"manifest {path} has none of the columns {', '.join(_MANIFEST_COLUMNS)}")
+        entries = [u for u in table.column(col).to_pylist() if u]
+    else:
+        if fs is not None:
+            with fs.open_input_stream(path) as fh:
+                text = fh.read().decode("utf-8")
+        else:
+            text = Path(path).read_text(encoding="utf-8")
+        entries = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
+    out = []
+    for e in entries:
+        if fs is None and not is_remote(e) and not os.path.isabs(_local(e)):
+            e = os.path.join(base, e)  # relative entries are relative to the manifest
+        out.append(e)
+    return out
+
+
+def resolve_inputs(specs: list[str]) -> list[str]:
+    """Expand files, directories (recursive), globs and manifests into a de-duplicated URI list.
+
+    Names that do not exist are kept (they end as `missing` quarantine rows, so nothing a user
+    asked for disappears silently)."""
+    uris: list[str] = []
+    for spec in specs:
+        if is_remote(spec):
+            uris += _resolve_remote(spec)
+            continue
+        path = _local(spec)
+        if os.path.isdir(path):
+            uris += _walk_local(path)
+        elif os.path.isfile(path) and Path(path).suffix.lower() in MANIFEST_EXTENSIONS:
+            uris += _read_manifest(path)
+        elif os.path.exists(path) or os.path.islink(path):
+            uris.append(path)
+        elif any(ch in path for ch in "*?["):
+            matches = sorted(globlib.glob(path, recursive=True))
+            if not matches:
+                raise InputError(f"glob matches nothing: {spec}")
+            for m in matches:
+                uris += _walk_local(m) if os.path.isdir(m) else [m]
+        else:
+            uris.append(path)
+    seen: set[str] = set()
+    result = []
+    for u in uris:
+        key = u if is_remote(u) else os.path.abspath(u)
+        if key not in seen:
+            seen.add(key)
+            result.append(key)
+    return result
+
+
+def _resolve_remote(spec: str) -> list[str]:
+    scheme = spec.split("://", 1)[0]
+    if any(ch in spec for ch in "*?["):
+        prefix = spec.split("*")[0].split("?")[0].split("[")[0]
+        root = prefix.rsplit("/", 1)[0]
+        fs, root_path = pafs.FileSystem.from_uri(root)
+        pattern = spec.split("://", 1)[1]
+        infos = fs.get_file_info(pafs.FileSelector(root_path, recursive=True))
+        return sorted(f"{scheme}://{i.path}" for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, pattern))
+    fs, path = pafs.FileSystem.from_uri(spec)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.Directory:
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+        return sorted(f"{scheme}://{i.path}" for i in infos if i.type == pafs.FileType.File and _is_video_name(i.path))
+    if info.type == pafs.FileType.File and Path(path).suffix.lower() in MANIFEST_EXTENSIONS:
+        return _read_manifest(path, fs)
+    return [spec]
+
+
+_localized: dict[str, str] = {}
+
+
+def localize(uri: str) -> str:
+    """A local path for `uri` (remote files are downloaded once per process until `release`)."""
+    if not is_remote(uri):
+        return _local(uri)
+    if uri in _localized and os.path.exists(_localized[uri]):
+        return _localized[uri]
+    fs, path = pafs.FileSystem.from_uri(uri)
+    fd, local = tempfile.mkstemp(prefix="curate-in-", suffix=Path(path).suffix)
+    with os.fdopen(fd, "wb") as out, fs.open_input_stream(path) as src:
+        shutil.copyfileobj(src, out, 8 << 20)
+    _localized[uri] = local
+    return local
+
+
+def release(uri: str) -> None:
+    local = _localized.pop(uri, None)
+    if local and os.path.exists(local):
+        os.unlink(local)
+
+
+def fingerprint(path: str, size: int) -> str:
+    """Content identity of a file: its size and a hash of its first and last MiB.
+
+    Cheap for any size, independent of where the file lives (a bucket, a renamed copy), and
+    equal for byte-identical copies, which the committer turns into `duplicate` quarantine rows.
+    """
+    h = hashlib.sha1(str(size).encode())
+    with open(path, "rb") as fh:
+        h.update(fh.read(1 << 20))
+        if size > 2 << 20:
+            fh.seek(-(1 << 20), os.SEEK_END)
+            h.update(fh.read(1 << 20))
+    return h.hexdigest()[:16]
+
+
+class OutputStore:
+    """OUT on a local disk or object storage. Every write is atomic: readers see whole files."""
+
+    def __init__(self, out: str):
+        self.uri = out.rstrip("/")
+        if is_remote(out):
+            self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
+            self.local = False
+        else:
+            self.fs = pafs.LocalFileSystem()
+            self.root = os.path.abspath(_local(out))
+            self.local = True
+        self.fs.create_dir(self.root, recursive=True)
+
+    def path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def uri_of(self, *parts: str) -> str:
+        """What rows record: an absolute local path, or the full URI on object storage."""
+        p = self.path(*parts)
+        if self.local:
+            return p
+        return f"{self.uri.split('://', 1)[0]}://{p}"
+
+    def exists(self, *parts: str) -> bool:
+        return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
+
+    def list(self, *parts: str) -> list[str]:
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path(*parts), allow_not_found=True))
+        return sorted(os.path.basename(i.path) for i in infos if i.type == pafs.FileType.File)
+
+    def write_bytes(self, data: bytes, *parts: str) -> None:
+        final = self.path(*parts)
+        self.fs.create_dir(os.path.dirname(final), recursive=True)
+        if self.local:
+            tmp = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.tmp")
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, final)
+        else:
+            with self.fs.open_output_stream(final) as fh:  # one PUT: all or nothing
+                fh.write(data)
+
+    def read_bytes(self, *parts: str) -> bytes:
+        with self.fs.open_input_stream(self.path(*parts)) as fh:
+            return fh.read()
+
+    def put_file(self, local_path: str, *parts: str) -> None:
+        """Move a finished local file into OUT (rename locally, upload to object storage)."""
+        final = self.path(*parts)
+        self.fs.create_dir(os.path.dirname(final), recursive=True)
+        if self.local:
+            os.replace(local_path, final)
+        else:
+            with open(local_path, "rb") as src, self.fs.open_output_stream(final) as dst:
+                shutil.copyfileobj(src, dst, 8 << 20)
+            os.unlink(local_path)
+
+    def move(self, src: tuple[str, ...], dst: tuple[str, ...]) -> None:
+        self.fs.move(self.path(*src), self.path(*dst))
+
+    def delete(self, *parts: str) -> None:
+        p = self.path(*parts)
+        if self.fs.get_file_info(p).type != pafs.FileType.NotFound:
+            self.fs.delete_file(p)

@@ -1,0 +1,289 @@
+"""Probe, decode and sample video files.
+
+Probing uses PyAV (no ffprobe binary needed): it demuxes the video stream once, without decoding,
+for exact frame timestamps and keyframes, then decodes one frame to prove the stream decodes.
+Full decodes for cut detection go through the ffmpeg binary from imageio-ffmpeg: it decodes with
+its own threads and scales in C, so Python only sees small frames in large chunks.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import threading
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from curate import schema
+
+
+class ProbeError(Exception):
+    """The input cannot be used; `reason` is a quarantine reason code from curate.schema."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass
+class VideoInfo:
+    codec: str
+    pix_fmt: str
+    width: int  # as displayed (after rotation)
+    height: int
+    coded_width: int
+    coded_height: int
+    rotation: int  # degrees of the display matrix, 0 when none
+    fps: float  # nominal rate (r_frame_rate), also when frames are dropped (VFR)
+    variable_fps: bool
+    n_frames: int  # frames the demuxer delivers; the full decode in cuts has the final word
+    duration_s: float
+    start_offset_s: float  # first video pts relative to the container start (for ffmpeg -ss)
+    frame_times: list[float] = field(repr=False)  # presentation time of each frame, from 0
+    keyframes: list[int] = field(repr=False)  # frame indices of keyframes
+    size_bytes: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VideoInfo":
+        return cls(**d)
+
+
+def ffmpeg_exe() -> str:
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+def probe(path: str, max_pixels: int | None = None) -> VideoInfo:
+    """Describe a local video file, or raise ProbeError with a quarantine reason."""
+    import av
+
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        raise ProbeError(schema.Q_MISSING, f"no such file: {path}") from None
+    except OSError as e:
+        raise ProbeError(schema.Q_UNREADABLE, f"cannot stat: {e}") from None
+    if os.path.isdir(path):
+        raise ProbeError(schema.Q_UNREADABLE, "is a directory")
+    if size == 0:
+        raise ProbeError(schema.Q_EMPTY, "zero-length file")
+    try:
+        container = av.open(path, metadata_errors="ignore")
+    except (av.FFmpegError, OSError, UnicodeDecodeError) as e:
+        raise ProbeError(schema.Q_UNREADABLE, f"cannot open container: {e}") from None
+    with container:
+        if not container.streams.video:
+            kinds = sorted({s.type for s in container.streams}) or ["none"]
+            raise ProbeError(schema.Q_NO_VIDEO, f"no video stream (streams: {', '.join(kinds)})")
+        stream = container.streams.video[0]
+        cc = stream.codec_context
+        width, height = int(cc.width or 0), int(cc.height or 0)
+        if width <= 0 or height <= 0:
+            raise ProbeError(schema.Q_UNREADABLE, "video stream has no frame size")
+        if max_pixels is not None and width * height > max_pixels:
+            raise ProbeError(schema.Q_TOO_LARGE, f"{width}x{height} exceeds max_pixels={max_pixels}")
+        tb = float(stream.time_base) if stream.time_base else 1.0 / 90000
+        pts: list[int] = []
+        key_pts: set[int] = set()
+        try:
+            for packet in container.demux(stream):
+                if packet.size == 0:
+                    continue  # the flush packet at the end
+                t = packet.pts if packet.pts is not None else packet.dts
+                if t is None:
+                    continue
+                pts.append(t)
+                if packet.is_keyframe:
+                    key_pts.add(t)
+        except av.FFmpegError:
+            pass  # truncated stream: keep what was demuxed; the decode decides what is usable
+        if not pts:
+            raise ProbeError(schema.Q_UNDECODABLE, "video stream has no packets")
+        rotation = _first_frame_rotation(container, stream)
+        container_start = (container.start_time or 0) / 1e6  # AV_TIME_BASE units
+        rate = stream.guessed_rate or stream.average_rate
+        codec = cc.name
+        pix_fmt = cc.format.name if cc.format is not None else ""
+
+    pts.sort()
+    times = np.asarray(pts, dtype=np.float64) * tb
+    first = float(times[0])
+    frame_times = (times - first).tolist()
+    diffs = np.diff(times)
+    diffs = diffs[diffs > 0]
+    median = float(np.median(diffs)) if len(diffs) else 0.0
+    variable = bool(len(diffs) and (diffs.max() > 1.5 * median or diffs.min() < 0.66 * median))
+    # The container's nominal rate (r_frame_rate) is what a player and ffmpeg use; the median
+    # interval is the fallback (and is wrong for ms-rounded Matroska timestamps).
+    fps = float(rate) if rate else (1.0 / median if median > 0 else 25.0)
+    if median <= 0:
+        median = 1.0 / fps
+    key_sorted = sorted(key_pts)
+    index = {p: i for i, p in enumerate(pts)}
+    keyframes = [index[p] for p in key_sorted if p in index] or [0]
+    if rotation % 180:
+        disp_w, disp_h = height, width
+    else:
+        disp_w, disp_h = width, height
+    return VideoInfo(
+        codec=codec,
+        pix_fmt=pix_fmt,
+        width=disp_w,
+        height=disp_h,
+        coded_width=width,
+        coded_height=height,
+        rotation=rotation,
+        fps=fps,
+        variable_fps=variable,
+        n_frames=len(frame_times),
+        duration_s=frame_times[-1] + median,
+        start_offset_s=max(0.0, first - container_start),
+        frame_times=frame_times,
+        keyframes=keyframes,
+        size_bytes=size,
+    )
+
+
+def _first_frame_rotation(container, stream) -> int:
+    """Decode the first frame (proof that the stream decodes) and read its display rotation."""
+    import av
+
+    try:
+        container.seek(0, stream=stream)
+    except av.FFmpegError:
+        pass
+    try:
+        for frame in container.decode(stream):
+            return int(round(getattr(frame, "rotation", 0) or 0)) % 360
+    except av.FFmpegError as e:
+        raise ProbeError(schema.Q_UNDECODABLE, f"first frame does not decode: {e}") from None
+    raise ProbeError(schema.Q_UNDECODABLE, "no frame decodes")
+
+
+class DecodeTimeout(Exception):
+    pass
+
+
+def scaled_size(width: int, height: int, target_width: int) -> tuple[int, int]:
+    """Even-sized frame of `target_width` (never upscaled) keeping the aspect ratio."""
+    w = min(target_width, width)
+    w = max(2, w - w % 2)
+    h = max(2, int(round(height * w / width / 2.0)) * 2)
+    return w, h
+
+
+def iter_frames(
+    path: str,
+    width: int,
+    height: int,
+    *,
+    pix_fmt: str = "bgr24",
+    threads: int = 0,
+    deadline_s: float | None = None,
+    chunk_frames: int = 64,
+    extra_input_args: tuple[str, ...] = (),
+) -> Iterator[np.ndarray]:
+    """Yield chunks (N, H, W, C) of every frame, decoded and scaled by ffmpeg, in display order.
+
+    Frames come out as stored (no auto-rotation: cut detection does not care, and it is cheaper).
+    `-fps_mode passthrough` keeps one output frame per decoded frame, so index i is frame i even
+    for variable frame rate inputs. Raises DecodeTimeout if the decode runs past `deadline_s`.
+    """
+    channels = {"bgr24": 3, "rgb24": 3, "gray": 1}[pix_fmt]
+    frame_bytes = width * height * channels
+    cmd = [
+        ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-noautorotate",
+        "-threads", str(threads), *extra_input_args, "-i", path,
+        "-map", "0:v:0", "-an", "-sn", "-dn", "-fps_mode", "passthrough",
+        "-vf", f"scale={width}:{height}:flags=area,format={pix_fmt}",
+        "-f", "rawvideo", "pipe:1",
+    ]  # fmt: skip
+    with tempfile.TemporaryFile() as errfile:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errfile, stdin=subprocess.DEVNULL)
+        timed_out = threading.Event()
+
+        def _kill() -> None:
+            timed_out.set()
+            proc.kill()
+
+        timer = threading.Timer(deadline_s, _kill) if deadline_s else None
+        if timer:
+            timer.daemon = True
+            timer.start()
+        try:
+            assert proc.stdout is not None
+            while True:
+                buf = proc.stdout.read(frame_bytes * chunk_frames)
+                n = len(buf) // frame_bytes
+                if n:
+                    arr = np.frombuffer(buf, dtype=np.uint8, count=n * frame_bytes)
+                    yield arr.reshape(n, height, width, channels)
+                if len(buf) < frame_bytes * chunk_frames:
+                    break
+            proc.wait()
+        finally:
+            if timer:
+                timer.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if timed_out.is_set():
+            raise DecodeTimeout(f"decode exceeded {deadline_s:.0f}s")
+
+
+# --- pipeline stage ---------------------------------------------------------------------------
+import time  # noqa: E402
+from typing import ClassVar  # noqa: E402
+
+import pyarrow as pa  # noqa: E402
+
+from curate import stage as _stage  # noqa: E402
+from curate.config import ProbeParams  # noqa: E402
+
+
+class ProbeStage:
+    """source_uri -> video record: identity (content fingerprint), geometry, timing, keyframes."""
+
+    name: ClassVar[str] = "probe"
+    Params: ClassVar[type] = ProbeParams
+    resources: ClassVar[_stage.Resources] = _stage.Resources(num_cpus=1, batch_size=1)
+    output_columns: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, params: ProbeParams, input_timeout_s: float | None = None):
+        self.params = params
+        self.input_timeout_s = input_timeout_s
+
+    def setup(self) -> None:
+        pass
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from curate.storage import fingerprint, localize
+
+        metas = _stage.read_meta(batch)
+        for uri, meta in zip(batch.column(schema.SOURCE_URI).to_pylist(), metas):
+            t0 = time.perf_counter()
+            if self.input_timeout_s:
+                meta["deadline"] = time.time() + self.input_timeout_s
+            try:
+                try:
+                    local = localize(uri)
+                except FileNotFoundError as e:
+                    raise ProbeError(schema.Q_MISSING, str(e)) from None
+                info = probe(local, self.params.max_pixels)
+                meta["video_id"] = fingerprint(local, info.size_bytes)
+                meta["info"] = info.to_dict()
+                meta["local"] = local
+            except ProbeError as e:
+                _stage.quarantine(meta, e.reason, e.detail)
+            except Exception as e:  # noqa: BLE001 - one input never stops the run
+                _stage.quarantine(meta, schema.Q_ERROR, f"probe: {type(e).__name__}: {e}")
+            meta.setdefault("t", {})["probe"] = time.perf_counter() - t0
+        return _stage.with_meta(batch, metas)
