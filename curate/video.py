@@ -110,7 +110,7 @@ def probe(path: str, max_pixels: int | None = None) -> VideoInfo:
         rotation = _first_frame_rotation(container, stream)
         container_start = (container.start_time or 0) / 1e6  # AV_TIME_BASE units
         rate = stream.guessed_rate or stream.average_rate
-        codec = cc.name
+        codec = cc.codec.canonical_name  # the codec id name, as ffprobe reports it (not the decoder)
         pix_fmt = cc.format.name if cc.format is not None else ""
 
     pts.sort()

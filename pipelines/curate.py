@@ -72,6 +72,8 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
 
     if ray.is_initialized():
         return
+    for name in ("ray", "ray.data", "ray._private"):
+        logging.getLogger(name).setLevel(logging.ERROR)
     kwargs = dict(include_dashboard=False, log_to_driver=False, configure_logging=True, logging_level=logging.WARNING)
     if address:
         ray.init(address=address, **kwargs)
@@ -83,8 +85,9 @@ def _batches_ray(cfg: PipelineConfig, uris: list[str], stages: list) -> Iterable
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False
+    ctx.enable_progress_bars = False  # the CLI draws its own rich progress
     ctx.print_on_execution_start = False
     ds = ray.data.from_items([{schema.SOURCE_URI: u} for u in uris], override_num_blocks=max(1, len(uris)))
     for stage in stages:

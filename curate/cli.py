@@ -1,0 +1,154 @@
+"""The `curate` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Curate video corpora into training data.")
+console = Console(stderr=True)
+
+REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+DATA_DIR = Path(__file__).resolve().parent / "data"
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(code)
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=False, disable=not console.is_terminal and os.environ.get("CI") == "true",
+    )  # fmt: skip
+
+
+def _run(config: Optional[Path], inputs: list[str], out: str, sets: list[str], ray_address: Optional[str]) -> dict:
+    from curate.config import ConfigError, load_config
+    from curate.shards import ConfigMismatch
+    from curate.storage import InputError, resolve_inputs
+
+    try:
+        cfg = load_config(config, sets)
+    except ConfigError as e:
+        _fail(str(e))
+    if ray_address:
+        cfg.ray.address = ray_address
+    try:
+        uris = resolve_inputs(inputs)
+    except (InputError, OSError) as e:
+        _fail(str(e))
+    if not uris:
+        _fail(f"no video inputs found in: {' '.join(inputs)}")
+    from pipelines.curate import run
+
+    with _progress() as progress:
+        task = progress.add_task("curating inputs", total=len(uris))
+
+        def on_progress(done: int, total: int) -> None:
+            progress.update(task, total=total, completed=done)
+
+        try:
+            result = run(cfg, uris, out, on_progress=on_progress)
+        except ConfigMismatch as e:
+            _fail(str(e))
+    c = result.manifest["counts"]
+    console.print(
+        f"[green]done[/green]: {result.processed} inputs processed, {result.skipped} already done; "
+        f"{c['clips']} clips, {c['quarantined']} quarantined -> {result.out}"
+    )
+    return result.manifest
+
+
+@app.command("run")
+def run_cmd(
+    config: Path = typer.Argument(..., help="pipeline config (YAML)"),
+    inputs: list[str] = typer.Option(..., "-i", "--input", help="file, directory, glob, manifest (.txt/.parquet) or URI; repeatable"),
+    out: str = typer.Option(..., "-o", "--out", help="output directory or URI (s3://...)"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="attach to a running Ray cluster"),
+    sets: list[str] = typer.Option([], "--set", help="override a config key: --set clips.max_s=8"),
+) -> None:
+    """Curate INPUTs into clips, shards and a manifest in OUT (resumes an interrupted OUT)."""
+    _run(config, inputs, out, sets, ray_address)
+
+
+@app.command()
+def demo(
+    out: str = typer.Option("demo_out", "-o", "--out", help="where to write the demo corpus and results"),
+    sets: list[str] = typer.Option([], "--set", help="override a config key"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address"),
+) -> None:
+    """Write a small demo corpus (generated + shipped real clips) and run configs/demo.yaml on it."""
+    from curate.synth import demo_corpus
+
+    config = REPO_CONFIGS / "demo.yaml"
+    if not config.is_file():
+        _fail(f"demo config not found at {config} (install curate from its source tree: pip install -e .)")
+    corpus = Path(out) / "inputs"
+    console.print(f"writing demo corpus to {corpus}")
+    demo_corpus(str(corpus))
+    for clip in sorted(DATA_DIR.glob("*.mp4")):
+        shutil.copy2(clip, corpus / clip.name)
+    _run(config, [str(corpus)], str(Path(out) / "curated"), sets, ray_address)
+    console.print(f"inspect with: curate inspect {Path(out) / 'curated'}")
+
+
+@app.command()
+def inspect(out: str = typer.Argument(..., help="an OUT directory or URI"), as_json: bool = typer.Option(False, "--json")) -> None:
+    """Summarise an OUT: counts, hours in/out, per-stage timings, quarantine reasons."""
+    from curate.shards import MANIFEST_FILE
+    from curate.storage import OutputStore
+
+    store = OutputStore(out) if "://" in out else None
+    if store is None and not Path(out, MANIFEST_FILE).is_file():
+        _fail(f"{out} has no {MANIFEST_FILE}: not a curate output (or the run has not finished once)")
+    store = store or OutputStore(out)
+    manifest = json.loads(store.read_bytes(MANIFEST_FILE))
+    if as_json:
+        typer.echo(json.dumps(manifest, indent=2))
+        return
+    c = manifest["counts"]
+    out_console = Console()
+    t = Table(title=f"curate output {out}", show_header=False)
+    t.add_row("config", f"{manifest['config'].get('name')} (hash {manifest['config_hash']})")
+    t.add_row("inputs", str(c["inputs"]))
+    t.add_row("videos ok", str(c["videos_ok"]))
+    t.add_row("quarantined", str(c["quarantined"]))
+    t.add_row("clips", str(c["clips"]))
+    t.add_row("scenes / short dropped", f"{c['scenes']} / {c['short_scenes_dropped']}")
+    t.add_row("hours in / out", f"{c['hours_in']:.4f} / {c['hours_out']:.4f}")
+    t.add_row("shards", str(c["shards"]))
+    runs = manifest.get("runs", [])
+    t.add_row("runs", ", ".join(f"{r['processed']} new in {r['wall_s']:.1f}s" for r in runs))
+    out_console.print(t)
+    st = Table(title="stage seconds (summed over workers)")
+    st.add_column("stage")
+    st.add_column("seconds", justify="right")
+    for k, v in manifest.get("stage_seconds", {}).items():
+        st.add_row(k, f"{v:.2f}")
+    out_console.print(st)
+    if c["quarantine_reasons"]:
+        qt = Table(title="quarantine reasons")
+        qt.add_column("reason")
+        qt.add_column("inputs", justify="right")
+        for k, v in c["quarantine_reasons"].items():
+            qt.add_row(k, str(v))
+        out_console.print(qt)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

@@ -1,0 +1,55 @@
+import pytest
+
+from curate.config import ConfigError, load_config
+
+
+def test_defaults_validate_and_hash_is_stable():
+    a, b = load_config(None), load_config(None)
+    assert a.hash() == b.hash()
+    assert a.clips.min_s <= a.clips.max_s
+
+
+def test_override_changes_value_and_hash():
+    base = load_config(None)
+    cfg = load_config(None, ["clips.max_s=4", "cuts.analysis_width=64"])
+    assert cfg.clips.max_s == 4.0 and cfg.cuts.analysis_width == 64
+    assert cfg.hash() != base.hash()
+
+
+def test_hash_ignores_where_it_runs():
+    assert load_config(None, ["executor=local"]).hash() == load_config(None, ["executor=ray"]).hash()
+
+
+@pytest.mark.parametrize(
+    "yaml_text, needle",
+    [
+        pytest.param("clips:\n  max_seconds: 3\n", "clips.max_seconds: unknown key", id="unknown-nested"),
+        pytest.param("bogus: 1\n", "bogus: unknown key", id="unknown-top"),
+        pytest.param("clips:\n  min_s: 5\n  max_s: 2\n", "max_s", id="max-below-min"),
+        pytest.param("cuts:\n  levels:\n    - fps: 2\n      detectors: [{kind: hash}]\n", "cuts.levels.0.detectors.0", id="bad-detector"),
+        pytest.param("- a\n- b\n", "top level must be a mapping", id="not-a-mapping"),
+    ],
+)
+def test_bad_config_names_the_key_and_file(tmp_path, yaml_text, needle):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml_text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    assert needle in str(e.value)
+    assert str(p) in str(e.value)
+
+
+def test_missing_file_and_bad_override():
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("/nonexistent/x.yaml")
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(None, ["clips.max_s"])
+    with pytest.raises(ConfigError, match="clips.nope: unknown key"):
+        load_config(None, ["clips.nope=1"])
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    for p in (Path(__file__).parents[1] / "configs").glob("*.yaml"):
+        load_config(p)
