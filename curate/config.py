@@ -66,7 +66,7 @@ def _default_levels() -> list[FpsLevel]:
     return [
         FpsLevel(
             fps=None,
-            detectors=[ContentDetectorParams(), AdaptiveDetectorParams(threshold=10.0, min_content_val=4.0)],
+            detectors=[ContentDetectorParams(), AdaptiveDetectorParams(threshold=12.0, min_content_val=4.0)],
         ),
         FpsLevel(fps=4.0, detectors=[ContentDetectorParams(threshold=50.0)]),
         FpsLevel(fps=1.0, detectors=[ContentDetectorParams(threshold=80.0)]),
@@ -75,12 +75,13 @@ def _default_levels() -> list[FpsLevel]:
 
 class CutsParams(Strict):
     levels: list[FpsLevel] = Field(default_factory=_default_levels, min_length=1)
-    analysis_width: int = Field(128, ge=16, description="frames are decoded scaled to this width")
+    analysis_size: int = Field(128, ge=16, description="frames are decoded scaled so the longer side is this")
     min_scene_len_s: float = Field(0.5, ge=0.0)
     merge_tolerance_s: float = Field(
         0.5, ge=0.0, description="cuts from different levels closer than this are one cut"
     )
     decode_threads: int = Field(0, ge=0, description="ffmpeg decoder threads; 0 = automatic")
+    fast_decode: bool = Field(True, description="skip the deblocking filter when decoding for cuts")
 
 
 class ClipsParams(Strict):

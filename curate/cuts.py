@@ -84,7 +84,7 @@ class _Level:
 
 def detect_cuts(path: str, info: VideoInfo, params: CutsParams, deadline_s: float | None = None) -> CutResult:
     t0 = time.perf_counter()
-    width, height = scaled_size(info.coded_width, info.coded_height, params.analysis_width)
+    width, height = scaled_size(info.coded_width, info.coded_height, params.analysis_size)
     native = info.fps
     levels: list[_Level] = []
     for lv in params.levels:
@@ -99,7 +99,11 @@ def detect_cuts(path: str, info: VideoInfo, params: CutsParams, deadline_s: floa
     diffs: list[float] = [0.0]
     prev_luma: np.ndarray | None = None
     index = 0
-    for chunk in iter_frames(path, width, height, threads=params.decode_threads, deadline_s=deadline_s):
+    # Skipping the in-loop deblocking filter makes H.264/HEVC decoding ~25% cheaper; its effect
+    # is invisible at analysis size, and decoding is most of this stage's cost.
+    fast = ("-skip_loop_filter", "all") if params.fast_decode else ()
+    frames = iter_frames(path, width, height, threads=params.decode_threads, deadline_s=deadline_s, extra_input_args=fast)
+    for chunk in frames:
         luma = cv2.cvtColor(chunk.reshape(-1, width, 3), cv2.COLOR_BGR2GRAY).reshape(len(chunk), height, width)
         for j in range(len(chunk)):
             if prev_luma is not None:

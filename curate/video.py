@@ -9,6 +9,7 @@ its own threads and scales in C, so Python only sees small frames in large chunk
 from __future__ import annotations
 
 import os
+import queue
 import subprocess
 import tempfile
 import threading
@@ -172,11 +173,11 @@ class DecodeTimeout(Exception):
     pass
 
 
-def scaled_size(width: int, height: int, target_width: int) -> tuple[int, int]:
-    """Even-sized frame of `target_width` (never upscaled) keeping the aspect ratio."""
-    w = min(target_width, width)
-    w = max(2, w - w % 2)
-    h = max(2, int(round(height * w / width / 2.0)) * 2)
+def scaled_size(width: int, height: int, target: int) -> tuple[int, int]:
+    """Even-sized frame whose longer side is `target` (never upscaled), same aspect ratio."""
+    scale = min(1.0, target / max(width, height))
+    w = max(2, int(round(width * scale / 2.0)) * 2)
+    h = max(2, int(round(height * scale / 2.0)) * 2)
     return w, h
 
 
@@ -218,16 +219,29 @@ def iter_frames(
         if timer:
             timer.daemon = True
             timer.start()
-        try:
+        # A reader thread keeps ffmpeg decoding ahead while the caller analyses frames: the pipe
+        # holds less than one frame, so reading inline would serialise decode and analysis.
+        chunks: queue.Queue = queue.Queue(maxsize=4)
+
+        def _reader() -> None:
             assert proc.stdout is not None
-            while True:
-                buf = proc.stdout.read(frame_bytes * chunk_frames)
-                n = len(buf) // frame_bytes
-                if n:
-                    arr = np.frombuffer(buf, dtype=np.uint8, count=n * frame_bytes)
-                    yield arr.reshape(n, height, width, channels)
-                if len(buf) < frame_bytes * chunk_frames:
-                    break
+            try:
+                while True:
+                    buf = proc.stdout.read(frame_bytes * chunk_frames)
+                    n = len(buf) // frame_bytes
+                    if n:
+                        arr = np.frombuffer(buf, dtype=np.uint8, count=n * frame_bytes)
+                        chunks.put(arr.reshape(n, height, width, channels))
+                    if len(buf) < frame_bytes * chunk_frames:
+                        break
+            finally:
+                chunks.put(None)
+
+        reader = threading.Thread(target=_reader, daemon=True)
+        reader.start()
+        try:
+            while (chunk := chunks.get()) is not None:
+                yield chunk
             proc.wait()
         finally:
             if timer:
@@ -235,6 +249,12 @@ def iter_frames(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+            while reader.is_alive():  # unblock a reader waiting on a full queue
+                try:
+                    chunks.get(timeout=0.1)
+                except queue.Empty:
+                    pass
+            reader.join()
         if timed_out.is_set():
             raise DecodeTimeout(f"decode exceeded {deadline_s:.0f}s")
 

@@ -11,8 +11,8 @@ def test_defaults_validate_and_hash_is_stable():
 
 def test_override_changes_value_and_hash():
     base = load_config(None)
-    cfg = load_config(None, ["clips.max_s=4", "cuts.analysis_width=64"])
-    assert cfg.clips.max_s == 4.0 and cfg.cuts.analysis_width == 64
+    cfg = load_config(None, ["clips.max_s=4", "cuts.analysis_size=64"])
+    assert cfg.clips.max_s == 4.0 and cfg.cuts.analysis_size == 64
     assert cfg.hash() != base.hash()
 
 

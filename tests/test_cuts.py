@@ -65,9 +65,9 @@ def test_real_clip_cuts_within_one_frame(shared_data, truth, name):
 
 def test_cut_f1_on_all_real_videos(shared_data, truth):
     """F1 at +-2 frames over the 20 real clips, fades/black gaps/declared-ambiguous ranges ignored.
-    Measured 0.85 (23 of 24 cuts; the misses and false alarms are the text-only slide change of a
-    talk, subtitle changes in a vlog and a synthetic black/white fade). PySceneDetect's default
-    ContentDetector scores 0.76 on the same set (bench/cuts.py)."""
+    Measured 0.885 (23 of 24 cuts, 5 false alarms: 4 in a synthetic black/white fade that the truth
+    calls no cut, 1 subtitle change in a vlog; the miss is a text-only slide change of a talk).
+    PySceneDetect's CLI detect-content scores lower on the same set (bench/README.md)."""
     total = CutScore(0, 0, 0, 0)
     for name, t in truth.items():
         result = cuts_of(str(shared_data / "videos" / name))

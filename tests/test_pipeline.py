@@ -31,7 +31,7 @@ def corpus(tmp_path_factory, three_shots, text_video, bad_inputs):
     shutil.copy(text_video.path, d / "-leading-dash.mp4")
     shutil.copy(DATA / "counter.mp4", d / "counter.mp4")
     shutil.copy(DATA / "counter.mp4", d / "counter_copy.mp4")  # byte-identical duplicate
-    for kind in ("empty", "unreadable", "no_video_stream", "truncated_moovless"):
+    for kind in ("empty", "unreadable", "no_video_stream", "truncated_moovless", "truncated_mid_mdat"):
         shutil.copy(bad_inputs[kind], d / bad_inputs[kind].name)
     return d
 
@@ -62,6 +62,9 @@ def test_local_run_clips_quarantine_and_manifest(tmp_path, corpus):
     # three shots (4 s | 3 s | 5 s at 24 fps, max 3 s): 4 s -> 3 s + 1 s, 3 s -> 3 s, 5 s -> 3 s + 2 s
     shots = sorted((r["start_frame"], r["end_frame"]) for r in by_source["three shots 'quoted'.mp4"])
     assert shots == [(0, 72), (72, 96), (96, 168), (168, 240), (240, 288)]
+    # cut mid-mdat with the index up front: clips from the frames that decode, none past them
+    cut_short = sorted((r["start_frame"], r["end_frame"]) for r in by_source["truncated_mid_mdat.mp4"])
+    assert cut_short[:3] == [(0, 72), (72, 96), (96, cut_short[2][1])] and cut_short[-1][1] < 288
     counter = sorted((r["start_frame"], r["end_frame"]) for r in by_source["counter.mp4"])
     assert counter == [(0, 10), (10, 20), (20, 30)]
     for r in rows:
