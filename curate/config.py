@@ -8,15 +8,13 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, model_validator
+
+from curate.params import Strict
 
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message names the file and key."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class ProbeParams(Strict):
@@ -111,6 +109,26 @@ class RayParams(Strict):
     video_concurrency: int | None = Field(None, ge=1, description="parallel inputs; default = CPUs")
 
 
+def _scorers_model():
+    # Scorer params live with their scorer (scoring/<name>.py); this section collects them.
+    from curate.sample import SampleParams
+    from scoring.flow import FlowParams
+    from scoring.ocr import OcrParams
+    from scoring.quality import QualityParams
+
+    class ScorersConfig(Strict):
+        """Per-scorer settings, in the order the pipeline runs them. `enabled: false` skips one."""
+
+        flow: FlowParams = Field(default_factory=FlowParams)
+        ocr: OcrParams = Field(default_factory=OcrParams)
+        quality: QualityParams = Field(default_factory=QualityParams)
+
+    return SampleParams, ScorersConfig
+
+
+SampleParams, ScorersConfig = _scorers_model()
+
+
 class PipelineConfig(Strict):
     name: str = "curate"
     executor: Literal["ray", "local"] = "ray"
@@ -118,6 +136,8 @@ class PipelineConfig(Strict):
     probe: ProbeParams = Field(default_factory=ProbeParams)
     cuts: CutsParams = Field(default_factory=CutsParams)
     clips: ClipsParams = Field(default_factory=ClipsParams)
+    sample: SampleParams = Field(default_factory=SampleParams)
+    scorers: ScorersConfig = Field(default_factory=ScorersConfig)
     shards: ShardsParams = Field(default_factory=ShardsParams)
     ray: RayParams = Field(default_factory=RayParams)
 

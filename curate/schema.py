@@ -45,7 +45,40 @@ CLIP_FIELDS: list[pa.Field] = [
     pa.field(ERRORS, pa.list_(pa.string())),
 ]
 
-CLIP_SCHEMA = pa.schema(CLIP_FIELDS)
+# --- scores (scoring issue): one prefix per scorer, null when not computed ----------------------
+FLOW_MEAN = "flow_mean"  # px/frame at the analysis size (recorded in the manifest)
+FLOW_MAX = "flow_max"
+OCR_AREA_RATIO = "ocr_area_ratio"  # union of text boxes / frame area, max over sampled frames
+OCR_TEXT = "ocr_text"
+QUALITY_SHARPNESS = "quality_sharpness"  # variance of the Laplacian (gray, analysis size)
+QUALITY_BRIGHTNESS = "quality_brightness"  # mean luma, 0..1
+QUALITY_CONTRAST = "quality_contrast"  # std of luma, 0..1
+QUALITY_COLORFULNESS = "quality_colorfulness"  # Hasler & Suesstrunk 2003, 0..~150
+CLIP_SIM = "clip_sim"  # cosine(mean frame embedding, caption embedding)
+CLIP_EMBEDDING = "clip_embedding"  # float16 list, normalised mean frame embedding
+AESTHETIC_SCORE = "aesthetic_score"  # LAION-style MLP head on the image embedding
+CAPTION_COCA = "caption_coca"
+CAPTION_VBLIP = "caption_vblip"
+CAPTION_LLM = "caption_llm"
+
+SCORE_FIELDS: list[pa.Field] = [
+    pa.field(FLOW_MEAN, pa.float32()),
+    pa.field(FLOW_MAX, pa.float32()),
+    pa.field(OCR_AREA_RATIO, pa.float32()),
+    pa.field(OCR_TEXT, pa.string()),
+    pa.field(QUALITY_SHARPNESS, pa.float32()),
+    pa.field(QUALITY_BRIGHTNESS, pa.float32()),
+    pa.field(QUALITY_CONTRAST, pa.float32()),
+    pa.field(QUALITY_COLORFULNESS, pa.float32()),
+    pa.field(CLIP_SIM, pa.float32()),
+    pa.field(CLIP_EMBEDDING, pa.list_(pa.float16())),
+    pa.field(AESTHETIC_SCORE, pa.float32()),
+    pa.field(CAPTION_COCA, pa.string()),
+    pa.field(CAPTION_VBLIP, pa.string()),
+    pa.field(CAPTION_LLM, pa.string()),
+]
+
+CLIP_SCHEMA = pa.schema(CLIP_FIELDS + SCORE_FIELDS)
 
 # --- quarantine ------------------------------------------------------------------------------
 REASON = "reason"
@@ -79,6 +112,7 @@ QUARANTINE_REASONS = (
 # either a clip, or (clip_id null) a marker for a video that produced no clips, so the committer
 # always learns that a video is finished, whatever happened to it.
 VIDEO_META = "_video"  # JSON: per-video facts the committer needs (see pipelines.curate)
+SAMPLES = "_samples"  # npz bytes: the frames each scorer asked for, decoded once (curate.sample)
 INTERNAL_PREFIX = "_"
 
 

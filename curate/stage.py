@@ -83,3 +83,41 @@ def remaining_s(meta: dict) -> float | None:
     """Seconds left of this input's time budget (set by probe), or None when unlimited."""
     deadline = meta.get("deadline")
     return None if deadline is None else deadline - _time.time()
+
+
+# --- helpers for scorers ------------------------------------------------------------------------
+def set_columns(batch: pa.Table, values: dict[str, list]) -> pa.Table:
+    """Set (or add) columns, typed as curate/schema.py declares them."""
+    types = {f.name: f.type for f in schema.CLIP_SCHEMA}
+    for name, vals in values.items():
+        col = pa.array(vals, types[name])
+        if name in batch.column_names:
+            batch = batch.set_column(batch.column_names.index(name), name, col)
+        else:
+            batch = batch.append_column(name, col)
+    return batch
+
+
+def score_each(batch: pa.Table, stage_name: str, frames: list, columns: tuple[str, ...], fn) -> pa.Table:
+    """Apply `fn(frames) -> {column: value}` to each row that has frames.
+
+    Rows without frames (no clip, or decode failed) keep null scores; a row whose scoring raises
+    gets null scores and an "<stage>: <message>" entry in `errors`: one bad row never kills a batch.
+    """
+    out: dict[str, list] = {c: [None] * batch.num_rows for c in columns}
+    errors = batch.column(schema.ERRORS).to_pylist() if schema.ERRORS in batch.column_names else [None] * batch.num_rows
+    uris = batch.column(schema.CLIP_URI).to_pylist() if schema.CLIP_URI in batch.column_names else [None] * batch.num_rows
+    for i, f in enumerate(frames):
+        if f is None:
+            if uris[i]:
+                errors[i] = add_error(errors[i], stage_name, "no frames sampled")
+            continue
+        try:
+            result = fn(f)
+        except Exception as e:  # noqa: BLE001
+            errors[i] = add_error(errors[i], stage_name, f"{type(e).__name__}: {e}")
+            continue
+        for c in columns:
+            out[c][i] = result[c]
+    out[schema.ERRORS] = errors
+    return set_columns(batch, out)

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable
 
 import pyarrow as pa
+from pydantic import BaseModel
 
 from curate import schema
 from curate.clips import ClipStage
@@ -28,7 +29,12 @@ from curate.video import ProbeStage
 
 log = logging.getLogger("curate")
 
-for _cls in (ProbeStage, CutStage, ClipStage):
+from curate.sample import SampleStage  # noqa: E402
+from scoring.flow import FlowScorer  # noqa: E402
+from scoring.ocr import OcrScorer  # noqa: E402
+from scoring.quality import QualityScorer  # noqa: E402
+
+for _cls in (ProbeStage, CutStage, ClipStage, SampleStage, FlowScorer, OcrScorer, QualityScorer):
     check_stage(_cls)
 
 
@@ -40,29 +46,38 @@ class RunResult:
     processed: int  # inputs finished by this run
 
 
-def build_stages(cfg: PipelineConfig, out: str) -> list:
-    return [
-        ProbeStage(cfg.probe, input_timeout_s=cfg.input_timeout_s),
-        CutStage(cfg.cuts, min_frames=cfg.probe.min_frames),
-        ClipStage(cfg.clips, out),
+SCORERS = {"flow": FlowScorer, "ocr": OcrScorer, "quality": QualityScorer}  # run in this order
+
+
+def enabled_scorers(cfg: PipelineConfig) -> list[tuple[type, BaseModel]]:
+    out = []
+    for name, cls in SCORERS.items():
+        params = getattr(cfg.scorers, name)
+        if params.enabled:
+            out.append((cls, params))
+    return out
+
+
+def build_stages(cfg: PipelineConfig, out: str) -> list[tuple[type, tuple]]:
+    """The graph as (stage class, constructor args): instances are built where they run."""
+    specs: list[tuple[type, tuple]] = [
+        (ProbeStage, (cfg.probe, cfg.input_timeout_s)),
+        (CutStage, (cfg.cuts, cfg.probe.min_frames)),
+        (ClipStage, (cfg.clips, out)),
     ]
+    scorers = enabled_scorers(cfg)
+    if scorers and cfg.clips.extract:
+        plans = [plan for cls, params in scorers for plan in cls.plans(params)]
+        specs.append((SampleStage, (cfg.sample, plans)))  # decode each clip once for all scorers
+        specs += [(cls, (params,)) for cls, params in scorers]
+    return specs
 
 
 def _apply_stage(batch: pa.Table, stage_cls: type, args: tuple) -> pa.Table:
-    """Ray task body for a model-free stage: construction and setup are cheap, so per batch."""
+    """Ray task body for a stateless stage: construction and setup are cheap, so per batch."""
     stage = stage_cls(*args)
     stage.setup()
     return stage(batch)
-
-
-def _stage_args(stage) -> tuple:
-    if isinstance(stage, ProbeStage):
-        return (stage.params, stage.input_timeout_s)
-    if isinstance(stage, CutStage):
-        return (stage.params, stage.min_frames)
-    if isinstance(stage, ClipStage):
-        return (stage.params, stage.out)
-    raise TypeError(type(stage).__name__)
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
@@ -81,7 +96,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, **kwargs)
 
 
-def _batches_ray(cfg: PipelineConfig, uris: list[str], stages: list) -> Iterable[pa.Table]:
+def _batches_ray(cfg: PipelineConfig, uris: list[str], stages: list[tuple[type, tuple]]) -> Iterable[pa.Table]:
     import ray
     from ray.data import ActorPoolStrategy, DataContext
 
@@ -90,24 +105,25 @@ def _batches_ray(cfg: PipelineConfig, uris: list[str], stages: list) -> Iterable
     ctx.enable_progress_bars = False  # the CLI draws its own rich progress
     ctx.print_on_execution_start = False
     ds = ray.data.from_items([{schema.SOURCE_URI: u} for u in uris], override_num_blocks=max(1, len(uris)))
-    for stage in stages:
-        res = stage.resources
+    for cls, args in stages:
+        res = cls.resources
         if res.actors:  # stateful stages (models): load once per actor
             ds = ds.map_batches(
-                type(stage), fn_constructor_args=_stage_args(stage), batch_size=res.batch_size,
+                cls, fn_constructor_args=args, batch_size=res.batch_size,
                 batch_format="pyarrow", num_cpus=res.num_cpus, num_gpus=res.num_gpus,
                 compute=ActorPoolStrategy(min_size=1, max_size=res.actors),
             )  # fmt: skip
         else:
             ds = ds.map_batches(
-                _apply_stage, fn_kwargs={"stage_cls": type(stage), "args": _stage_args(stage)},
+                _apply_stage, fn_kwargs={"stage_cls": cls, "args": args},
                 batch_size=res.batch_size, batch_format="pyarrow", num_cpus=res.num_cpus,
                 concurrency=cfg.ray.video_concurrency,
             )  # fmt: skip
     yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
-def _batches_local(uris: list[str], stages: list) -> Iterable[pa.Table]:
+def _batches_local(uris: list[str], specs: list[tuple[type, tuple]]) -> Iterable[pa.Table]:
+    stages = [cls(*args) for cls, args in specs]
     for s in stages:
         s.setup()
     for uri in uris:
@@ -156,7 +172,8 @@ def run(
         "started": t_start, "wall_s": round(time.time() - t_start, 3), "inputs_given": len(inputs),
         "skipped_done": skipped, "processed": finished, "executor": cfg.executor,
     }  # fmt: skip
-    manifest = committer.write_manifest(cfg.model_dump(mode="json"), run_info)
+    analysis = {cls.name: params.model_dump(mode="json") for cls, params in enabled_scorers(cfg)}
+    manifest = committer.write_manifest(cfg.model_dump(mode="json"), run_info, {"scorers": analysis})
     return RunResult(out=store.uri, manifest=manifest, skipped=skipped, processed=finished)
 
 

@@ -1,0 +1,211 @@
+"""Decode each clip once for every scorer: the sampling plan and the `sample` stage.
+
+Each scorer states which frames it needs as a SamplePlan (a rate or positions in the clip, and a
+size). The sample stage takes the union of the frame indices of all plans, decodes the clip once,
+and stores per plan an (N, H, W, 3) uint8 RGB array in the in-flight `_samples` column (npz bytes,
+loaded without pickle). No scorer opens a video file.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from curate import schema
+from curate import stage as _stage
+from curate.params import Strict
+
+
+@dataclass(frozen=True)
+class SamplePlan:
+    name: str  # the scorer's name; the key of its frames
+    fps: float | None = None  # frames at this rate from the clip start ...
+    positions: tuple[float, ...] = ()  # ... or at these fractions of the clip (0 = first, 1 = last)
+    min_frames: int = 1
+    short_side: int | None = None  # resize so the short side is this ...
+    max_side: int | None = None  # ... or so the long side is at most this (never upscaled)
+
+    def indices(self, n_frames: int, fps: float) -> list[int]:
+        if n_frames <= 0:
+            return []
+        if self.fps:
+            step = max(1.0, fps / self.fps)
+            idx = [int(round(k * step)) for k in range(int((n_frames - 1) / step) + 1)]
+        else:
+            idx = [int(round(p * (n_frames - 1))) for p in self.positions]
+        if len(set(idx)) < self.min_frames:
+            idx = [int(round(x)) for x in np.linspace(0, n_frames - 1, min(self.min_frames, n_frames))]
+        return sorted(set(i for i in idx if 0 <= i < n_frames))
+
+    def size_for(self, width: int, height: int) -> tuple[int, int]:
+        if self.short_side:
+            scale = self.short_side / min(width, height)
+        elif self.max_side:
+            scale = min(1.0, self.max_side / max(width, height))
+        else:
+            scale = 1.0
+        return max(1, int(round(width * scale))), max(1, int(round(height * scale)))
+
+
+class SampleParams(Strict):
+    decoders: list[Literal["opencv", "pyav"]] = Field(
+        default_factory=lambda: ["opencv", "pyav"],
+        description="tried in order; the next one is used when one fails or returns too few frames",
+    )
+
+
+class DecodeError(Exception):
+    pass
+
+
+def _decode_pyav(path: str, wanted: set[int]) -> dict[int, np.ndarray]:
+    import av
+
+    out: dict[int, np.ndarray] = {}
+    last = max(wanted)
+    with av.open(path) as c:
+        stream = c.streams.video[0]
+        stream.thread_type = "AUTO"
+        for i, frame in enumerate(c.decode(stream)):
+            if i in wanted:
+                out[i] = frame.to_ndarray(format="rgb24")
+            if i >= last:
+                break
+    return out
+
+
+def _decode_opencv(path: str, wanted: set[int]) -> dict[int, np.ndarray]:
+    import cv2
+
+    cap = cv2.VideoCapture(path)
+    if not cap.isOpened():
+        raise DecodeError("OpenCV cannot open the file")
+    out: dict[int, np.ndarray] = {}
+    try:
+        last = max(wanted)
+        for i in range(last + 1):
+            if not cap.grab():  # grab() decodes without converting: cheap for skipped frames
+                break
+            if i in wanted:
+                ok, bgr = cap.retrieve()
+                if ok:
+                    out[i] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    finally:
+        cap.release()
+    return out
+
+
+DECODERS = {"pyav": _decode_pyav, "opencv": _decode_opencv}
+
+
+def decode_frames(path: str, wanted: set[int], decoders: list[str]) -> tuple[dict[int, np.ndarray], str]:
+    """The wanted frames (index -> RGB), from the first decoder that delivers all of them.
+
+    A decoder that raises or returns fewer frames than asked is not trusted; the next one is tried,
+    and the best partial result is returned only when no decoder delivers everything."""
+    best: tuple[dict[int, np.ndarray], str] = ({}, "")
+    errors = []
+    for name in decoders:
+        try:
+            frames = DECODERS[name](path, wanted)
+        except Exception as e:  # noqa: BLE001 - any decoder failure means: try the next
+            errors.append(f"{name}: {type(e).__name__}: {e}")
+            continue
+        if len(frames) == len(wanted):
+            return frames, name
+        errors.append(f"{name}: {len(frames)} of {len(wanted)} frames")
+        if len(frames) > len(best[0]):
+            best = (frames, name)
+    if not best[0]:
+        raise DecodeError("; ".join(errors) or "no decoder")
+    return best
+
+
+def pack(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def unpack(blob: bytes | None) -> dict[str, np.ndarray]:
+    if not blob:
+        return {}
+    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def frames_for(batch: pa.Table, plan_name: str) -> list[np.ndarray | None]:
+    """Per row, the (N, H, W, 3) frames sampled for `plan_name` (None when the row has none)."""
+    if schema.SAMPLES not in batch.column_names:
+        return [None] * batch.num_rows
+    out = []
+    for blob in batch.column(schema.SAMPLES).to_pylist():
+        arrays = unpack(blob)
+        out.append(arrays.get(plan_name))
+    return out
+
+
+class SampleStage:
+    """Adds `_samples`: every plan's frames, from one decode of the clip."""
+
+    name: ClassVar[str] = "sample"
+    Params: ClassVar[type] = SampleParams
+    resources: ClassVar[_stage.Resources] = _stage.Resources(num_cpus=1, batch_size=4)
+    output_columns: ClassVar[tuple[str, ...]] = (schema.ERRORS,)
+
+    def __init__(self, params: SampleParams, plans: list[SamplePlan]):
+        self.params = params
+        self.plans = plans
+
+    def setup(self) -> None:
+        pass
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        import cv2
+
+        from curate.storage import localize, release
+
+        blobs: list[bytes | None] = []
+        errors = batch.column(schema.ERRORS).to_pylist() if schema.ERRORS in batch.column_names else [None] * batch.num_rows
+        seconds = 0.0
+        for i, row in enumerate(batch.select([schema.CLIP_URI, schema.START_FRAME, schema.END_FRAME, schema.FPS]).to_pylist()):
+            t0 = time.perf_counter()
+            if not row[schema.CLIP_URI]:
+                blobs.append(None)
+                continue
+            n = row[schema.END_FRAME] - row[schema.START_FRAME]
+            per_plan = {p.name: p.indices(n, row[schema.FPS]) for p in self.plans}
+            wanted = set().union(*per_plan.values()) if per_plan else set()
+            try:
+                path = localize(row[schema.CLIP_URI])
+                try:
+                    frames, _ = decode_frames(path, wanted, self.params.decoders)
+                finally:
+                    release(row[schema.CLIP_URI])
+            except Exception as e:  # noqa: BLE001
+                errors[i] = _stage.add_error(errors[i], self.name, f"{type(e).__name__}: {e}")
+                blobs.append(None)
+                continue
+            arrays: dict[str, np.ndarray] = {}
+            for plan in self.plans:
+                idx = [k for k in per_plan[plan.name] if k in frames]
+                if not idx:
+                    continue
+                h, w = frames[idx[0]].shape[:2]
+                size = plan.size_for(w, h)
+                resized = [frames[k] if size == (w, h) else cv2.resize(frames[k], size, interpolation=cv2.INTER_AREA) for k in idx]
+                arrays[plan.name] = np.stack(resized)
+                arrays[f"{plan.name}__idx"] = np.asarray(idx, np.int64)
+            blobs.append(pack(arrays))
+            seconds += time.perf_counter() - t0
+        batch = batch.set_column(batch.column_names.index(schema.ERRORS), schema.ERRORS, pa.array(errors, pa.list_(pa.string())))
+        col = pa.array(blobs, pa.binary())
+        if schema.SAMPLES in batch.column_names:
+            return batch.set_column(batch.column_names.index(schema.SAMPLES), schema.SAMPLES, col)
+        return batch.append_column(schema.SAMPLES, col)
