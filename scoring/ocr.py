@@ -47,7 +47,8 @@ def union_area_ratio(boxes: list[np.ndarray], width: int, height: int) -> float:
     import cv2
 
     mask = np.zeros((height, width), np.uint8)
-    cv2.fillPoly(mask, [np.round(b).astype(np.int32).reshape(-1, 1, 2) for b in boxes], 1)
+    for b in boxes:  # one call per box: a single fillPoly of overlapping polygons XORs them
+        cv2.fillPoly(mask, [np.round(b).astype(np.int32).reshape(-1, 1, 2)], 1)
     return float(mask.sum()) / float(width * height)
 
 

@@ -19,8 +19,9 @@ from tests.conftest import DATA
 runner = CliRunner()
 
 
-def local_cfg(**sets):
-    return load_config(None, ["executor=local", "clips.min_s=1", "clips.max_s=3", "shards.max_rows=2",
+def local_cfg(scorers: bool = True, **sets):
+    off = [] if scorers else ["scorers.flow.enabled=false", "scorers.ocr.enabled=false", "scorers.quality.enabled=false"]
+    return load_config(None, ["executor=local", "clips.min_s=1", "clips.max_s=3", "shards.max_rows=2", *off,
                               *[f"{k}={v}" for k, v in sets.items()]])  # fmt: skip
 
 
@@ -94,7 +95,8 @@ class Killed(Exception):
 @pytest.mark.parametrize("crash_at", ["before_commit", "after_commit_before_rename"])
 def test_killed_run_resumes_exactly_once(tmp_path, corpus, monkeypatch, crash_at):
     inputs = resolve_inputs([str(corpus)])
-    run(local_cfg(), inputs, str(tmp_path / "clean"))
+    cfg = local_cfg(scorers=False)  # the commit protocol does not depend on what the rows hold
+    run(cfg, inputs, str(tmp_path / "clean"))
     reference = clip_set(tmp_path / "clean")
 
     out = tmp_path / "killed"
@@ -116,13 +118,13 @@ def test_killed_run_resumes_exactly_once(tmp_path, corpus, monkeypatch, crash_at
     monkeypatch.setattr(OutputStore, "write_bytes", write_bytes)
     monkeypatch.setattr(OutputStore, "move", move)
     with pytest.raises(Killed):
-        run(local_cfg(), inputs, str(out))
+        run(cfg, inputs, str(out))
     monkeypatch.undo()
     # what a reader sees mid-crash: only whole, committed part files
     visible = {p.name for p in (out / "shards").glob("*.parquet")}
     for name in visible:
         pq.read_table(out / "shards" / name)
-    result = run(local_cfg(), inputs, str(out))
+    result = run(cfg, inputs, str(out))
     assert result.skipped >= 2 and result.skipped + result.processed == len(inputs)
     assert clip_set(out) == reference
     assert not list((out / "shards" / ".tmp").glob("*"))
@@ -132,15 +134,15 @@ def test_killed_run_resumes_exactly_once(tmp_path, corpus, monkeypatch, crash_at
 def test_rerun_is_a_no_op_and_other_config_is_refused(tmp_path, corpus):
     inputs = resolve_inputs([str(corpus)])
     out = str(tmp_path / "out")
-    run(local_cfg(), inputs, out)
+    run(local_cfg(scorers=False), inputs, out)
     before = clip_set(out)
-    again = run(local_cfg(), inputs, out)
+    again = run(local_cfg(scorers=False), inputs, out)
     assert again.processed == 0 and again.skipped == len(inputs)
     assert clip_set(out) == before
     from curate.shards import ConfigMismatch
 
     with pytest.raises(ConfigMismatch, match="config hash"):
-        run(local_cfg(**{"clips.max_s": 4}), inputs, out)
+        run(local_cfg(scorers=False, **{"clips.max_s": 4}), inputs, out)
 
 
 def test_commit_recovery_deletes_uncommitted_parts(tmp_path):
@@ -157,6 +159,9 @@ def test_ray_run_equals_local_run(tmp_path, corpus, ray_session):
     result = run(local_cfg(executor="ray"), inputs, str(tmp_path / "ray"))
     assert result.manifest["runs"][-1]["executor"] == "ray"
     assert clip_set(tmp_path / "ray") == clip_set(tmp_path / "local")
+    # scores too: same rows, same numbers, whichever worker (task or OCR actor) computed them
+    key = lambda t: sorted(t.drop_columns(["clip_uri"]).to_pylist(), key=lambda r: r["clip_id"])  # noqa: E731
+    assert key(read_shards(str(tmp_path / "ray"))) == key(read_shards(str(tmp_path / "local")))
     assert quarantine_by_name(tmp_path / "ray") == {k: v for k, v in EXPECTED_QUARANTINE.items() if k != "missing.mp4"}
 
 
@@ -197,6 +202,17 @@ def test_curate_demo(tmp_path, ray_session):
     # the demo's three-shot video is cut where it was generated: 96 and 168
     shots = sorted(r["start_frame"] for r in rows if r["source_uri"].endswith("three_shots.mp4"))
     assert {96, 168} <= set(shots)
+    # the weight-free scorers fill their columns for every clip
+    for col in (schema.FLOW_MEAN, schema.FLOW_MAX, schema.OCR_AREA_RATIO, schema.QUALITY_SHARPNESS,
+                schema.QUALITY_BRIGHTNESS, schema.QUALITY_CONTRAST, schema.QUALITY_COLORFULNESS):
+        assert all(r[col] is not None for r in rows), col
+    assert all(r["errors"] == [] for r in rows)
+    static = [r for r in rows if r["source_uri"].endswith("three_shots.mp4") and r["start_frame"] == 96]
+    moving = [r for r in rows if r["source_uri"].endswith("three_shots.mp4") and r["start_frame"] == 0]
+    assert static[0][schema.FLOW_MEAN] < 0.01 < moving[0][schema.FLOW_MEAN]
+    texts = [r[schema.OCR_TEXT] for r in rows if r["source_uri"].endswith("static_then_text.mp4")]
+    assert any("SALE" in t for t in texts)
+    assert m["scorers"]["flow"]["short_side"] == 16
 
 
 def test_resolve_inputs(tmp_path, corpus):

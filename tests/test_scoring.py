@@ -1,0 +1,159 @@
+"""Weight-free scorers against truth that the physics (or the rendering) implies."""
+
+import cv2
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from curate import schema
+from curate.sample import SampleParams, SamplePlan, SampleStage, decode_frames
+from curate.synth import Scene, encode, make_video, render_scene
+from curate.video import probe
+from scoring.flow import FlowParams, FlowScorer
+from scoring.ocr import OcrParams, OcrScorer, union_area_ratio
+from scoring.quality import QualityParams, QualityScorer, colorfulness
+from tests.conftest import DATA
+
+
+def clip_table(paths: list[str]) -> pa.Table:
+    infos = [probe(p) for p in paths]
+    return pa.table({
+        schema.CLIP_URI: paths, schema.START_FRAME: [0] * len(paths), schema.END_FRAME: [i.n_frames for i in infos],
+        schema.FPS: [i.fps for i in infos], schema.ERRORS: [[] for _ in paths],
+    })  # fmt: skip
+
+
+def score(paths: list[str], *scorers) -> list[dict]:
+    table = clip_table(paths)
+    plans = [plan for s in scorers for plan in s.plans(s.params)]
+    table = SampleStage(SampleParams(), plans)(table)
+    for s in scorers:
+        s.setup()
+        table = s(table)
+    assert table.num_rows == len(paths)  # scorers annotate, never drop
+    return table.drop_columns([schema.SAMPLES]).to_pylist()
+
+
+@pytest.fixture(scope="module")
+def motion_clips(synth_dir):
+    out = {}
+    for k in (0, 1, 2, 4):
+        kind = "moving" if k else "static"
+        out[k] = make_video(str(synth_dir / f"motion_{k}.mp4"), [Scene(kind, 3.0, seed=21, speed_px=float(k))]).path
+    return out
+
+
+def test_flow_grows_with_known_motion(motion_clips):
+    rows = score([motion_clips[k] for k in (0, 1, 2, 4)], FlowScorer(FlowParams()))
+    flows = [r[schema.FLOW_MEAN] for r in rows]
+    assert flows[0] < 0.005  # a still frame
+    assert flows[0] < flows[1] < flows[2] < flows[3]
+    # 320x240 analysed at a 16 px short side: k px/frame is k/15 px/frame there; Farneback on a smooth
+    # texture underestimates a little, never overestimates much
+    for k, f in zip((1, 2, 4), flows[1:]):
+        assert 0.5 * k / 15 <= f <= 1.2 * k / 15
+    assert all(r[schema.FLOW_MAX] >= r[schema.FLOW_MEAN] for r in rows)
+
+
+def test_flow_is_per_frame_whatever_the_sampling_rate(motion_clips):
+    a = score([motion_clips[2]], FlowScorer(FlowParams(fps=2.0)))[0][schema.FLOW_MEAN]
+    b = score([motion_clips[2]], FlowScorer(FlowParams(fps=6.0)))[0][schema.FLOW_MEAN]
+    assert a == pytest.approx(b, rel=0.35)
+
+
+def test_dis_flow_orders_motion_like_farneback(motion_clips):
+    # DIS is fast but underestimates large displacements (4 px/frame at 2 fps is ~10 px at 64 px),
+    # so its ordering is checked on small motions
+    rows = score([motion_clips[k] for k in (0, 1, 2)], FlowScorer(FlowParams(method="dis", short_side=64)))
+    flows = [r[schema.FLOW_MEAN] for r in rows]
+    assert flows[0] < flows[1] < flows[2]
+
+
+def test_ocr_reads_overlay_and_finds_nothing_on_textless_frames(synth_dir, motion_clips):
+    text = make_video(str(synth_dir / "ocr_text.mp4"), [Scene("text", 2.0, seed=5, text="CURATE 42")]).path
+    rows = score([text, motion_clips[0]], OcrScorer(OcrParams()))
+    assert "CURATE 42" in rows[0][schema.OCR_TEXT]
+    # the white band is 44 px of 240; the detected text box is a part of it
+    assert 0.02 < rows[0][schema.OCR_AREA_RATIO] < 44 / 240
+    assert rows[1][schema.OCR_AREA_RATIO] == 0.0 and rows[1][schema.OCR_TEXT] == ""
+
+
+def test_ocr_reads_the_shipped_counter_frames():
+    # counter.mp4 frame i shows "Frame = {i+1}"; positions 0.1/0.5/0.9 of 30 frames are frames 3, 14, 26
+    (row,) = score([str(DATA / "counter.mp4")], OcrScorer(OcrParams()))
+    for i in (3, 14, 26):
+        assert f"Frame = {i + 1}" in row[schema.OCR_TEXT]
+
+
+def test_ocr_on_real_slides_and_credits(shared_data, truth):
+    slides, credits = (str(shared_data / "videos" / n) for n in ("video2dataset__test_video.mp4", "pyscenedetect__testvideo.mp4"))
+    rows = score([slides, credits], OcrScorer(OcrParams()))
+    assert "Copyright" in rows[1][schema.OCR_TEXT] and "Castellano" in rows[1][schema.OCR_TEXT]
+    assert "413M Image" in rows[0][schema.OCR_TEXT]
+    # slides are mostly text; the photo credits are one line at the bottom of a 720p frame
+    assert rows[0][schema.OCR_AREA_RATIO] > rows[1][schema.OCR_AREA_RATIO] > 0.01
+
+
+def test_union_area_counts_overlaps_once():
+    box = np.array([[0, 0], [10, 0], [10, 10], [0, 10]], np.float32)
+    assert union_area_ratio([box, box], 100, 10) == pytest.approx(union_area_ratio([box], 100, 10))
+    assert union_area_ratio([], 100, 10) == 0.0
+
+
+def test_quality_blur_brightness_and_colour(synth_dir):
+    frames = render_scene(Scene("static", 1.0, seed=31), 24, 320, 240)
+    sharp_path, blur_path = str(synth_dir / "q_sharp.mp4"), str(synth_dir / "q_blur.mp4")
+    encode(sharp_path, frames, 24.0)
+    encode(blur_path, np.stack([cv2.GaussianBlur(f, (0, 0), 3) for f in frames]), 24.0)
+    gray = np.repeat(cv2.cvtColor(frames[0], cv2.COLOR_BGR2GRAY)[None, ..., None], 3, axis=-1).repeat(24, 0)
+    gray_path = str(synth_dir / "q_gray.mp4")
+    encode(gray_path, gray, 24.0)
+    black = make_video(str(synth_dir / "q_black.mp4"), [Scene("black", 1.0)]).path
+    white = make_video(str(synth_dir / "q_white.mp4"), [Scene("static", 1.0, color=(255, 255, 255))]).path
+    sharp, blur, grey, blk, wht = score([sharp_path, blur_path, gray_path, black, white], QualityScorer(QualityParams()))
+    assert blur[schema.QUALITY_SHARPNESS] < 0.5 * sharp[schema.QUALITY_SHARPNESS]
+    assert blk[schema.QUALITY_BRIGHTNESS] < 0.1 < 0.9 < wht[schema.QUALITY_BRIGHTNESS]
+    assert blk[schema.QUALITY_CONTRAST] < 0.02 and sharp[schema.QUALITY_CONTRAST] > 0.05
+    assert grey[schema.QUALITY_COLORFULNESS] < 3 < 20 < sharp[schema.QUALITY_COLORFULNESS]
+
+
+def test_colorfulness_formula():
+    assert colorfulness(np.full((4, 4, 3), 128, np.uint8)) == 0.0
+    red = np.zeros((4, 4, 3), np.uint8)
+    red[..., 0] = 255  # rg = 255, yb = 127.5: 0.3 * hypot(255, 127.5)
+    assert colorfulness(red) == pytest.approx(0.3 * np.hypot(255, 127.5))
+
+
+def test_bad_row_gets_null_scores_and_an_error(motion_clips, tmp_path):
+    rows = score([motion_clips[1]], FlowScorer(FlowParams()), QualityScorer(QualityParams()))
+    table = clip_table([motion_clips[1]])
+    missing = table.set_column(0, schema.CLIP_URI, pa.array([str(tmp_path / "gone.mp4")]))
+    both = pa.concat_tables([table, missing])
+    flow, quality = FlowScorer(FlowParams()), QualityScorer(QualityParams())
+    both = SampleStage(SampleParams(), flow.plans(flow.params) + quality.plans(quality.params))(both)
+    both = quality(flow(both)).drop_columns([schema.SAMPLES]).to_pylist()
+    assert both[0][schema.FLOW_MEAN] == pytest.approx(rows[0][schema.FLOW_MEAN]) and both[0][schema.ERRORS] == []
+    assert both[1][schema.FLOW_MEAN] is None and both[1][schema.QUALITY_SHARPNESS] is None
+    assert [e.split(":")[0] for e in both[1][schema.ERRORS]] == ["sample", "flow", "quality"]
+
+
+def test_decoder_fallback_and_no_silent_empty(monkeypatch, motion_clips):
+    from curate import sample
+
+    wanted = {0, 10, 40}
+    frames, used = decode_frames(motion_clips[1], wanted, ["opencv", "pyav"])
+    assert used == "opencv" and set(frames) == wanted
+    monkeypatch.setitem(sample.DECODERS, "opencv", lambda path, w: {})  # e.g. an AV1 file OpenCV can't read
+    frames2, used = decode_frames(motion_clips[1], wanted, ["opencv", "pyav"])
+    assert used == "pyav" and all(np.abs(frames2[k].astype(int) - frames[k]).mean() < 1 for k in wanted)
+    monkeypatch.setitem(sample.DECODERS, "pyav", lambda path, w: {})
+    with pytest.raises(sample.DecodeError, match="0 of 3"):
+        decode_frames(motion_clips[1], wanted, ["opencv", "pyav"])
+
+
+def test_sample_plan_indices():
+    assert SamplePlan("f", fps=2.0).indices(48, 24.0) == [0, 12, 24, 36]
+    assert SamplePlan("f", fps=2.0, min_frames=2).indices(5, 24.0) == [0, 4]
+    assert SamplePlan("o", positions=(0.1, 0.5, 0.9)).indices(11, 24.0) == [1, 5, 9]
+    assert SamplePlan("s", short_side=16).size_for(320, 240) == (21, 16)
+    assert SamplePlan("m", max_side=512).size_for(320, 240) == (320, 240)  # never upscaled
