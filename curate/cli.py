@@ -35,6 +35,7 @@ def _progress() -> Progress:
 
 def _run(config: Optional[Path], inputs: list[str], out: str, sets: list[str], ray_address: Optional[str]) -> dict:
     from curate.config import ConfigError, load_config
+    from curate.models import MissingModelError
     from curate.shards import ConfigMismatch
     from curate.storage import InputError, resolve_inputs
 
@@ -60,8 +61,10 @@ def _run(config: Optional[Path], inputs: list[str], out: str, sets: list[str], r
 
         try:
             result = run(cfg, uris, out, on_progress=on_progress)
-        except ConfigMismatch as e:
+        except (ConfigMismatch, MissingModelError) as e:
             _fail(str(e))
+    for stage, why in (result.manifest.get("skipped_stages") or {}).items():
+        console.print(f"[yellow]skipped optional stage {stage}[/yellow] (columns left null): {why}")
     c = result.manifest["counts"]
     console.print(
         f"[green]done[/green]: {result.processed} inputs processed, {result.skipped} already done; "
@@ -144,6 +147,51 @@ def inspect(out: str = typer.Argument(..., help="an OUT directory or URI"), as_j
         for k, v in c["quarantine_reasons"].items():
             qt.add_row(k, str(v))
         out_console.print(qt)
+
+
+models_app = typer.Typer(no_args_is_help=True, help="Model weights a config needs.")
+app.add_typer(models_app, name="models")
+
+
+def _model_statuses(config: Optional[Path], sets: list[str]):
+    from curate.config import ConfigError, load_config
+    from curate.models import check
+    from pipelines.curate import SCORERS, model_stages
+
+    try:
+        cfg = load_config(config, sets)
+    except ConfigError as e:
+        _fail(str(e))
+    if config is None:  # no config: everything the model stages would load with their defaults
+        for name, cls in SCORERS.items():
+            if hasattr(cls, "model_refs"):
+                getattr(cfg.scorers, name).enabled = True
+    return [(stage, optional, check(ref)) for stage, optional, refs in model_stages(cfg) for ref in refs]
+
+
+@models_app.command("list")
+def models_list(config: Optional[Path] = typer.Argument(None, help="pipeline config (default: every model stage)"),
+                sets: list[str] = typer.Option([], "--set")) -> None:
+    """Every model the config needs and whether it is present on this machine."""
+    t = Table(title="models")
+    for col in ("stage", "model", "required", "present", "where / how"):
+        t.add_column(col)
+    for stage, optional, st in _model_statuses(config, sets):
+        t.add_row(stage, f"{st.ref.role}: {st.ref.describe()}", "optional" if optional else "required",
+                  "[green]yes[/green]" if st.present else "[red]no[/red]", st.where if st.present else f"{st.where}. {st.how}")
+    Console(width=200).print(t)
+
+
+@models_app.command("check")
+def models_check(config: Path = typer.Argument(..., help="pipeline config"), sets: list[str] = typer.Option([], "--set")) -> None:
+    """Exit non-zero when a model the config needs is missing (optional ones included), naming it."""
+    missing = [(s, o, st) for s, o, st in _model_statuses(config, sets) if not st.present]
+    for stage, optional, st in missing:
+        console.print(f"[red]missing[/red] {stage} ({'optional' if optional else 'required'}): "
+                      f"{st.ref.role} {st.ref.describe()}: {st.where}. {st.how}")
+    if missing:
+        raise typer.Exit(1)
+    console.print("[green]all models present[/green]")
 
 
 def main() -> None:  # pragma: no cover

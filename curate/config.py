@@ -112,6 +112,10 @@ class RayParams(Strict):
 def _scorers_model():
     # Scorer params live with their scorer (scoring/<name>.py); this section collects them.
     from curate.sample import SampleParams
+    from scoring.caption_coca import CocaParams
+    from scoring.caption_llm import LlmParams
+    from scoring.caption_vblip import VblipParams
+    from scoring.clip import ClipParams
     from scoring.flow import FlowParams
     from scoring.ocr import OcrParams
     from scoring.quality import QualityParams
@@ -122,6 +126,10 @@ def _scorers_model():
         flow: FlowParams = Field(default_factory=FlowParams)
         ocr: OcrParams = Field(default_factory=OcrParams)
         quality: QualityParams = Field(default_factory=QualityParams)
+        caption_coca: CocaParams = Field(default_factory=CocaParams)
+        caption_vblip: VblipParams = Field(default_factory=VblipParams)
+        caption_llm: LlmParams = Field(default_factory=LlmParams)
+        clip: ClipParams = Field(default_factory=ClipParams)  # last: it scores the captions
 
     return SampleParams, ScorersConfig
 

@@ -5,3 +5,19 @@ from pydantic import BaseModel, ConfigDict
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+
+from typing import Literal  # noqa: E402
+
+from pydantic import Field  # noqa: E402
+
+
+class ModelParams(Strict):
+    """Settings every model stage shares."""
+
+    enabled: bool = False
+    optional: bool = Field(True, description="missing weights: skip loudly (true) or fail the run (false)")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    batch_size: int = Field(8, ge=1, description="clips per inference batch")
+    actors: int = Field(1, ge=1, description="model replicas (Ray actors); one GPU each on a GPU cluster")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per replica (Ray)")

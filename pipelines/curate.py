@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from curate import schema
 from curate.clips import ClipStage
 from curate.config import PipelineConfig
+from curate.params import ModelParams
 from curate.cuts import CutStage
 from curate.shards import Committer, VideoRecord
 from curate.stage import check_stage
@@ -30,11 +31,17 @@ from curate.video import ProbeStage
 log = logging.getLogger("curate")
 
 from curate.sample import SampleStage  # noqa: E402
+from curate.models import ModelRef, preflight  # noqa: E402
+from scoring.caption_coca import CocaCaptioner  # noqa: E402
+from scoring.caption_llm import LlmCaptioner  # noqa: E402
+from scoring.caption_vblip import VblipCaptioner  # noqa: E402
+from scoring.clip import ClipScorer  # noqa: E402
 from scoring.flow import FlowScorer  # noqa: E402
 from scoring.ocr import OcrScorer  # noqa: E402
 from scoring.quality import QualityScorer  # noqa: E402
 
-for _cls in (ProbeStage, CutStage, ClipStage, SampleStage, FlowScorer, OcrScorer, QualityScorer):
+for _cls in (ProbeStage, CutStage, ClipStage, SampleStage, FlowScorer, OcrScorer, QualityScorer,
+             CocaCaptioner, VblipCaptioner, LlmCaptioner, ClipScorer):  # fmt: skip
     check_stage(_cls)
 
 
@@ -46,26 +53,32 @@ class RunResult:
     processed: int  # inputs finished by this run
 
 
-SCORERS = {"flow": FlowScorer, "ocr": OcrScorer, "quality": QualityScorer}  # run in this order
+# Run in this order: captions exist before the LLM merges them and before CLIP scores them.
+SCORERS: dict[str, type] = {
+    "flow": FlowScorer, "ocr": OcrScorer, "quality": QualityScorer, "caption_coca": CocaCaptioner,
+    "caption_vblip": VblipCaptioner, "caption_llm": LlmCaptioner, "clip": ClipScorer,
+}  # fmt: skip
 
 
-def enabled_scorers(cfg: PipelineConfig) -> list[tuple[type, BaseModel]]:
-    out = []
-    for name, cls in SCORERS.items():
-        params = getattr(cfg.scorers, name)
-        if params.enabled:
-            out.append((cls, params))
-    return out
+def enabled_scorers(cfg: PipelineConfig, skip: set[str] = frozenset()) -> list[tuple[type, BaseModel]]:
+    return [(cls, getattr(cfg.scorers, name)) for name, cls in SCORERS.items()
+            if getattr(cfg.scorers, name).enabled and name not in skip]  # fmt: skip
 
 
-def build_stages(cfg: PipelineConfig, out: str) -> list[tuple[type, tuple]]:
+def model_stages(cfg: PipelineConfig) -> list[tuple[str, bool, list[ModelRef]]]:
+    """(stage, optional, the weights it needs) for every enabled stage that loads a model."""
+    return [(cls.name, params.optional, cls.model_refs(params))
+            for cls, params in enabled_scorers(cfg) if hasattr(cls, "model_refs")]  # fmt: skip
+
+
+def build_stages(cfg: PipelineConfig, out: str, skip: set[str] = frozenset()) -> list[tuple[type, tuple]]:
     """The graph as (stage class, constructor args): instances are built where they run."""
     specs: list[tuple[type, tuple]] = [
         (ProbeStage, (cfg.probe, cfg.input_timeout_s)),
         (CutStage, (cfg.cuts, cfg.probe.min_frames)),
         (ClipStage, (cfg.clips, out)),
     ]
-    scorers = enabled_scorers(cfg)
+    scorers = enabled_scorers(cfg, skip)
     if scorers and cfg.clips.extract:
         plans = [plan for cls, params in scorers for plan in cls.plans(params)]
         specs.append((SampleStage, (cfg.sample, plans)))  # decode each clip once for all scorers
@@ -105,9 +118,18 @@ def _batches_ray(cfg: PipelineConfig, uris: list[str], stages: list[tuple[type, 
     ctx.enable_progress_bars = False  # the CLI draws its own rich progress
     ctx.print_on_execution_start = False
     ds = ray.data.from_items([{schema.SOURCE_URI: u} for u in uris], override_num_blocks=max(1, len(uris)))
+    gpus_in_cluster = ray.cluster_resources().get("GPU", 0) > 0
     for cls, args in stages:
         res = cls.resources
-        if res.actors:  # stateful stages (models): load once per actor
+        params = args[0] if args else None
+        if isinstance(params, ModelParams):  # a model: its params say batch, replicas and device
+            wants_gpu = params.device == "cuda" or (params.device == "auto" and gpus_in_cluster)
+            ds = ds.map_batches(
+                cls, fn_constructor_args=args, batch_size=params.batch_size, batch_format="pyarrow",
+                num_cpus=params.num_cpus, num_gpus=1 if wants_gpu else 0,
+                compute=ActorPoolStrategy(min_size=1, max_size=params.actors),
+            )  # fmt: skip
+        elif res.actors:  # other stateful stages (OCR engine): load once per actor
             ds = ds.map_batches(
                 cls, fn_constructor_args=args, batch_size=res.batch_size,
                 batch_format="pyarrow", num_cpus=res.num_cpus, num_gpus=res.num_gpus,
@@ -147,7 +169,9 @@ def run(
     done = committer.recover()
     todo = [u for u in inputs if u not in done]
     skipped = len(inputs) - len(todo)
-    stages = build_stages(cfg, store.uri)
+    # Missing weights: fail now (before any work), or skip optional stages loudly.
+    skip_stages, skip_reasons = preflight(model_stages(cfg))
+    stages = build_stages(cfg, store.uri, skip_stages)
     finished = 0
     if on_progress:
         on_progress(0, len(todo))
@@ -172,8 +196,10 @@ def run(
         "started": t_start, "wall_s": round(time.time() - t_start, 3), "inputs_given": len(inputs),
         "skipped_done": skipped, "processed": finished, "executor": cfg.executor,
     }  # fmt: skip
-    analysis = {cls.name: params.model_dump(mode="json") for cls, params in enabled_scorers(cfg)}
-    manifest = committer.write_manifest(cfg.model_dump(mode="json"), run_info, {"scorers": analysis})
+    run_info["skipped_stages"] = skip_reasons
+    analysis = {cls.name: params.model_dump(mode="json") for cls, params in enabled_scorers(cfg, skip_stages)}
+    manifest = committer.write_manifest(cfg.model_dump(mode="json"), run_info,
+                                        {"scorers": analysis, "skipped_stages": skip_reasons})  # fmt: skip
     return RunResult(out=store.uri, manifest=manifest, skipped=skipped, processed=finished)
 
 

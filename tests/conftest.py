@@ -111,3 +111,11 @@ def bad_inputs(synth_dir, three_shots) -> dict[str, Path]:
     files["truncated_mid_mdat"] = d / "truncated_mid_mdat.mp4"
     assert good
     return files
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, str]:
+    pytest.importorskip("torch", reason="model stages need the 'models' extra (torch, open_clip, transformers)")
+    from tests.tiny_models import build_all
+
+    return build_all(tmp_path_factory.mktemp("tiny_models"))

@@ -1,0 +1,130 @@
+"""Which model weights a config needs, whether they are on this machine, and how to get them.
+
+Weights are never downloaded at import time, and a stage never invents an output without them:
+`preflight` runs on the driver before any work. A missing model fails the run with a message that
+says what is missing and how to provide it, or, where the stage is marked `optional: true`, the
+stage is skipped with one warning, its columns stay null, and the manifest records the skip.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+log = logging.getLogger("curate")
+
+
+class MissingModelError(RuntimeError):
+    """Raised when weights a stage needs are not on this machine."""
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    stage: str  # the scorer that needs it
+    role: str  # what it is for ("image-text model", "aesthetic head", ...)
+    kind: Literal["open_clip", "hf", "file"]
+    name: str  # open_clip model name / HF id or local dir / file path
+    pretrained: str | None = None  # open_clip pretrained tag or local checkpoint
+
+    def describe(self) -> str:
+        if self.kind == "open_clip":
+            return f"open_clip {self.name} / {self.pretrained}"
+        return self.name
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    ref: ModelRef
+    present: bool
+    where: str  # local path when present, else why not
+    how: str  # how to provide it when missing
+
+
+def _is_local(path: str | None) -> bool:
+    return bool(path) and (os.path.sep in path or path.startswith(".")) and os.path.exists(path)
+
+
+def check(ref: ModelRef) -> ModelStatus:
+    if ref.kind == "file":
+        ok = os.path.isfile(ref.name)
+        return ModelStatus(ref, ok, ref.name if ok else f"no file at {ref.name}",
+                           f"put the weights file at {ref.name} or point scorers.{ref.stage} at it")
+    if ref.kind == "hf":
+        return _check_hf(ref)
+    return _check_open_clip(ref)
+
+
+def _check_hf(ref: ModelRef) -> ModelStatus:
+    how = (f"download it where the internet is reachable (`hf download {ref.name}`) and copy the cache, "
+           f"or save it with save_pretrained() and set scorers.{ref.stage}.model to that directory")
+    if os.path.isdir(ref.name):
+        ok = os.path.isfile(os.path.join(ref.name, "config.json"))
+        return ModelStatus(ref, ok, ref.name if ok else f"{ref.name} has no config.json", how)
+    if os.path.sep in ref.name and not ref.name.count("/") == 1:
+        return ModelStatus(ref, False, f"no directory {ref.name}", how)
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = snapshot_download(ref.name, local_files_only=True)
+        return ModelStatus(ref, True, path, how)
+    except Exception as e:  # noqa: BLE001 - any failure here means: not in the local cache
+        return ModelStatus(ref, False, f"not in the local Hugging Face cache ({type(e).__name__})", how)
+
+
+def _check_open_clip(ref: ModelRef) -> ModelStatus:
+    how = (f"download the checkpoint where the internet is reachable and set scorers.{ref.stage}.pretrained "
+           "to the local file (open_clip tags resolve through the Hugging Face cache)")
+    if ref.pretrained and (os.path.isfile(ref.pretrained) or _is_local(ref.pretrained)):
+        return ModelStatus(ref, True, ref.pretrained, how)
+    if ref.pretrained and (os.path.sep in ref.pretrained or ref.pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))):
+        return ModelStatus(ref, False, f"no file at {ref.pretrained}", how)
+    try:
+        import open_clip
+    except ImportError:
+        return ModelStatus(ref, False, "open_clip is not installed", "pip install 'curate[models]'")
+    cfg = open_clip.get_pretrained_cfg(ref.name, ref.pretrained or "")
+    if not cfg:
+        return ModelStatus(ref, False, f"open_clip knows no pretrained tag {ref.pretrained!r} for {ref.name}", how)
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo_id = "/".join(hub.rstrip("/").split("/")[:2])
+        for filename in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin", "open_clip_model.bin"):
+            hit = try_to_load_from_cache(repo_id, filename)
+            if isinstance(hit, str):
+                return ModelStatus(ref, True, hit, how)
+        return ModelStatus(ref, False, f"{repo_id} is not in the local Hugging Face cache", how)
+    return ModelStatus(ref, False, "this tag downloads from a URL; no local copy is known", how)
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def preflight(stages: list[tuple[str, bool, list[ModelRef]]]) -> tuple[set[str], dict[str, str]]:
+    """Check every enabled model stage. Returns (stages to skip, {stage: reason}) for optional
+    stages with missing weights; raises MissingModelError naming all missing required ones."""
+    skip: set[str] = set()
+    reasons: dict[str, str] = {}
+    fatal: list[str] = []
+    for stage, optional, refs in stages:
+        missing = [s for s in map(check, refs) if not s.present]
+        if not missing:
+            continue
+        text = "; ".join(f"{s.ref.role} {s.ref.describe()}: {s.where} -> {s.how}" for s in missing)
+        if optional:
+            skip.add(stage)
+            reasons[stage] = text
+            log.warning("skipping optional stage %s (its columns stay null): %s", stage, text)
+        else:
+            fatal.append(f"{stage}: {text}")
+    if fatal:
+        raise MissingModelError("model weights missing:\n  " + "\n  ".join(fatal) + "\n(run `curate models list CONFIG`)")
+    return skip, reasons

@@ -1,0 +1,109 @@
+"""One caption from two: an instruction-tuned LLM merges the CoCa (frame) and V-BLIP (video)
+captions, as SVD does. The prompt lives in the config; `{caption_coca}` and `{caption_vblip}`
+are replaced by the captions ("none" when one is missing; no row gets a caption from nothing).
+Greedy decoding, left-padded batches.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pyarrow as pa
+from pydantic import Field
+
+from curate import schema
+from curate.models import ModelRef
+from curate.params import ModelParams
+from curate.stage import Resources, add_error, set_columns
+
+DEFAULT_PROMPT = (
+    "Two captions describe the same short video clip.\n"
+    "Caption of its middle frame: {caption_coca}\n"
+    "Caption of the whole clip: {caption_vblip}\n"
+    "Write one short, factual caption of the clip that combines both. Answer with the caption only."
+)
+
+
+class LlmParams(ModelParams):
+    model: str = Field("Qwen/Qwen2.5-1.5B-Instruct", description="HF id (local cache only) or a local directory")
+    prompt: str = DEFAULT_PROMPT
+    use_chat_template: bool = True
+    max_new_tokens: int = Field(60, ge=1)
+    dtype: str = "auto"
+
+
+class LlmCaptioner:
+    name: ClassVar[str] = "caption_llm"
+    Params: ClassVar[type] = LlmParams
+    resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=8, actors=1)
+    output_columns: ClassVar[tuple[str, ...]] = (schema.CAPTION_LLM,)
+
+    def __init__(self, params: LlmParams):
+        self.params = params
+        self.model = None
+
+    @classmethod
+    def plans(cls, params: LlmParams) -> list:
+        return []  # text in, text out
+
+    @classmethod
+    def model_refs(cls, params: LlmParams) -> list[ModelRef]:
+        return [ModelRef(cls.name, "caption merger (LLM)", "hf", params.model)]
+
+    def setup(self) -> None:
+        if self.model is not None:
+            return
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from curate.models import resolve_device
+        from scoring._loaders import quiet_transformers, require
+
+        quiet_transformers()
+        path = require(self.model_refs(self.params)[0])
+        self.device = resolve_device(self.params.device)
+        dtype = {"auto": torch.bfloat16 if self.device == "cuda" else torch.float32}.get(self.params.dtype)
+        dtype = dtype or getattr(torch, self.params.dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True).to(self.device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.tokenizer.padding_side = "left"  # generation continues the right end of every row
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    def render(self, coca: str | None, vblip: str | None) -> str:
+        text = self.params.prompt.format(caption_coca=coca or "none", caption_vblip=vblip or "none")
+        if self.params.use_chat_template and getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+        return text
+
+    def merge(self, pairs: list[tuple[str | None, str | None]]) -> list[str]:
+        import torch
+
+        prompts = [self.render(c, v) for c, v in pairs]
+        enc = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
+        with torch.no_grad():
+            out = self.model.generate(**enc, do_sample=False, max_new_tokens=self.params.max_new_tokens,
+                                      pad_token_id=self.tokenizer.pad_token_id)  # fmt: skip
+        new = out[:, enc["input_ids"].shape[1]:]
+        return [" ".join(t.split()) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        self.setup()
+        n = batch.num_rows
+        col = lambda c: batch.column(c).to_pylist() if c in batch.column_names else [None] * n  # noqa: E731
+        coca, vblip = col(schema.CAPTION_COCA), col(schema.CAPTION_VBLIP)
+        out: list[str | None] = [None] * n
+        errors = batch.column(schema.ERRORS).to_pylist()
+        rows = [i for i in range(n) if coca[i] or vblip[i]]
+        bs = self.params.batch_size
+        for k in range(0, len(rows), bs):
+            chunk = rows[k:k + bs]
+            try:
+                merged = self.merge([(coca[i], vblip[i]) for i in chunk])
+            except Exception as e:  # noqa: BLE001
+                for i in chunk:
+                    errors[i] = add_error(errors[i], self.name, f"{type(e).__name__}: {e}")
+                continue
+            for i, m in zip(chunk, merged):
+                out[i] = m
+        return set_columns(batch, {schema.CAPTION_LLM: out, schema.ERRORS: errors})

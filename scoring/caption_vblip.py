@@ -1,0 +1,110 @@
+"""Video caption from several frames with a BLIP-2 model, the way Video-BLIP / V-BLIP extend it.
+
+Each sampled frame goes through BLIP-2's vision encoder and Q-Former; the per-frame query
+outputs, projected into the language model's space, are concatenated along time (frames x
+queries tokens) and prefixed to the prompt, so the language model sees the whole clip at once.
+With a stock BLIP-2 checkpoint this is zero-shot; a Video-BLIP checkpoint (same architecture,
+trained this way) is what the method is made for. Decoding is greedy.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pyarrow as pa
+from pydantic import Field
+
+from curate import schema
+from curate.models import ModelRef
+from curate.params import ModelParams
+from curate.sample import SamplePlan, frames_for
+from curate.stage import Resources, add_error, set_columns
+
+
+class VblipParams(ModelParams):
+    model: str = Field("Salesforce/blip2-opt-2.7b", description="HF id (local cache only) or a local directory")
+    frames: int = Field(4, ge=1)
+    prompt: str = "A video of"
+    max_new_tokens: int = Field(30, ge=1)
+    dtype: str = Field("auto", description="auto = bfloat16 on GPU, float32 on CPU")
+
+
+class VblipCaptioner:
+    name: ClassVar[str] = "caption_vblip"
+    Params: ClassVar[type] = VblipParams
+    resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=4, actors=1)
+    output_columns: ClassVar[tuple[str, ...]] = (schema.CAPTION_VBLIP,)
+
+    def __init__(self, params: VblipParams):
+        self.params = params
+        self.model = None
+
+    @classmethod
+    def plans(cls, params: VblipParams) -> list[SamplePlan]:
+        n = params.frames
+        return [SamplePlan(cls.name, positions=tuple((k + 0.5) / n for k in range(n)), min_frames=1, max_side=448)]
+
+    @classmethod
+    def model_refs(cls, params: VblipParams) -> list[ModelRef]:
+        return [ModelRef(cls.name, "video captioner (BLIP-2)", "hf", params.model)]
+
+    def setup(self) -> None:
+        if self.model is not None:
+            return
+        import torch
+        from transformers import AutoImageProcessor, AutoTokenizer, Blip2ForConditionalGeneration
+
+        from curate.models import resolve_device
+        from scoring._loaders import quiet_transformers, require
+
+        quiet_transformers()
+        path = require(self.model_refs(self.params)[0])
+        self.device = resolve_device(self.params.device)
+        dtype = {"auto": torch.bfloat16 if self.device == "cuda" else torch.float32}.get(self.params.dtype)
+        dtype = dtype or getattr(torch, self.params.dtype)
+        self.model = Blip2ForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=True).to(self.device).eval()
+        self.image_processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+
+    def caption(self, clips: list) -> list[str]:
+        """clips: per clip an (F, H, W, 3) uint8 array. All clips of a call have the same F."""
+        import torch
+
+        m = self.model
+        n_frames = len(clips[0])
+        pixels = self.image_processor(images=[f for clip in clips for f in clip], return_tensors="pt")["pixel_values"]
+        pixels = pixels.to(self.device, m.dtype)
+        with torch.no_grad():
+            feats = m.get_image_features(pixel_values=pixels).pooler_output  # (B*F, Q, D)
+            video = feats.reshape(len(clips), n_frames * feats.shape[1], feats.shape[2])
+            prompt = self.tokenizer([self.params.prompt] * len(clips), return_tensors="pt").to(self.device)
+            text = m.get_input_embeddings()(prompt["input_ids"]).to(video.dtype)
+            embeds = torch.cat([video, text], dim=1)
+            mask = torch.cat([torch.ones(video.shape[:2], dtype=prompt["attention_mask"].dtype, device=self.device),
+                              prompt["attention_mask"]], dim=1)  # fmt: skip
+            out = m.language_model.generate(inputs_embeds=embeds, attention_mask=mask, do_sample=False,
+                                            max_new_tokens=self.params.max_new_tokens)  # fmt: skip
+        return [" ".join(t.split()) for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        self.setup()
+        frames = frames_for(batch, self.name)
+        out: list[str | None] = [None] * batch.num_rows
+        errors = batch.column(schema.ERRORS).to_pylist()
+        rows = [i for i, f in enumerate(frames) if f is not None]
+        groups: dict[int, list[int]] = {}
+        for i in rows:  # short clips may have fewer frames: batch clips of equal length together
+            groups.setdefault(len(frames[i]), []).append(i)
+        bs = self.params.batch_size
+        for idx in groups.values():
+            for k in range(0, len(idx), bs):
+                chunk = idx[k:k + bs]
+                try:
+                    caps = self.caption([frames[i] for i in chunk])
+                except Exception as e:  # noqa: BLE001
+                    for i in chunk:
+                        errors[i] = add_error(errors[i], self.name, f"{type(e).__name__}: {e}")
+                    continue
+                for i, c in zip(chunk, caps):
+                    out[i] = c
+        return set_columns(batch, {schema.CAPTION_VBLIP: out, schema.ERRORS: errors})
