@@ -149,6 +149,79 @@ def inspect(out: str = typer.Argument(..., help="an OUT directory or URI"), as_j
         out_console.print(qt)
 
 
+@app.command("select")
+def select_cmd(
+    rules: Optional[Path] = typer.Argument(None, help="RULES.yaml: filters and caption mix"),
+    source: str = typer.Option(..., "-s", "--source", help="a curate OUT (or a shards parquet)"),
+    out: Path = typer.Option(..., "-o", "--out", help="subset directory to write"),
+    where: list[str] = typer.Option([], "--where", help='absolute filter, e.g. "flow_mean >= 0.5"'),
+    drop_bottom: list[str] = typer.Option([], "--drop-bottom", help="COL=PCT: drop the PCT% lowest"),
+    drop_top: list[str] = typer.Option([], "--drop-top", help="COL=PCT: drop the PCT% highest"),
+    nulls: Optional[str] = typer.Option(None, "--nulls", help="for the flag filters: refuse (default) | drop | keep"),
+) -> None:
+    """Apply thresholds to stored scores: write SUBSET/subset.parquet and SUBSET/funnel.json."""
+    from curate.config import ConfigError
+    from pipelines.select import SelectError, load_rules, rules_from_flags, run_select
+
+    if nulls not in (None, "refuse", "drop", "keep"):
+        _fail(f"--nulls {nulls!r}: choose refuse, drop or keep")
+    try:
+        r = rules_from_flags(load_rules(rules), where, drop_bottom, drop_top, nulls)
+        funnel = run_select(source, out, r)
+    except (ConfigError, SelectError, FileNotFoundError) as e:
+        _fail(str(e))
+    t = Table(title=f"funnel -> {out}")
+    for col in ("filter", "threshold", "removes alone", "removes here", "kept clips", "kept hours"):
+        t.add_column(col)
+    t.add_row("all clips", "", "", "", str(funnel["input"]["clips"]), f"{funnel['input']['hours']:.4f}")
+    for s in funnel["filters"]:
+        thr = s.get("threshold")
+        t.add_row(s["filter"], f"{thr:.4g}" if isinstance(thr, (int, float)) else str(thr), str(s["alone_removed_clips"]),
+                  str(s["removed_clips"]), str(s["kept_clips"]), f"{s['kept_hours']:.4f}")
+    Console().print(t)
+
+
+@app.command("export")
+def export_cmd(
+    subset: Path = typer.Argument(..., help="a subset directory from `curate select`"),
+    out: Path = typer.Option(..., "-o", "--out"),
+    fmt: str = typer.Option("parquet", "--format", help="parquet | webdataset"),
+    max_rows: int = typer.Option(1000, "--max-rows"),
+    max_bytes: Optional[int] = typer.Option(None, "--max-bytes", help="shard size limit in bytes"),
+    embed: bool = typer.Option(True, "--embed/--no-embed", help="store clip bytes (default) or only their URIs"),
+) -> None:
+    """Write training shards (clip bytes or paths, caption, scores) with an index.json."""
+    from pipelines.export import export
+
+    if fmt not in ("parquet", "webdataset"):
+        _fail(f"--format {fmt!r}: choose parquet or webdataset")
+    try:
+        index = export(subset, out, fmt, max_rows, max_bytes, embed)
+    except (FileNotFoundError, ValueError) as e:
+        _fail(str(e))
+    console.print(f"[green]exported[/green] {index['rows']} clips in {len(index['shards'])} {fmt} shards -> {out}")
+
+
+@app.command("report")
+def report_cmd(
+    out: str = typer.Argument(..., help="a curate OUT"),
+    dest: Optional[str] = typer.Option(None, "-o", "--output", help="HTML file (default OUT/report.html)"),
+    rules: Optional[str] = typer.Option(None, "--rules", help="RULES.yaml whose thresholds to mark"),
+) -> None:
+    """One self-contained HTML report: score histograms, funnel, decile thumbnails, timings, quarantine."""
+    from curate.config import ConfigError
+    from curate.shards import MANIFEST_FILE
+    from pipelines.report import write_report
+
+    if not Path(out, MANIFEST_FILE).is_file():
+        _fail(f"{out} has no {MANIFEST_FILE}: not a curate output")
+    try:
+        path = write_report(out, dest, rules)
+    except ConfigError as e:
+        _fail(str(e))
+    console.print(f"[green]report[/green] -> {path}")
+
+
 models_app = typer.Typer(no_args_is_help=True, help="Model weights a config needs.")
 app.add_typer(models_app, name="models")
 

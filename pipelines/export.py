@@ -1,0 +1,142 @@
+"""Training shards from a subset: parquet or WebDataset tar, sized by rows or bytes, indexed.
+
+Each sample carries the clip (its mp4 bytes, or its URI with `--no-embed`), the training caption
+and the scores, so the trainer streams shards without touching the curation output. Shards are
+written atomically (temp + rename), and `index.json` lists them with their row counts, bytes and
+clip ids, so a loader can shard work across readers without opening every file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Iterator, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate import schema
+
+INDEX_FILE = "index.json"
+CLIP_BYTES = "clip_bytes"
+
+
+def _read_clip(uri: str) -> bytes:
+    from curate.storage import is_remote
+
+    if is_remote(uri):
+        import pyarrow.fs as pafs
+
+        fs, path = pafs.FileSystem.from_uri(uri)
+        with fs.open_input_stream(path) as fh:
+            return fh.read()
+    with open(uri, "rb") as fh:
+        return fh.read()
+
+
+def _meta(row: dict) -> dict:
+    """JSON-safe metadata of a row (embeddings and bytes left out)."""
+    return {k: v for k, v in row.items() if k not in (CLIP_BYTES, schema.CLIP_EMBEDDING, schema.SAMPLES)}
+
+
+def _groups(rows: Iterator[tuple[dict, bytes | None]], max_rows: int, max_bytes: int | None):
+    group, size = [], 0
+    for row, data in rows:
+        n = len(data) if data else 0
+        if group and (len(group) >= max_rows or (max_bytes and size + n > max_bytes)):
+            yield group
+            group, size = [], 0
+        group.append((row, data))
+        size += n
+    if group:
+        yield group
+
+
+def export(subset: str | Path, out: str | Path, fmt: Literal["parquet", "webdataset"] = "parquet",
+           max_rows: int = 1000, max_bytes: int | None = None, embed: bool = True) -> dict:
+    subset = Path(subset)
+    path = subset / "subset.parquet" if subset.is_dir() else subset
+    if not path.is_file():
+        raise FileNotFoundError(f"no subset at {path} (make one with `curate select`)")
+    table = pq.read_table(path)
+    if "caption" not in table.column_names:
+        raise ValueError(f"{path} has no caption column: export a subset made by `curate select`")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = table.to_pylist()
+
+    def stream():
+        for r in rows:
+            data = None
+            if embed:
+                if not r.get(schema.CLIP_URI):
+                    continue  # nothing to train on: the clip failed to extract
+                data = _read_clip(r[schema.CLIP_URI])
+            yield r, data
+
+    shards = []
+    for k, group in enumerate(_groups(stream(), max_rows, max_bytes)):
+        name = f"shard-{k:06d}.{'parquet' if fmt == 'parquet' else 'tar'}"
+        tmp = out / f".{name}.tmp"
+        if fmt == "parquet":
+            recs = []
+            for row, data in group:
+                rec = dict(row)
+                if embed:
+                    rec[CLIP_BYTES] = data
+                recs.append(rec)
+            tbl = pa.Table.from_pylist(recs, schema=_export_schema(table.schema, embed))
+            pq.write_table(tbl, tmp, compression="zstd" if not embed else "none")
+        else:
+            with tarfile.open(tmp, "w") as tar:
+                for row, data in group:
+                    key = row[schema.CLIP_ID]
+                    members = {"json": json.dumps(_meta(row)).encode(), "txt": (row.get("caption") or "").encode()}
+                    if embed:
+                        members["mp4"] = data
+                    for ext, payload in members.items():
+                        info = tarfile.TarInfo(f"{key}.{ext}")
+                        info.size = len(payload)
+                        info.mtime = 0  # reproducible archives
+                        tar.addfile(info, io.BytesIO(payload))
+        os.replace(tmp, out / name)
+        shards.append({"file": name, "rows": len(group), "bytes": (out / name).stat().st_size,
+                       "first_clip_id": group[0][0][schema.CLIP_ID], "last_clip_id": group[-1][0][schema.CLIP_ID]})  # fmt: skip
+    index = {"format": fmt, "embedded": embed, "rows": sum(s["rows"] for s in shards), "shards": shards, "source": str(path)}
+    tmp = out / f".{INDEX_FILE}.tmp"
+    tmp.write_text(json.dumps(index, indent=2))
+    os.replace(tmp, out / INDEX_FILE)
+    return index
+
+
+def _export_schema(src: pa.Schema, embed: bool) -> pa.Schema:
+    fields = [f for f in src if f.name != schema.CLIP_EMBEDDING]
+    if embed:
+        fields.append(pa.field(CLIP_BYTES, pa.binary()))
+    return pa.schema(fields)
+
+
+def iter_samples(directory: str | Path) -> Iterator[dict]:
+    """Read an export back: dicts with the metadata, `caption` and `clip_bytes` (when embedded)."""
+    directory = Path(directory)
+    index = json.loads((directory / INDEX_FILE).read_text())
+    for shard in index["shards"]:
+        p = directory / shard["file"]
+        if index["format"] == "parquet":
+            yield from pq.read_table(p).to_pylist()
+        else:
+            with tarfile.open(p) as tar:
+                current: dict[str, dict] = {}
+                for m in tar.getmembers():
+                    key, ext = m.name.rsplit(".", 1)
+                    data = tar.extractfile(m).read()
+                    current.setdefault(key, {})[ext] = data
+                for key, parts in current.items():
+                    rec = json.loads(parts["json"])
+                    rec["caption"] = parts["txt"].decode() or None
+                    if "mp4" in parts:
+                        rec[CLIP_BYTES] = parts["mp4"]
+                    yield rec

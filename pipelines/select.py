@@ -1,0 +1,258 @@
+"""Thresholds as views: filters over stored scores, a funnel, and the training caption per clip.
+
+Scoring never filters; this step does, cheaply, over the shards: no model runs and no video is
+read, so a user can sweep thresholds in seconds. A filter is absolute (`flow_mean >= 0.5`) or
+relative as SVD states them (drop the bottom/top P% of a column); percentiles are computed over
+the whole scored set, so a filter's meaning does not depend on the filters before it, and the
+funnel can show what each filter removes alone (overlaps visible) and in sequence.
+
+A null score never passes a filter silently: `nulls: refuse` (the default) stops with an error
+naming the column and the null count; `drop` removes those rows; `keep` lets them through.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from curate import schema
+from curate.config import ConfigError, _format_error
+from curate.params import Strict
+
+SUBSET_FILE = "subset.parquet"
+FUNNEL_FILE = "funnel.json"
+CAPTION = "caption"  # the training caption chosen per clip (select adds it)
+CAPTION_SOURCE = "caption_source"
+CAPTION_SOURCES = (schema.CAPTION_COCA, schema.CAPTION_VBLIP, schema.CAPTION_LLM)
+
+_OPS = {">=": pc.greater_equal, "<=": pc.less_equal, ">": pc.greater, "<": pc.less, "==": pc.equal, "!=": pc.not_equal}
+_EXPR = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|==|!=|>|<)\s*(.+?)\s*$")
+
+
+class SelectError(ValueError):
+    pass
+
+
+class Filter(Strict):
+    """Exactly one of `where`, `drop_bottom`, `drop_top`."""
+
+    where: str | None = Field(None, description='"column OP value", OP one of >= <= > < == !=')
+    drop_bottom: str | None = Field(None, description='"column=P%": drop the P% lowest (keep >= the P-th percentile)')
+    drop_top: str | None = Field(None, description='"column=P%": drop the P% highest (keep <= the (100-P)-th percentile)')
+    nulls: Literal["refuse", "drop", "keep"] = "refuse"
+    name: str | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "Filter":
+        given = [k for k in ("where", "drop_bottom", "drop_top") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError("a filter needs exactly one of where, drop_bottom, drop_top")
+        return self
+
+    def label(self) -> str:
+        if self.name:
+            return self.name
+        if self.where:
+            return self.where.strip()
+        kind = "drop_bottom" if self.drop_bottom else "drop_top"
+        return f"{kind} {getattr(self, kind)}"
+
+
+class CaptionMix(Strict):
+    mix: dict[str, float] = Field(default_factory=lambda: {schema.CAPTION_COCA: 0.5, schema.CAPTION_VBLIP: 0.25, schema.CAPTION_LLM: 0.25})
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _valid(self) -> "CaptionMix":
+        bad = [k for k in self.mix if k not in CAPTION_SOURCES]
+        if bad:
+            raise ValueError(f"caption.mix: unknown caption columns {bad} (choose from {list(CAPTION_SOURCES)})")
+        if any(v < 0 for v in self.mix.values()) or sum(self.mix.values()) <= 0:
+            raise ValueError("caption.mix: weights must be >= 0 and not all 0")
+        return self
+
+
+class Rules(Strict):
+    filters: list[Filter] = Field(default_factory=list)
+    caption: CaptionMix = Field(default_factory=CaptionMix)
+
+
+def load_rules(path: str | Path | None) -> Rules:
+    if path is None:
+        return Rules()
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"rules file not found: {p}")
+    data = yaml.safe_load(p.read_text()) or {}
+    try:
+        return Rules.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_error(str(p), e)) from None
+
+
+def parse_percent(spec: str) -> tuple[str, float]:
+    if "=" not in spec:
+        raise SelectError(f"{spec!r}: expected column=P% (for example clip_sim=50%)")
+    col, pct = spec.split("=", 1)
+    try:
+        value = float(pct.strip().rstrip("%"))
+    except ValueError:
+        raise SelectError(f"{spec!r}: {pct!r} is not a percentage") from None
+    if not 0 <= value <= 100:
+        raise SelectError(f"{spec!r}: percentage must be within 0..100")
+    return col.strip(), value
+
+
+def _column(table: pa.Table, name: str, filt: Filter) -> pa.ChunkedArray:
+    if name not in table.column_names:
+        raise SelectError(f"filter {filt.label()!r}: no column {name!r} (columns: {', '.join(table.column_names)})")
+    return table.column(name)
+
+
+def _null_policy(col: pa.ChunkedArray, name: str, filt: Filter) -> pa.Array | None:
+    nulls = col.null_count
+    if nulls and filt.nulls == "refuse":
+        raise SelectError(
+            f"filter {filt.label()!r}: column {name!r} has {nulls} null values of {len(col)}; "
+            "say how to treat them with nulls: drop | keep"
+        )
+    return None
+
+
+def evaluate(table: pa.Table, filt: Filter) -> tuple[np.ndarray, dict]:
+    """Boolean keep-mask of one filter over the whole table, and what it resolved to."""
+    info: dict = {"filter": filt.label(), "nulls": filt.nulls}
+    if filt.where:
+        m = _EXPR.match(filt.where)
+        if not m:
+            raise SelectError(f"filter {filt.where!r}: expected 'column OP value' with OP in >= <= > < == !=")
+        name, op, raw = m.groups()
+        col = _column(table, name, filt)
+        _null_policy(col, name, filt)
+        value = yaml.safe_load(raw)
+        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
+            value = str(value)
+        elif not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise SelectError(f"filter {filt.where!r}: {raw!r} is not a number (column {name!r} is {col.type})")
+        mask = _OPS[op](col, pa.scalar(value))
+        info.update(column=name, op=op, threshold=value)
+    else:
+        bottom = filt.drop_bottom is not None
+        name, pct = parse_percent(filt.drop_bottom or filt.drop_top)
+        col = _column(table, name, filt)
+        if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
+            raise SelectError(f"filter {filt.label()!r}: column {name!r} is {col.type}, not numeric")
+        _null_policy(col, name, filt)
+        values = col.drop_null().to_numpy(zero_copy_only=False).astype(np.float64)
+        if len(values) == 0:
+            raise SelectError(f"filter {filt.label()!r}: column {name!r} has no values")
+        # Percentiles of the sorted values: independent of row order by construction.
+        q = float(np.percentile(values, pct if bottom else 100.0 - pct))
+        mask = pc.greater_equal(col, q) if bottom else pc.less_equal(col, q)
+        info.update(column=name, op=">=" if bottom else "<=", threshold=q, percent=pct, kind="drop_bottom" if bottom else "drop_top")
+    arr = mask.to_numpy(zero_copy_only=False) if isinstance(mask, pa.Array) else mask.combine_chunks().to_numpy(zero_copy_only=False)
+    keep = np.asarray(pd_fill(arr, filt.nulls == "keep"), dtype=bool)
+    return keep, info
+
+
+def pd_fill(arr: np.ndarray, null_value: bool) -> np.ndarray:
+    """Arrow booleans with nulls come out as an object array with None: nulls -> null_value."""
+    if arr.dtype == object:
+        return np.array([null_value if v is None else bool(v) for v in arr], dtype=bool)
+    return arr
+
+
+def choose_captions(table: pa.Table, mix: CaptionMix) -> tuple[list[str | None], list[str | None]]:
+    """Per clip, one caption source drawn with the mix weights among the captions that exist.
+
+    Seeded per clip by (seed, clip_id), so the choice does not depend on row order or on which
+    other clips are selected."""
+    n = table.num_rows
+    sources = [s for s in mix.mix if mix.mix[s] > 0]
+    cols = {s: table.column(s).to_pylist() if s in table.column_names else [None] * n for s in sources}
+    ids = table.column(schema.CLIP_ID).to_pylist()
+    captions, chosen = [], []
+    for i in range(n):
+        avail = [s for s in sources if cols[s][i]]
+        if not avail:
+            captions.append(None)
+            chosen.append(None)
+            continue
+        w = np.array([mix.mix[s] for s in avail], dtype=np.float64)
+        h = hashlib.sha256(f"{mix.seed}:{ids[i]}".encode()).digest()
+        u = int.from_bytes(h[:8], "big") / 2**64
+        s = avail[int(np.searchsorted(np.cumsum(w / w.sum()), u, side="right"))]
+        captions.append(cols[s][i])
+        chosen.append(s)
+    return captions, chosen
+
+
+def _hours(table: pa.Table, mask: np.ndarray | None = None) -> float:
+    d = np.nan_to_num(table.column(schema.DURATION_S).to_numpy(zero_copy_only=False).astype(np.float64))
+    return float(d[mask].sum() if mask is not None else d.sum()) / 3600.0
+
+
+def select(table: pa.Table, rules: Rules) -> tuple[pa.Table, dict]:
+    """The subset (with `caption` / `caption_source` added) and its funnel."""
+    n = table.num_rows
+    total_h = _hours(table)
+    keep = np.ones(n, dtype=bool)
+    steps = []
+    for filt in rules.filters:
+        mask, info = evaluate(table, filt)
+        before = keep.copy()
+        keep &= mask
+        steps.append({
+            **info,
+            "alone_removed_clips": int((~mask).sum()),
+            "alone_removed_hours": _hours(table, ~mask),
+            "removed_clips": int((before & ~mask).sum()),
+            "removed_hours": _hours(table, before & ~mask),
+            "kept_clips": int(keep.sum()),
+            "kept_hours": _hours(table, keep),
+        })  # fmt: skip
+    subset = table.filter(pa.array(keep))
+    captions, chosen = choose_captions(subset, rules.caption)
+    for name, values in ((CAPTION, captions), (CAPTION_SOURCE, chosen)):
+        col = pa.array(values, pa.string())
+        subset = subset.set_column(subset.column_names.index(name), name, col) if name in subset.column_names else subset.append_column(name, col)
+    funnel = {
+        "input": {"clips": n, "hours": total_h},
+        "filters": steps,
+        "output": {"clips": int(keep.sum()), "hours": _hours(table, keep)},
+        "captions": {s: chosen.count(s) for s in CAPTION_SOURCES} | {"none": chosen.count(None)},
+    }
+    return subset, funnel
+
+
+def rules_from_flags(rules: Rules, where: list[str], drop_bottom: list[str], drop_top: list[str], nulls: str | None) -> Rules:
+    extra = [Filter(where=w) for w in where] + [Filter(drop_bottom=s) for s in drop_bottom] + [Filter(drop_top=s) for s in drop_top]
+    if nulls:
+        extra = [f.model_copy(update={"nulls": nulls}) for f in extra]
+    return rules.model_copy(update={"filters": [*rules.filters, *extra]})
+
+
+def run_select(source: str, out: str | Path, rules: Rules) -> dict:
+    from curate.shards import read_shards
+
+    table = read_shards(source) if not str(source).endswith(".parquet") else pq.read_table(source)
+    subset, funnel = select(table, rules)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{SUBSET_FILE}.tmp"
+    pq.write_table(subset, tmp, compression="zstd")
+    tmp.replace(out / SUBSET_FILE)
+    funnel["source"] = str(source)
+    funnel["rules"] = rules.model_dump(mode="json")
+    (out / FUNNEL_FILE).write_text(json.dumps(funnel, indent=2))
+    return funnel
