@@ -75,9 +75,12 @@ def _read_manifest(path: str, fs: pafs.FileSystem | None = None) -> list[str]:
             text = Path(path).read_text(encoding="utf-8")
         entries = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith("#")]
     out = []
+    root = os.path.realpath(base)
     for e in entries:
         if fs is None and not is_remote(e) and not os.path.isabs(_local(e)):
-            e = os.path.join(base, e)  # relative entries are relative to the manifest
+            e = os.path.join(base, e)  # relative entries are relative to the manifest ...
+            if os.path.commonpath([root, os.path.realpath(e)]) != root:  # ... and stay under it
+                raise InputError(f"manifest {path}: entry {e!r} points outside the manifest's directory")
         out.append(e)
     return out
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import queue
+import stat
 import subprocess
 import tempfile
 import threading
@@ -74,6 +75,9 @@ def probe(path: str, max_pixels: int | None = None) -> VideoInfo:
         raise ProbeError(schema.Q_UNREADABLE, f"cannot stat: {e}") from None
     if os.path.isdir(path):
         raise ProbeError(schema.Q_UNREADABLE, "is a directory")
+    if not stat.S_ISREG(os.stat(path).st_mode):
+        # A FIFO or device would block the demuxer forever: refuse before opening it.
+        raise ProbeError(schema.Q_UNREADABLE, "not a regular file")
     if size == 0:
         raise ProbeError(schema.Q_EMPTY, "zero-length file")
     try:
