@@ -121,3 +121,73 @@ def test_sigkill_of_the_driver_then_resume_is_exactly_once(tmp_path, three_shots
     for r in read_shards(str(killed)).to_pylist():
         assert Path(r["clip_uri"]).is_file()
     assert not list(killed.glob("clips/*/.*.part"))
+
+
+@pytest.fixture()
+def s3(monkeypatch):
+    """A throwaway S3 server on 127.0.0.1 (moto), with the env pyarrow and boto3 read."""
+    import socket
+
+    moto_server = pytest.importorskip("moto.server")
+    boto3 = pytest.importorskip("boto3")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                 "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():  # fmt: skip
+        monkeypatch.setenv(k, v)
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="corpus")
+    yield client
+    server.stop()
+
+
+def test_object_storage_inputs_and_outputs_with_resume(tmp_path, s3, three_shots, text_video, bad_inputs):
+    for name, path in (("a/three.mp4", three_shots.path), ("b/text.mp4", text_video.path), ("b/zero.mp4", str(bad_inputs["empty"]))):
+        s3.upload_file(path, "corpus", f"raw/{name}")
+    local = tmp_path / "local"
+    run(cfg(), resolve_inputs([three_shots.path, text_video.path]), str(local))
+    inputs = resolve_inputs(["s3://corpus/raw/"])
+    assert sorted(inputs) == ["s3://corpus/raw/a/three.mp4", "s3://corpus/raw/b/text.mp4", "s3://corpus/raw/b/zero.mp4"]
+    first = run(cfg(), inputs[:2], "s3://corpus/out")  # a run that stops after two inputs ...
+    again = run(cfg(), inputs, "s3://corpus/out")  # ... resumed with the full list
+    assert (first.processed, again.skipped, again.processed) == (2, 2, 1)
+    rows = read_shards("s3://corpus/out").to_pylist()
+    assert {(r["clip_id"], r["start_frame"], r["end_frame"]) for r in rows} == clip_set(local)
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="corpus", Prefix="out/")["Contents"]}
+    for r in rows:
+        assert r["clip_uri"].startswith("s3://corpus/out/clips/") and r["clip_uri"][len("s3://corpus/"):] in keys
+    assert "out/quarantine.parquet" in keys and "out/manifest.json" in keys
+    assert not [k for k in keys if "/.tmp/" in k and not k.endswith("/")]  # (directory markers aside)
+
+
+@pytest.mark.slow
+def test_multi_node_cluster_gives_the_local_result(tmp_path, three_shots, text_video, fade_video):
+    """Two Ray nodes on this machine (ray.cluster_utils.Cluster); the CLI attaches with --ray-address."""
+    from ray.cluster_utils import Cluster
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for v in (three_shots, text_video, fade_video):
+        shutil.copy(v.path, inputs / Path(v.path).name)
+    shutil.copy(DATA / "counter.mp4", inputs / "counter.mp4")
+    sets = ["clips.min_s=1", "clips.max_s=3", "scorers.ocr.enabled=false"]
+    demo = ROOT / "configs" / "demo.yaml"
+    run(load_config(demo, ["executor=local", *sets]), resolve_inputs([str(inputs)]), str(tmp_path / "local"))
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        args = [sys.executable, "-m", "curate.cli", "run", str(ROOT / "configs" / "demo.yaml"), "-i", str(inputs),
+                "-o", str(tmp_path / "cluster"), "--ray-address", cluster.address,
+                *[x for s in [*sets, "ray.num_cpus=null"] for x in ("--set", s)]]  # fmt: skip
+        proc = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "CI": "true"}, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    finally:
+        cluster.shutdown()
+    key = lambda out: sorted((r["clip_id"], r["start_frame"], r["end_frame"], round(r["flow_mean"], 5))  # noqa: E731
+                             for r in read_shards(str(out)).to_pylist())  # fmt: skip
+    assert key(tmp_path / "cluster") == key(tmp_path / "local")
