@@ -222,6 +222,61 @@ def report_cmd(
     console.print(f"[green]report[/green] -> {path}")
 
 
+@app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def train_cmd(
+    config: Path = typer.Argument(..., help="trainer config (configs/train/tiny.yaml)"),
+    data: str = typer.Option(..., "--data", help="a curate OUT, a select subset, or an export directory"),
+    out: Path = typer.Option(..., "-o", "--out", help="run directory (resumes when it holds ckpt.pt)"),
+    init_from: Optional[str] = typer.Option(None, "--init-from", help="warm start from a checkpoint"),
+    sets: list[str] = typer.Option([], "--set", help="override a trainer config key"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="stop early (resume later)"),
+) -> None:
+    """Train a small ModelScope-style text-to-video model: metrics.jsonl, checkpoints, samples."""
+    from curate.config import ConfigError
+    from pipelines.train_t2v import load_train_config, train
+
+    try:
+        cfg = load_train_config(config, sets)
+    except ConfigError as e:
+        _fail(str(e))
+    result = train(cfg, data, out, init_from, max_steps)
+    ev = {k: round(v["loss"], 5) for k, v in result.get("eval", {}).items() if v.get("loss") is not None}
+    console.print(f"[green]trained[/green] to step {result['step']} -> {out}; eval loss {ev}")
+
+
+@app.command("compare")
+def compare_cmd(
+    config: Path = typer.Argument(..., help="trainer config shared by every arm"),
+    arms: list[str] = typer.Option(..., "--arm", help="NAME=DATA, repeatable"),
+    out: Path = typer.Option(..., "-o", "--out"),
+    seeds: list[int] = typer.Option([0, 1], "--seed", help="seeds per arm, repeatable"),
+    evals: list[str] = typer.Option([], "--eval", help="NAME=DATA: an extra eval set"),
+    votes: Optional[str] = typer.Option(None, "--votes", help="JSON lines of human votes"),
+    sets: list[str] = typer.Option([], "--set"),
+) -> None:
+    """Train every arm identically, evaluate all on shared sets, rank with bootstrap CIs and Elo."""
+    from curate.config import ConfigError
+    from pipelines.compare import compare
+    from pipelines.train_t2v import load_train_config
+
+    def pairs(items: list[str], flag: str) -> dict[str, str]:
+        out_ = {}
+        for it in items:
+            if "=" not in it:
+                _fail(f"{flag} {it!r}: expected NAME=PATH")
+            k, v = it.split("=", 1)
+            out_[k] = v
+        return out_
+
+    try:
+        cfg = load_train_config(config, sets)
+    except ConfigError as e:
+        _fail(str(e))
+    board = compare(cfg, pairs(arms, "--arm"), out, seeds, pairs(evals, "--eval"), votes)
+    Console().print((out / "leaderboard.md").read_text())
+    console.print(f"[green]ranking[/green]: {' > '.join(board['ranking'])} -> {out / 'leaderboard.json'}")
+
+
 models_app = typer.Typer(no_args_is_help=True, help="Model weights a config needs.")
 app.add_typer(models_app, name="models")
 

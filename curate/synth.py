@@ -63,7 +63,8 @@ def render_scene(scene: Scene, n: int, w: int, h: int) -> np.ndarray:
     for i in range(n):
         if scene.kind == "moving":
             dx = int(round(i * scene.speed_px))
-            frame = tex[8:8 + h, 8 + dx:8 + dx + w].copy()
+            x0 = 8 + (dx if scene.speed_px >= 0 else travel + dx)  # a leftward pan starts at the right
+            frame = tex[8:8 + h, x0:x0 + w].copy()
         else:
             frame = tex[8:8 + h, 8:8 + w].copy()
         if scene.kind == "text" or scene.text:
@@ -135,3 +136,42 @@ def demo_corpus(directory: str) -> list[SynthVideo]:
         ], fade_frames=12),
         make_video(j("long_pan.mp4"), [Scene("moving", 14.0, seed=8, speed_px=2.0)]),
     ]
+
+
+HUES = {"red": 0, "yellow": 30, "green": 60, "cyan": 90, "blue": 120, "magenta": 150}
+
+
+def captioned_clips(directory: str, n: int, kind: str = "clean", seed: int = 0, size: tuple[int, int] = (64, 64),
+                    seconds: float = 2.0, fps: float = 8.0) -> list[dict]:
+    """Short clips with true captions, as a curate subset's rows (for trainer tests and demos).
+
+    clean: a coloured texture panning left or right ("a red texture moving right");
+    static: the same textures, still; text: a still texture under a large text overlay. The
+    captions of the defective kinds say what a clean clip would be, as a bad caption source does.
+    """
+    import os
+
+    os.makedirs(directory, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for k in range(n):
+        colour = list(HUES)[int(rng.integers(len(HUES)))]
+        direction = ["left", "right"][int(rng.integers(2))]
+        speed = 1.5 if direction == "right" else -1.5
+        kind_k = kind
+        scene = Scene("moving" if kind_k == "clean" else "static", seconds, seed=int(rng.integers(1 << 30)), speed_px=speed,
+                      text="BUY NOW 50%" if kind_k == "text" else "")
+        frames = render_scene(scene, int(round(seconds * fps)), *size)
+        tint = np.zeros_like(frames[0])
+        tint[..., 0], tint[..., 1], tint[..., 2] = HUES[colour], 200, 220
+        tinted = cv2.cvtColor(tint, cv2.COLOR_HSV2BGR)
+        frames = np.stack([cv2.addWeighted(f, 0.5, tinted, 0.5, 0) for f in frames])
+        if kind_k == "text":
+            for f in frames:
+                cv2.rectangle(f, (0, size[1] // 2 - 14), (size[0], size[1] // 2 + 10), (255, 255, 255), -1)
+                cv2.putText(f, "SALE", (4, size[1] // 2 + 6), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 2)
+        path = os.path.join(directory, f"{kind}-{seed}-{k:04d}.mp4")
+        encode(path, frames, fps, gop=16)
+        rows.append({"clip_id": f"{kind}-{seed}-{k:04d}", "clip_uri": path, "start_frame": 0, "end_frame": len(frames),
+                     "fps": fps, "duration_s": len(frames) / fps, "caption": f"a {colour} texture moving {direction}"})  # fmt: skip
+    return rows

@@ -1,0 +1,150 @@
+"""The trainer and the comparison, on tiny configs on CPU."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+pytest.importorskip("diffusers", reason="the trainer needs the 'train' extra (diffusers, torch)")
+
+from curate.synth import captioned_clips  # noqa: E402
+from pipelines.compare import bootstrap, elo, markdown, metric_games, vote_games  # noqa: E402
+from pipelines.train_t2v import Trainer, batch_indices, evaluate, load_rows, load_train_config, train  # noqa: E402
+
+TINY = Path(__file__).parents[1] / "configs" / "train" / "tiny.yaml"
+FAST = [  # a smaller cousin of configs/train/tiny.yaml, for tests
+    "data.frames=4", "data.size=16", "data.fps=4", "model.block_out_channels=[16, 32, 32]", "text.width=32",
+    "text.layers=1", "text.heads=2", "text.context=16", "optim.batch_size=4", "optim.warmup_steps=5",
+    "log_every=1", "eval.every=1000", "eval.distractors=3", "sample.prompts=[a red texture moving right]",
+    "sample.seeds=[0]", "sample.steps=4", "ckpt_every=1000",
+]  # fmt: skip
+
+
+def subset(d: Path, rows: list[dict]) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), d / "subset.parquet")
+    return d
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("t2v")
+    return {
+        "clean": captioned_clips(str(d / "clips"), 24, "clean", seed=1),
+        "static": captioned_clips(str(d / "clips"), 6, "static", seed=2),
+        "text": captioned_clips(str(d / "clips"), 6, "text", seed=3),
+        "clean_eval": captioned_clips(str(d / "clips"), 10, "clean", seed=4),
+        "dir": d,
+    }
+
+
+def losses(run: Path) -> list[float]:
+    return [r["loss"] for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r]
+
+
+def test_loss_falls_when_overfitting(tmp_path, corpus):
+    data = subset(tmp_path / "d", corpus["clean"][:4])
+    cfg = load_train_config(TINY, [*FAST, "optim.max_steps=60", "data.holdout_frac=0", "text.caption_dropout=0"])
+    result = train(cfg, data, tmp_path / "run")
+    curve = losses(tmp_path / "run")
+    assert len(curve) == 60 and all(np.isfinite(curve))
+    assert np.mean(curve[-10:]) < 0.5 * np.mean(curve[:5])
+    assert (tmp_path / "run" / "ckpt.pt").is_file() and result["step"] == 60
+    assert sorted(p.suffix for p in (tmp_path / "run" / "samples").iterdir()) == [".gif", ".json", ".mp4"]
+
+
+@pytest.mark.parametrize("frames, image_share", [(1, 0.0), (4, 0.5)])
+def test_images_and_videos_both_train(tmp_path, corpus, frames, image_share):
+    data = subset(tmp_path / "d", corpus["clean"][:6])
+    cfg = load_train_config(TINY, [*FAST, "optim.max_steps=30", f"data.frames={frames}", f"data.image_share={image_share}",
+                                   "data.holdout_frac=0"])  # fmt: skip
+    train(cfg, data, tmp_path / "run", samples=False)
+    recs = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    seen = {r["frames"] for r in recs if "frames" in r}
+    assert seen == ({1} if frames == 1 else {1, 4})  # joint image-video steps mixed in
+    curve = [r["loss"] for r in recs if "loss" in r]
+    assert np.mean(curve[-5:]) < np.mean(curve[:5])
+
+
+def test_resume_reproduces_the_loss_curve(tmp_path, corpus):
+    data = subset(tmp_path / "d", corpus["clean"][:8])
+    cfg = load_train_config(TINY, [*FAST, "optim.max_steps=24", "data.image_share=0.3"])
+    train(cfg, data, tmp_path / "straight", samples=False)
+    train(cfg, data, tmp_path / "resumed", max_steps=11, samples=False)  # stop early ("killed")
+    train(cfg, data, tmp_path / "resumed", samples=False)  # same command again: resumes
+    a, b = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
+    assert len(a) == len(b) == 24
+    assert np.allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_eval_is_deterministic_and_shared_across_models(tmp_path, corpus):
+    rows = load_rows(subset(tmp_path / "d", corpus["clean"][:6]))
+    cfg = load_train_config(TINY, [*FAST, "data.holdout_frac=0"])
+    tr = Trainer(cfg, rows, tmp_path)
+    a, b = evaluate(tr, rows[:3]), evaluate(tr, rows[:3])
+    assert a == b and a["clips"] == 3 and "retrieval_top1" in a
+    other = Trainer(cfg.model_copy(update={"seed": 5}), rows, tmp_path)  # another model: other numbers...
+    c = evaluate(other, rows[:3])
+    assert c["per_clip"] != a["per_clip"]
+
+
+def test_batches_are_a_function_of_seed_and_step():
+    assert batch_indices(10, 4, 0, 3) == batch_indices(10, 4, 0, 3)
+    epoch = [i for s in range(2) for i in batch_indices(10, 4, 0, s)]
+    assert len(set(epoch)) == 8  # no repeats within an epoch
+    assert batch_indices(3, 4, 0, 0) and len(batch_indices(3, 4, 0, 0)) == 4
+
+
+def test_elo_hand_computed():
+    # one game, A beats B, from 1000/1000: E = 0.5, A +0.5, B -0.5 (K=1)
+    assert elo([("A", "B", 1.0)], ["A", "B"], orderings=1) == {"A": 1000.5, "B": 999.5}
+    # then B beats A: E_B = 1/(1+10^((1000.5-999.5)/400)) = 0.498561...
+    r = elo([("A", "B", 1.0), ("B", "A", 1.0)], ["A", "B"], orderings=1, seed=0)
+    e = 1 / (1 + 10 ** (1 / 400))
+    order = np.random.default_rng(0).permutation(2)
+    first_winner = "A" if order[0] == 0 else "B"
+    assert r[first_winner] == pytest.approx(1000.5 - (1 - e))
+    assert sum(r.values()) == pytest.approx(2000.0)  # zero-sum
+    # a tie between equals changes nothing; averaging over orderings keeps the sum
+    assert elo([("A", "B", 0.5)], ["A", "B"]) == {"A": 1000.0, "B": 1000.0}
+    many = elo([("A", "B", 1.0)] * 30 + [("B", "A", 1.0)] * 10, ["A", "B"])
+    assert many["A"] > 1000 > many["B"] and sum(many.values()) == pytest.approx(2000.0)
+
+
+def test_games_votes_and_bootstrap(tmp_path):
+    per_arm = {"a": np.array([0.1, 0.2, 0.3]), "b": np.array([0.2, 0.2, 0.1])}
+    assert metric_games(per_arm) == [("a", "b", 1.0), ("a", "b", 0.5), ("a", "b", 0.0)]
+    (tmp_path / "v.jsonl").write_text('{"a": "x", "b": "y", "winner": "y"}\n{"a": "x", "b": "y", "winner": "tie"}\n')
+    assert vote_games(tmp_path / "v.jsonl") == [("x", "y", 0.0), ("x", "y", 0.5)]
+    ci = bootstrap({"a": np.arange(100.0), "b": np.arange(100.0) + 1})
+    assert ci["a"][1] < ci["a"][0] == 49.5 < ci["a"][2]
+    assert ci["b"][0] - ci["a"][0] == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_compare_clean_arm_beats_the_defective_one(tmp_path, corpus):
+    """The whole idea, controlled: same steps, batch, seeds; one arm's clips carry injected defects
+    (static clips, text overlays). Evaluated on held-out clean clips, the clean arm must win."""
+    from pipelines.compare import compare
+
+    clean = subset(tmp_path / "clean", corpus["clean"][:12])
+    dirty = subset(tmp_path / "dirty", corpus["clean"][:6] + corpus["static"][:3] + corpus["text"][:3])
+    clean_eval = subset(tmp_path / "clean_eval", corpus["clean_eval"])
+    (tmp_path / "votes.jsonl").write_text('{"a": "clean", "b": "dirty", "winner": "clean"}\n')
+    cfg = load_train_config(TINY, [*FAST, "optim.max_steps=50", "data.holdout_frac=0", "eval.max_clips=10"])
+    board = compare(cfg, {"clean": str(clean), "dirty": str(dirty)}, tmp_path / "cmp", seeds=[0, 1],
+                    eval_sets={"clean": str(clean_eval)}, votes=str(tmp_path / "votes.jsonl"))  # fmt: skip
+    m = board["metrics"]["clean/denoise_loss"]
+    assert m["clean"]["mean"] < m["dirty"]["mean"]
+    assert board["elo"]["clean/denoise_loss"]["clean"] > 1000 > board["elo"]["clean/denoise_loss"]["dirty"]
+    assert board["ranking"][0] == "clean"
+    for arm in ("clean", "dirty"):
+        lo, hi = m[arm]["ci95"]
+        assert lo <= m[arm]["mean"] <= hi
+        for seed in (0, 1):
+            assert (tmp_path / "cmp" / "arms" / arm / f"seed-{seed}" / "eval.json").is_file()
+    md = (tmp_path / "cmp" / "leaderboard.md").read_text()
+    assert md == markdown(board) and "| 1 | clean |" in md
