@@ -244,6 +244,26 @@ def train_cmd(
     console.print(f"[green]trained[/green] to step {result['step']} -> {out}; eval loss {ev}")
 
 
+@app.command("train-vae")
+def train_vae_cmd(
+    config: Path = typer.Argument(..., help="trainer config (its data section sets frames/size)"),
+    data: str = typer.Option(..., "--data"),
+    out: Path = typer.Option(..., "-o", "--out", help="directory for the AutoencoderKL (save_pretrained)"),
+    steps: int = typer.Option(500, "--steps"),
+    sets: list[str] = typer.Option([], "--set"),
+) -> None:
+    """Train a small AutoencoderKL on the clips, for `model.mode: latent` (`--set model.vae=OUT`)."""
+    from curate.config import ConfigError
+    from pipelines.train_t2v import load_train_config, train_vae
+
+    try:
+        cfg = load_train_config(config, sets)
+    except ConfigError as e:
+        _fail(str(e))
+    r = train_vae(cfg, data, out, steps)
+    console.print(f"[green]vae[/green] -> {out}: loss {r['first_loss']:.4f} -> {r['last_loss']:.4f}")
+
+
 @app.command("compare")
 def compare_cmd(
     config: Path = typer.Argument(..., help="trainer config shared by every arm"),

@@ -304,6 +304,7 @@ class Trainer:
         if not self.train_rows:
             raise ValueError("no training clips (all held out or none with a clip file)")
         self.train_set = ClipSet(self.train_rows, cfg.data)
+        self._latents: dict[int, "torch.Tensor"] = {}  # latent mode: each clip encoded once
         self.step = 0
         self.forward = torch.compile(self.unet) if cfg.compile else self.unet
 
@@ -320,6 +321,17 @@ class Trainer:
             lat = self.vae.encode(x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)).latent_dist.mode()
         lat = lat * self.vae.config.scaling_factor
         return lat.reshape(b, f, *lat.shape[1:]).permute(0, 2, 1, 3, 4)
+
+    def clip_latents(self, i: int):
+        """Clip i in the diffusion space, (1, C, F, h, w). Latents are computed once and cached."""
+        import torch
+
+        if i in self._latents:
+            return self._latents[i]
+        z = self.encode(torch.from_numpy(self.train_set[i])[None].to(self.device))
+        if self.vae is not None:
+            self._latents[i] = z
+        return z
 
     def loss_on(self, x0, captions: list[str], t, noise, unet=None, text=None):
         import torch
@@ -348,12 +360,11 @@ class Trainer:
         total = 0.0
         for micro in range(cfg.optim.grad_accum):
             idx = batch_indices(len(self.train_set), cfg.optim.batch_size, cfg.seed, self.step * cfg.optim.grad_accum + micro)
-            x = torch.from_numpy(np.stack([self.train_set[i] for i in idx])).to(self.device)
+            x0 = torch.cat([self.clip_latents(i) for i in idx])  # (B, C, F, h, w)
             if image_step:  # joint image-video training: one random frame per clip, F=1
-                pick = torch.randint(0, x.shape[1], (x.shape[0],), generator=g)
-                x = x[torch.arange(x.shape[0]), pick][:, None]
+                pick = torch.randint(0, x0.shape[2], (x0.shape[0],), generator=g)
+                x0 = x0[torch.arange(x0.shape[0]), :, pick][:, :, None]
             captions = [self.train_rows[i]["caption"] if rng.random() >= cfg.text.caption_dropout else "" for i in idx]
-            x0 = self.encode(x)
             t = torch.randint(0, cfg.diffusion.timesteps, (x0.shape[0],), generator=g).to(self.device)
             noise = torch.randn(x0.shape, generator=g).to(self.device)
             loss = self.loss_on(x0, captions, t, noise).mean() * (cfg.data.image_alpha if image_step else 1.0)
@@ -510,6 +521,46 @@ def sample_distances(tr: Trainer, sample_stats: list[dict], rows: list[dict]) ->
         x = decode_clip(r, tr.cfg.data.frames, tr.cfg.data.fps, tr.cfg.data.size)
         real.append(video_stats(((x.transpose(0, 2, 3, 1) + 1) * 127.5).round().astype(np.uint8)))
     return {f"w1_{k}": wasserstein([s[k] for s in sample_stats], [s[k] for s in real]) for k in ("flow", "flicker", "mean", "std")}
+
+
+# ----------------------------------------------------------------------------------------------
+# a small VAE for latent mode, trained on the same clips' frames (no pretrained one can be had)
+
+
+def train_vae(cfg: TrainConfig, data: str | Path, out: str | Path, steps: int = 500, lr: float = 1e-3,
+              kl_weight: float = 1e-4, block_out_channels: tuple[int, ...] = (32, 64), latent_channels: int = 4) -> dict:
+    """Train a diffusers AutoencoderKL (reconstruction + KL) on frames of DATA; save_pretrained to OUT."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(cfg.seed)
+    rows = [r for r in load_rows(data) if not is_heldout(r["clip_id"], cfg.data.holdout_frac)]
+    frames = ClipSet(rows, cfg.data)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=latent_channels,
+                        down_block_types=("DownEncoderBlock2D",) * len(block_out_channels),
+                        up_block_types=("UpDecoderBlock2D",) * len(block_out_channels),
+                        block_out_channels=block_out_channels, layers_per_block=1, norm_num_groups=8,
+                        sample_size=cfg.data.size)  # fmt: skip
+    opt = torch.optim.AdamW(vae.parameters(), lr=lr)
+    log = []
+    for step in range(steps):
+        idx = batch_indices(len(frames), cfg.optim.batch_size, cfg.seed, step)
+        x = torch.from_numpy(np.concatenate([frames[i] for i in idx]))  # every frame is an image
+        g = torch.Generator().manual_seed(cfg.seed * 7919 + step)
+        x = x[torch.randperm(len(x), generator=g)[: cfg.optim.batch_size * 4]]
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample(generator=g)).sample
+        loss = torch.nn.functional.mse_loss(rec, x) + kl_weight * post.kl().mean()
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        log.append(float(loss))
+    # scale latents to unit variance for diffusion, as SD does with its scaling factor
+    with torch.no_grad():
+        z = torch.cat([vae.encode(torch.from_numpy(frames[i])).latent_dist.mode() for i in range(min(16, len(frames)))])
+    vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+    vae.save_pretrained(out)
+    return {"steps": steps, "first_loss": log[0], "last_loss": float(np.mean(log[-10:])), "scaling_factor": float(1.0 / z.std())}
 
 
 # ----------------------------------------------------------------------------------------------

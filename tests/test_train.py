@@ -148,3 +148,21 @@ def test_compare_clean_arm_beats_the_defective_one(tmp_path, corpus):
             assert (tmp_path / "cmp" / "arms" / arm / f"seed-{seed}" / "eval.json").is_file()
     md = (tmp_path / "cmp" / "leaderboard.md").read_text()
     assert md == markdown(board) and "| 1 | clean |" in md
+
+
+def test_latent_mode_with_a_trained_vae(tmp_path, corpus):
+    from pipelines.train_t2v import sample, train_vae
+
+    data = subset(tmp_path / "d", corpus["clean"][:6])
+    cfg = load_train_config(TINY, [*FAST, "data.holdout_frac=0"])
+    r = train_vae(cfg, data, tmp_path / "vae", steps=25)
+    assert r["last_loss"] < r["first_loss"]
+    lat = load_train_config(TINY, [*FAST, "data.holdout_frac=0", "model.mode=latent", f"model.vae={tmp_path / 'vae'}",
+                                   "model.block_out_channels=[16, 32]", "optim.max_steps=8", "data.image_share=0.5"])  # fmt: skip
+    train(lat, data, tmp_path / "run", samples=False)
+    curve = losses(tmp_path / "run")
+    assert len(curve) == 8 and all(np.isfinite(curve))
+    tr = Trainer(lat, load_rows(data), tmp_path / "run")
+    assert len(tr._latents) == 0 and tr.clip_latents(0).shape == (1, 4, 4, 8, 8)  # 16 px / 2 -> 8, cached
+    assert len(tr._latents) == 1
+    assert sample(tr, "a red texture", 0).shape == (4, 16, 16, 3)
