@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
 from curate.params import Strict
 
@@ -155,7 +155,7 @@ class PipelineConfig(Strict):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _format_error(source: str, err: ValidationError) -> str:
+def format_error(source: str, err: ValidationError) -> str:
     lines = [f"invalid config {source}:"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "tagged-union")))
@@ -187,6 +187,11 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> PipelineConfig:
     """Load YAML (or defaults when path is None), apply `key.sub=value` overrides, validate."""
+    return load_model(PipelineConfig, path, overrides)
+
+
+def load_model(model: type[BaseModel], path: str | Path | None, overrides: list[str] | None = None):
+    """Any strict config model from YAML plus overrides; errors name the file and the key."""
     data: dict[str, Any] = {}
     source = "<defaults>"
     if path is not None:
@@ -207,6 +212,6 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         key, value = parse_override(item)
         _set_dotted(data, key, value)
     try:
-        return PipelineConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_error(source, e)) from None
+        raise ConfigError(format_error(source, e)) from None

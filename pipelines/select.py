@@ -23,10 +23,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from curate import schema
-from curate.config import ConfigError, _format_error
+from curate.config import load_model
 from curate.params import Strict
 
 SUBSET_FILE = "subset.parquet"
@@ -88,16 +88,7 @@ class Rules(Strict):
 
 
 def load_rules(path: str | Path | None) -> Rules:
-    if path is None:
-        return Rules()
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"rules file not found: {p}")
-    data = yaml.safe_load(p.read_text()) or {}
-    try:
-        return Rules.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(_format_error(str(p), e)) from None
+    return Rules() if path is None else load_model(Rules, path)
 
 
 def parse_percent(spec: str) -> tuple[str, float]:

@@ -26,8 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from curate.params import Strict
 
@@ -43,7 +42,7 @@ class DataConfig(Strict):
     image_share: float = Field(0.0, ge=0, le=1, description="share of steps trained on single frames (F=1)")
     image_alpha: float = Field(1.0, ge=0, description="loss weight of the image steps")
     cache: bool = Field(True, description="keep decoded clips in memory (small datasets)")
-    workers: int = Field(0, ge=0, description="background decode workers")
+    workers: int = Field(0, ge=0, description="background decode threads (prefetch the next step)")
 
 
 class ModelConfig(Strict):
@@ -57,6 +56,11 @@ class ModelConfig(Strict):
 
 
 class TextConfig(Strict):
+    encoder: Literal["scratch", "open_clip", "hf"] = Field(
+        "scratch", description="scratch: trained jointly; open_clip / hf: a frozen, user-provided encoder"
+    )
+    path: str | None = Field(None, description="open_clip: a checkpoint file; hf: a local model directory")
+    open_clip_model: str | None = Field(None, description="open_clip architecture name (with encoder: open_clip)")
     width: int = 64
     layers: int = 2
     heads: int = 4
@@ -113,15 +117,9 @@ class TrainConfig(Strict):
 
 
 def load_train_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
-    from curate.config import ConfigError, _format_error, _set_dotted, parse_override
+    from curate.config import load_model
 
-    data = yaml.safe_load(Path(path).read_text()) if path else {}
-    for item in overrides or []:
-        _set_dotted(data, *parse_override(item))
-    try:
-        return TrainConfig.model_validate(data or {})
-    except ValidationError as e:
-        raise ConfigError(_format_error(str(path or "<defaults>"), e)) from None
+    return load_model(TrainConfig, path, overrides)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -136,9 +134,9 @@ def load_rows(data: str | Path) -> list[dict]:
 
     p = Path(data)
     if (p / "index.json").is_file():
-        from pipelines.export import CLIP_BYTES, iter_samples
+        from pipelines.export import index_samples
 
-        rows = [{**r, "bytes": r.pop(CLIP_BYTES, None)} for r in iter_samples(p)]
+        rows = list(index_samples(p))  # metadata now; clip bytes read lazily from the shard
     elif (p / "subset.parquet").is_file():
         rows = pq.read_table(p / "subset.parquet").to_pylist()
     elif p.suffix == ".parquet":
@@ -149,13 +147,13 @@ def load_rows(data: str | Path) -> list[dict]:
         rows = read_shards(str(p)).to_pylist()
     out = []
     for r in rows:
-        if not (r.get("bytes") or r.get(schema.CLIP_URI)):
+        if not (r.get("member") or r.get(schema.CLIP_URI)):
             continue
         caption = r.get("caption")
         if caption is None:  # an OUT or a subset without a chosen caption: the best available one
             caption = next((r[c] for c in (schema.CAPTION_LLM, schema.CAPTION_COCA, schema.CAPTION_VBLIP) if r.get(c)), "")
         out.append({"clip_id": r[schema.CLIP_ID], "caption": caption or "", "uri": r.get(schema.CLIP_URI),
-                    "bytes": r.get("bytes"), "n": r[schema.END_FRAME] - r[schema.START_FRAME], "fps": r[schema.FPS]})  # fmt: skip
+                    "member": r.get("member"), "n": r[schema.END_FRAME] - r[schema.START_FRAME], "fps": r[schema.FPS]})  # fmt: skip
     return sorted(out, key=lambda r: r["clip_id"])  # a stable order, whatever the source order
 
 
@@ -173,9 +171,11 @@ def decode_clip(row: dict, frames: int, fps: float, size: int) -> np.ndarray:
 
     step = max(1.0, row["fps"] / fps)
     idx = [min(row["n"] - 1, int(round(k * step))) for k in range(frames)]
-    if row.get("bytes"):
+    if row.get("member"):  # an export with embedded clips: read just this clip's bytes
+        from pipelines.export import read_member
+
         with tempfile.NamedTemporaryFile(suffix=".mp4") as fh:
-            fh.write(row["bytes"])
+            fh.write(read_member(row["member"]))
             fh.flush()
             got, _ = decode_frames(fh.name, set(idx), ["opencv", "pyav"])
     else:
@@ -197,13 +197,36 @@ class ClipSet:
     def __init__(self, rows: list[dict], cfg: DataConfig):
         self.rows, self.cfg = rows, cfg
         self._cache: dict[int, np.ndarray] = {}
+        self._pending: dict = {}  # index -> Future of a background decode
+        self._pool = None
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, i: int) -> np.ndarray:
+        if i in self._pending:
+            return self._pending.pop(i).result()
         if i in self._cache:
             return self._cache[i]
+        x = decode_clip(self.rows[i], self.cfg.frames, self.cfg.fps, self.cfg.size)
+        if self.cfg.cache:
+            self._cache[i] = x
+        return x
+
+    def prefetch(self, indices: list[int]) -> None:
+        """Decode the next step's clips in background threads (decoders release the GIL) while
+        the current step trains; __getitem__ collects them."""
+        if not self.cfg.workers:
+            return
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.cfg.workers, thread_name_prefix="decode")
+        for i in indices:
+            if i not in self._cache and i not in self._pending:
+                self._pending[i] = self._pool.submit(self._decode_and_cache, i)
+
+    def _decode_and_cache(self, i: int) -> np.ndarray:
         x = decode_clip(self.rows[i], self.cfg.frames, self.cfg.fps, self.cfg.size)
         if self.cfg.cache:
             self._cache[i] = x
@@ -254,7 +277,57 @@ def tokenize(captions: list[str], context: int):
     return open_clip.get_tokenizer("ViT-B-32")(captions, context_length=context)
 
 
-def build_unet(cfg: TrainConfig, channels: int):
+class FrozenText:
+    """A user-provided text encoder, frozen: per-token states for cross-attention.
+
+    open_clip: the text tower's token states after the final LayerNorm (as Stable Diffusion 2
+    conditions on OpenCLIP); hf: `last_hidden_state` of a transformers encoder (CLIP text, T5 ...)."""
+
+    def __init__(self, cfg: TextConfig, device: str):
+        import torch
+
+        self.cfg, self.device = cfg, device
+        if not cfg.path or not os.path.exists(cfg.path):
+            raise FileNotFoundError(f"text.encoder={cfg.encoder} needs text.path: a local checkpoint (got {cfg.path!r})")
+        if cfg.encoder == "open_clip":
+            import open_clip
+
+            if not cfg.open_clip_model:
+                raise ValueError("text.encoder=open_clip needs text.open_clip_model (an open_clip architecture name)")
+            self.model = open_clip.create_model(cfg.open_clip_model, pretrained=cfg.path).to(device).eval()
+            self.tokenizer = open_clip.get_tokenizer(cfg.open_clip_model)
+            self.width = self.model.token_embedding.weight.shape[1]
+        else:
+            from transformers import AutoModel, AutoTokenizer
+
+            model = AutoModel.from_pretrained(cfg.path, local_files_only=True)
+            if hasattr(model, "text_model"):  # CLIP-style checkpoints: the text tower
+                model = model.text_model
+            elif model.config.is_encoder_decoder:  # T5-style: the encoder
+                model = model.get_encoder()
+            self.model = model.to(device).eval()
+            self.tokenizer = AutoTokenizer.from_pretrained(cfg.path, local_files_only=True)
+            if self.tokenizer.pad_token is None:
+                self.tokenizer.pad_token = self.tokenizer.eos_token
+            self.width = model.config.hidden_size
+        self.model.requires_grad_(False)
+        self._torch = torch
+
+    def __call__(self, captions: list[str]):
+        torch = self._torch
+        with torch.no_grad():
+            if self.cfg.encoder == "open_clip":
+                m = self.model
+                tok = self.tokenizer(captions).to(self.device)
+                x = m.token_embedding(tok) + m.positional_embedding[: tok.shape[1]]
+                x = m.transformer(x, attn_mask=m.attn_mask)
+                return m.ln_final(x).float()
+            enc = self.tokenizer(captions, return_tensors="pt", padding="max_length", truncation=True,
+                                 max_length=self.cfg.context).to(self.device)  # fmt: skip
+            return self.model(**enc).last_hidden_state.float()
+
+
+def build_unet(cfg: TrainConfig, channels: int, context_width: int):
     from diffusers import UNet3DConditionModel
 
     n = len(cfg.model.block_out_channels)
@@ -265,7 +338,7 @@ def build_unet(cfg: TrainConfig, channels: int):
         down_block_types=tuple(down),
         up_block_types=tuple(d.replace("Down", "Up") for d in reversed(down)),
         block_out_channels=tuple(cfg.model.block_out_channels), layers_per_block=cfg.model.layers_per_block,
-        norm_num_groups=cfg.model.norm_num_groups, cross_attention_dim=cfg.text.width,
+        norm_num_groups=cfg.model.norm_num_groups, cross_attention_dim=context_width,
         attention_head_dim=cfg.model.attention_head_dim,
     )  # fmt: skip
 
@@ -287,8 +360,10 @@ class Trainer:
                 raise FileNotFoundError(f"model.mode=latent needs model.vae: a diffusers AutoencoderKL directory (got {cfg.model.vae!r})")
             self.vae = AutoencoderKL.from_pretrained(cfg.model.vae).to(self.device).eval().requires_grad_(False)
             channels = self.vae.config.latent_channels
-        self.unet = build_unet(cfg, channels).to(self.device)
-        self.text = build_text_encoder(cfg.text).to(self.device)
+        self.frozen_text = FrozenText(cfg.text, self.device) if cfg.text.encoder != "scratch" else None
+        width = self.frozen_text.width if self.frozen_text else cfg.text.width
+        self.unet = build_unet(cfg, channels, width).to(self.device)
+        self.text = build_text_encoder(cfg.text).to(self.device) if not self.frozen_text else torch.nn.Identity()
         self.ema = copy.deepcopy(torch.nn.ModuleDict({"unet": self.unet, "text": self.text})).requires_grad_(False)
         params = list(self.unet.parameters()) + list(self.text.parameters())
         self.opt = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
@@ -333,16 +408,21 @@ class Trainer:
             self._latents[i] = z
         return z
 
+    def context(self, captions: list[str], text=None):
+        """Cross-attention states of the captions: the jointly trained encoder, or a frozen one."""
+        if self.frozen_text is not None:
+            return self.frozen_text(captions)
+        return (text or self.text)(tokenize(captions, self.cfg.text.context).to(self.device))
+
     def loss_on(self, x0, captions: list[str], t, noise, unet=None, text=None):
         import torch
 
         unet, text = unet or self.forward, text or self.text
-        tokens = tokenize(captions, self.cfg.text.context).to(self.device)
         xt = self.noise_sched.add_noise(x0, noise, t)
         target = noise if self.cfg.diffusion.prediction == "epsilon" else self.noise_sched.get_velocity(x0, noise, t)
         ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.device == "cuda" else torch.autocast("cpu", enabled=False)
         with ctx:
-            pred = unet(xt, t, encoder_hidden_states=text(tokens)).sample
+            pred = unet(xt, t, encoder_hidden_states=self.context(captions, text)).sample
         return ((pred.float() - target) ** 2).mean(dim=(1, 2, 3, 4))
 
     def train_step(self) -> dict:
@@ -370,6 +450,9 @@ class Trainer:
             loss = self.loss_on(x0, captions, t, noise).mean() * (cfg.data.image_alpha if image_step else 1.0)
             (loss / cfg.optim.grad_accum).backward()
             total += loss.item() / cfg.optim.grad_accum
+        nxt = self.step + 1  # decode the next step's clips while this one finishes
+        self.train_set.prefetch([i for m in range(cfg.optim.grad_accum)
+                                 for i in batch_indices(len(self.train_set), cfg.optim.batch_size, cfg.seed, nxt * cfg.optim.grad_accum + m)])
         params = list(self.unet.parameters()) + list(self.text.parameters())
         gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
         self.opt.step()
@@ -479,10 +562,9 @@ def sample(tr: Trainer, prompt: str, seed: int) -> np.ndarray:
     channels = unet.config.in_channels
     size = cfg.data.size if tr.vae is None else cfg.data.size // (2 ** (len(tr.vae.config.block_out_channels) - 1))
     x = torch.randn((1, channels, cfg.data.frames, size, size), generator=torch.Generator().manual_seed(seed)).to(tr.device)
-    tokens = tokenize([prompt, ""], cfg.text.context).to(tr.device)
     tr.ddim.set_timesteps(cfg.sample.steps)
     with torch.no_grad():
-        cond = text(tokens)
+        cond = tr.context([prompt, ""], text)
         for t in tr.ddim.timesteps:
             out = unet(torch.cat([x, x]), t.to(tr.device), encoder_hidden_states=cond).sample
             c, u = out.chunk(2)
@@ -554,7 +636,7 @@ def train_vae(cfg: TrainConfig, data: str | Path, out: str | Path, steps: int = 
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        log.append(float(loss))
+        log.append(loss.item())
     # scale latents to unit variance for diffusion, as SD does with its scaling factor
     with torch.no_grad():
         z = torch.cat([vae.encode(torch.from_numpy(frames[i])).latent_dist.mode() for i in range(min(16, len(frames)))])

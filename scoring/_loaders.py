@@ -42,6 +42,16 @@ def load_open_clip(stage: str, model: str, pretrained: str | None, model_config:
     return m, preprocess, open_clip.get_tokenizer(model)
 
 
+def device_and_dtype(device: str, dtype: str):
+    """(device, torch dtype) of a transformers stage: `auto` is bfloat16 on GPU, float32 on CPU."""
+    import torch
+
+    dev = resolve_device(device)
+    if dtype == "auto":
+        return dev, torch.bfloat16 if dev == "cuda" else torch.float32
+    return dev, getattr(torch, dtype)
+
+
 def quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 

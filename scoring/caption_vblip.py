@@ -51,17 +51,13 @@ class VblipCaptioner:
     def setup(self) -> None:
         if self.model is not None:
             return
-        import torch
         from transformers import AutoImageProcessor, AutoTokenizer, Blip2ForConditionalGeneration
 
-        from curate.models import resolve_device
-        from scoring._loaders import quiet_transformers, require
+        from scoring._loaders import device_and_dtype, quiet_transformers, require
 
         quiet_transformers()
         path = require(self.model_refs(self.params)[0])
-        self.device = resolve_device(self.params.device)
-        dtype = {"auto": torch.bfloat16 if self.device == "cuda" else torch.float32}.get(self.params.dtype)
-        dtype = dtype or getattr(torch, self.params.dtype)
+        self.device, dtype = device_and_dtype(self.params.device, self.params.dtype)
         self.model = Blip2ForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=True).to(self.device).eval()
         self.image_processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)

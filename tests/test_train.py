@@ -166,3 +166,52 @@ def test_latent_mode_with_a_trained_vae(tmp_path, corpus):
     assert len(tr._latents) == 0 and tr.clip_latents(0).shape == (1, 4, 4, 8, 8)  # 16 px / 2 -> 8, cached
     assert len(tr._latents) == 1
     assert sample(tr, "a red texture", 0).shape == (4, 16, 16, 3)
+
+
+def test_background_decode_gives_the_same_run(tmp_path, corpus):
+    data = subset(tmp_path / "d", corpus["clean"][:8])
+    cfg = load_train_config(TINY, [*FAST, "optim.max_steps=6", "data.cache=false"])
+    train(cfg, data, tmp_path / "inline", samples=False)
+    train(cfg.model_copy(update={"data": cfg.data.model_copy(update={"workers": 2})}), data, tmp_path / "threads", samples=False)
+    assert losses(tmp_path / "inline") == losses(tmp_path / "threads")
+
+
+@pytest.mark.parametrize("fmt", ["webdataset", "parquet"])
+def test_trains_from_an_export_reading_clips_lazily(tmp_path, corpus, fmt):
+    from pipelines.export import export
+
+    data = subset(tmp_path / "d", corpus["clean"][:6])
+    export(data, tmp_path / "exp", fmt, max_rows=4)
+    rows = load_rows(tmp_path / "exp")
+    assert len(rows) == 6 and all(r["member"] and r["uri"] for r in rows)
+    assert rows == sorted(rows, key=lambda r: r["clip_id"])
+    cfg = load_train_config(TINY, [*FAST, "optim.max_steps=3", "data.holdout_frac=0"])
+    train(cfg, tmp_path / "exp", tmp_path / "run", samples=False)
+    assert len(losses(tmp_path / "run")) == 3
+    # the clip decoded from the export's bytes is the clip decoded from its file
+    from pipelines.train_t2v import decode_clip
+
+    r = rows[0]
+    assert np.array_equal(decode_clip(r, 4, 4.0, 16), decode_clip({**r, "member": None}, 4, 4.0, 16))
+
+
+@pytest.mark.parametrize("encoder", ["hf", "open_clip"])
+def test_frozen_user_text_encoder(tmp_path, corpus, encoder):
+    import torch
+
+    from tests import tiny_models
+
+    if encoder == "hf":
+        sets = ["text.encoder=hf", f"text.path={tiny_models.llm(tmp_path)}"]
+    else:
+        _, ckpt = tiny_models.open_clip_model(tmp_path, "tiny-clip", tiny_models.CLIP_CFG)
+        sets = ["text.encoder=open_clip", f"text.path={ckpt}", "text.open_clip_model=tiny-clip"]
+    data = subset(tmp_path / "d", corpus["clean"][:6])
+    cfg = load_train_config(TINY, [*FAST, "optim.max_steps=3", "data.holdout_frac=0", *sets])
+    tr = Trainer(cfg, load_rows(data), tmp_path)
+    before = [p.clone() for p in tr.frozen_text.model.parameters()]
+    for _ in range(3):
+        rec = tr.train_step()
+        assert np.isfinite(rec["loss"])
+    assert all(torch.equal(a, b) for a, b in zip(before, tr.frozen_text.model.parameters()))  # frozen
+    assert tr.context(["a red texture"]).shape[-1] == 32  # the encoder's width drives cross-attention
