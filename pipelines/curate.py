@@ -111,7 +111,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
 
 def _batches_ray(cfg: PipelineConfig, uris: list[str], stages: list[tuple[type, tuple]]) -> Iterable[pa.Table]:
     import ray
-    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
 
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     ctx = DataContext.get_current()
@@ -139,7 +139,7 @@ def _batches_ray(cfg: PipelineConfig, uris: list[str], stages: list[tuple[type, 
             ds = ds.map_batches(
                 _apply_stage, fn_kwargs={"stage_cls": cls, "args": args},
                 batch_size=res.batch_size, batch_format="pyarrow", num_cpus=res.num_cpus,
-                concurrency=cfg.ray.video_concurrency,
+                compute=TaskPoolStrategy(size=cfg.ray.video_concurrency),
             )  # fmt: skip
     yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
