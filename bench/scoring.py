@@ -54,8 +54,6 @@ def best_of(repeat: int, fn):
 
 
 def main(argv: list[str] | None = None) -> int:
-    import pyarrow as pa
-
     from curate.config import load_config
     from curate.sample import SampleStage
     from curate.shards import read_shards
@@ -109,7 +107,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flow+ocr+quality compute / bare decode:         {compute / decode:6.2f}x  (target < 1)")
         print(f"decode-per-scorer / decode-once:                {separate / once:6.2f}x")
         print(f"of which OCR:                                   {per_stage.get('ocr', 0) / compute:6.1%} of scorer compute")
-        del pa
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return 0

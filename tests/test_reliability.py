@@ -16,7 +16,7 @@ from curate import schema
 from curate.config import load_config
 from curate.shards import read_shards
 from curate.storage import InputError, resolve_inputs
-from curate.synth import Scene, encode, make_video, render_scene
+from curate.synth import Scene, encode, render_scene
 from pipelines.curate import run
 from tests.conftest import DATA
 
