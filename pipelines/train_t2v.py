@@ -380,6 +380,7 @@ class Trainer:
             raise ValueError("no training clips (all held out or none with a clip file)")
         self.train_set = ClipSet(self.train_rows, cfg.data)
         self._latents: dict[int, "torch.Tensor"] = {}  # latent mode: each clip encoded once
+        self.eval_cache: dict[str, np.ndarray] = {}
         self.step = 0
         self.forward = torch.compile(self.unet) if cfg.compile else self.unet
 
@@ -513,7 +514,9 @@ def evaluate(tr: Trainer, rows: list[dict], with_retrieval: bool = True) -> dict
     captions = [r["caption"] for r in rows]
     with torch.no_grad():
         for i, r in enumerate(rows):
-            x = torch.from_numpy(decode_clip(r, cfg.data.frames, cfg.data.fps, cfg.data.size))[None].to(tr.device)
+            if r["clip_id"] not in tr.eval_cache:  # eval clips are decoded once per run, not per eval
+                tr.eval_cache[r["clip_id"]] = decode_clip(r, cfg.data.frames, cfg.data.fps, cfg.data.size)
+            x = torch.from_numpy(tr.eval_cache[r["clip_id"]])[None].to(tr.device)
             x0 = tr.encode(x).repeat(len(ts), 1, 1, 1, 1)
             noise = eval_noise(cfg, r["clip_id"], x0.shape[1:]).to(tr.device)[None].repeat(len(ts), 1, 1, 1, 1)
             own = tr.loss_on(x0, [r["caption"]] * len(ts), ts, noise, unet, text).mean().item()
