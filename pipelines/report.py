@@ -30,7 +30,7 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _thumb(uri: str, start: int, end: int, width: int = 160) -> str | None:
+def _thumb(uri: str, start: int, end: int, width: int = 116) -> str | None:
     """JPEG data URI of the clip's middle frame (None when it cannot be read)."""
     import cv2
 
@@ -125,7 +125,7 @@ def build_report(out: str, rules_path: str | None = None) -> str:
         ax.hist(vals, bins=min(40, max(5, len(vals) // 2)), color="#72b7b2")
         for label, t in marks.get(col, []):
             ax.axvline(t, color="#e45756", linestyle="--")
-            ax.annotate(label, (t, ax.get_ylim()[1] * 0.9), fontsize=7, color="#e45756", rotation=90, ha="right")
+            ax.text(t, ax.get_ylim()[1] * 0.97, label, fontsize=7, color="#e45756", rotation=90, ha="right", va="top")
         ax.set_title(f"{col} (n={len(vals)}, nulls={table.column(col).null_count})", fontsize=9)
         strip = []
         ordered = sorted((r for r in rows if r[col] is not None and r[schema.CLIP_URI]), key=lambda r: r[col])
@@ -156,8 +156,8 @@ def build_report(out: str, rules_path: str | None = None) -> str:
     )
     style = (
         "body{font-family:sans-serif;margin:24px;max-width:1300px}table{border-collapse:collapse;font-size:13px}"
-        "td,th{border:1px solid #ccc;padding:3px 6px}.score{display:flex;gap:12px;align-items:center;margin:8px 0}"
-        ".strip{display:flex;gap:4px;flex-wrap:wrap}figure{margin:0;font-size:11px;text-align:center}.err{color:#b00}"
+        "td,th{border:1px solid #ccc;padding:3px 6px}.score{margin:8px 0 20px 0}"
+        ".strip{display:flex;gap:4px;flex-wrap:nowrap;overflow-x:auto}figure{margin:0;font-size:11px;text-align:center}.err{color:#b00}"
     )
     return f"<!doctype html><html><head><meta charset='utf-8'><title>curate report</title><style>{style}</style></head><body>{''.join(parts)}</body></html>"
 
