@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import sys
@@ -11,6 +12,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -22,8 +24,18 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 
 
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {escape(message)}")
     raise typer.Exit(code)
+
+
+def _log_to_console() -> None:
+    """curate's warnings (e.g. a skipped optional stage) through rich, once each."""
+    from rich.logging import RichHandler
+
+    log = logging.getLogger("curate")
+    if not any(isinstance(h, RichHandler) for h in log.handlers):
+        log.addHandler(RichHandler(console=console, show_time=False, show_path=False, markup=False))
+        log.setLevel(logging.WARNING)
 
 
 def _progress() -> Progress:
@@ -53,6 +65,7 @@ def _run(config: Optional[Path], inputs: list[str], out: str, sets: list[str], r
         _fail(f"no video inputs found in: {' '.join(inputs)}")
     from pipelines.curate import run
 
+    _log_to_console()
     with _progress() as progress:
         task = progress.add_task("curating inputs", total=len(uris))
 
@@ -63,8 +76,6 @@ def _run(config: Optional[Path], inputs: list[str], out: str, sets: list[str], r
             result = run(cfg, uris, out, on_progress=on_progress)
         except (ConfigMismatch, MissingModelError) as e:
             _fail(str(e))
-    for stage, why in (result.manifest.get("skipped_stages") or {}).items():
-        console.print(f"[yellow]skipped optional stage {stage}[/yellow] (columns left null): {why}")
     c = result.manifest["counts"]
     console.print(
         f"[green]done[/green]: {result.processed} inputs processed, {result.skipped} already done; "
@@ -326,7 +337,7 @@ def models_list(config: Optional[Path] = typer.Argument(None, help="pipeline con
         t.add_column(col)
     for stage, optional, st in _model_statuses(config, sets):
         t.add_row(stage, f"{st.ref.role}: {st.ref.describe()}", "optional" if optional else "required",
-                  "[green]yes[/green]" if st.present else "[red]no[/red]", st.where if st.present else f"{st.where}. {st.how}")
+                  "[green]yes[/green]" if st.present else "[red]no[/red]", escape(st.where if st.present else f"{st.where}. {st.how}"))
     Console(width=200).print(t)
 
 
@@ -336,7 +347,7 @@ def models_check(config: Path = typer.Argument(..., help="pipeline config"), set
     missing = [(s, o, st) for s, o, st in _model_statuses(config, sets) if not st.present]
     for stage, optional, st in missing:
         console.print(f"[red]missing[/red] {stage} ({'optional' if optional else 'required'}): "
-                      f"{st.ref.role} {st.ref.describe()}: {st.where}. {st.how}")
+                      + escape(f"{st.ref.role} {st.ref.describe()}: {st.where}. {st.how}"))
     if missing:
         raise typer.Exit(1)
     console.print("[green]all models present[/green]")
