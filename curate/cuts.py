@@ -53,16 +53,15 @@ def make_detector(p: DetectorParams, min_scene_len: int):
 
 
 class _Level:
-    def __init__(self, name: str, stride: int, fps: float, detectors: list, params: list[DetectorParams]):
+    def __init__(self, name: str, stride: int, fps: float, detectors: list):
         self.name = name
         self.stride = stride
         self.rate = Fraction(fps).limit_denominator(100000)
         self.detectors = detectors
-        self.params = params
         self.count = 0  # frames this level has seen
-        self.found: list[int] = []  # native frame indices (before refinement)
+        self.found: list[int] = []  # cuts in this level's frame numbers (x stride = native)
 
-    def feed(self, frame_index: int, frame: np.ndarray) -> None:
+    def feed(self, frame: np.ndarray) -> None:
         from scenedetect import FrameTimecode
 
         tc = FrameTimecode(self.count, fps=self.rate)
@@ -93,7 +92,7 @@ def detect_cuts(path: str, info: VideoInfo, params: CutsParams, deadline_s: floa
         min_len = max(1, int(round(params.min_scene_len_s * level_fps)))
         name = "native" if stride == 1 and lv.fps is None else f"{lv.fps:g}fps"
         dets = [make_detector(d, min_len) for d in lv.detectors]
-        levels.append(_Level(name, stride, level_fps, dets, list(lv.detectors)))
+        levels.append(_Level(name, stride, level_fps, dets))
 
     # Per-frame mean absolute luma change: the cheap signal used to place low-level cuts exactly.
     diffs: list[float] = [0.0]
@@ -112,7 +111,7 @@ def detect_cuts(path: str, info: VideoInfo, params: CutsParams, deadline_s: floa
             frame = chunk[j]
             for level in levels:
                 if index % level.stride == 0:
-                    level.feed(index, frame)
+                    level.feed(frame)
             index += 1
     n_frames = index
     for level in levels:
@@ -124,7 +123,7 @@ def detect_cuts(path: str, info: VideoInfo, params: CutsParams, deadline_s: floa
     for rank, level in enumerate(sorted(levels, key=lambda lv: lv.stride)):
         placed = []
         for j in level.found:
-            f = _refine(j * level.stride if level.stride > 1 else j, level.stride, diff_arr)
+            f = _refine(j * level.stride, level.stride, diff_arr)
             if 0 < f < n_frames:
                 placed.append(f)
         by_level[level.name] = sorted(set(placed))

@@ -42,10 +42,6 @@ class ModelStatus:
     how: str  # how to provide it when missing
 
 
-def _is_local(path: str | None) -> bool:
-    return bool(path) and (os.path.sep in path or path.startswith(".")) and os.path.exists(path)
-
-
 def check(ref: ModelRef) -> ModelStatus:
     if ref.kind == "file":
         ok = os.path.isfile(ref.name)
@@ -76,7 +72,7 @@ def _check_hf(ref: ModelRef) -> ModelStatus:
 def _check_open_clip(ref: ModelRef) -> ModelStatus:
     how = (f"download the checkpoint where the internet is reachable and set scorers.{ref.stage}.pretrained "
            "to the local file (open_clip tags resolve through the Hugging Face cache)")
-    if ref.pretrained and (os.path.isfile(ref.pretrained) or _is_local(ref.pretrained)):
+    if ref.pretrained and os.path.isfile(ref.pretrained):
         return ModelStatus(ref, True, ref.pretrained, how)
     if ref.pretrained and (os.path.sep in ref.pretrained or ref.pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))):
         return ModelStatus(ref, False, f"no file at {ref.pretrained}", how)

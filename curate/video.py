@@ -68,14 +68,15 @@ def probe(path: str, max_pixels: int | None = None) -> VideoInfo:
     import av
 
     try:
-        size = os.stat(path).st_size
+        st = os.stat(path)
     except FileNotFoundError:
         raise ProbeError(schema.Q_MISSING, f"no such file: {path}") from None
     except OSError as e:
         raise ProbeError(schema.Q_UNREADABLE, f"cannot stat: {e}") from None
-    if os.path.isdir(path):
+    size = st.st_size
+    if stat.S_ISDIR(st.st_mode):
         raise ProbeError(schema.Q_UNREADABLE, "is a directory")
-    if not stat.S_ISREG(os.stat(path).st_mode):
+    if not stat.S_ISREG(st.st_mode):
         # A FIFO or device would block the demuxer forever: refuse before opening it.
         raise ProbeError(schema.Q_UNREADABLE, "not a regular file")
     if size == 0:

@@ -110,14 +110,13 @@ def _column(table: pa.Table, name: str, filt: Filter) -> pa.ChunkedArray:
     return table.column(name)
 
 
-def _null_policy(col: pa.ChunkedArray, name: str, filt: Filter) -> pa.Array | None:
+def _refuse_nulls(col: pa.ChunkedArray, name: str, filt: Filter) -> None:
     nulls = col.null_count
     if nulls and filt.nulls == "refuse":
         raise SelectError(
             f"filter {filt.label()!r}: column {name!r} has {nulls} null values of {len(col)}; "
             "say how to treat them with nulls: drop | keep"
         )
-    return None
 
 
 def evaluate(table: pa.Table, filt: Filter) -> tuple[np.ndarray, dict]:
@@ -129,7 +128,7 @@ def evaluate(table: pa.Table, filt: Filter) -> tuple[np.ndarray, dict]:
             raise SelectError(f"filter {filt.where!r}: expected 'column OP value' with OP in >= <= > < == !=")
         name, op, raw = m.groups()
         col = _column(table, name, filt)
-        _null_policy(col, name, filt)
+        _refuse_nulls(col, name, filt)
         value = yaml.safe_load(raw)
         if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
             value = str(value)
@@ -143,7 +142,7 @@ def evaluate(table: pa.Table, filt: Filter) -> tuple[np.ndarray, dict]:
         col = _column(table, name, filt)
         if not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
             raise SelectError(f"filter {filt.label()!r}: column {name!r} is {col.type}, not numeric")
-        _null_policy(col, name, filt)
+        _refuse_nulls(col, name, filt)
         values = col.drop_null().to_numpy(zero_copy_only=False).astype(np.float64)
         if len(values) == 0:
             raise SelectError(f"filter {filt.label()!r}: column {name!r} has no values")
@@ -152,11 +151,11 @@ def evaluate(table: pa.Table, filt: Filter) -> tuple[np.ndarray, dict]:
         mask = pc.greater_equal(col, q) if bottom else pc.less_equal(col, q)
         info.update(column=name, op=">=" if bottom else "<=", threshold=q, percent=pct, kind="drop_bottom" if bottom else "drop_top")
     arr = mask.to_numpy(zero_copy_only=False) if isinstance(mask, pa.Array) else mask.combine_chunks().to_numpy(zero_copy_only=False)
-    keep = np.asarray(pd_fill(arr, filt.nulls == "keep"), dtype=bool)
+    keep = np.asarray(_nulls_to(arr, filt.nulls == "keep"), dtype=bool)
     return keep, info
 
 
-def pd_fill(arr: np.ndarray, null_value: bool) -> np.ndarray:
+def _nulls_to(arr: np.ndarray, null_value: bool) -> np.ndarray:
     """Arrow booleans with nulls come out as an object array with None: nulls -> null_value."""
     if arr.dtype == object:
         return np.array([null_value if v is None else bool(v) for v in arr], dtype=bool)

@@ -180,9 +180,10 @@ def decode_clip(row: dict, frames: int, fps: float, size: int) -> np.ndarray:
             got, _ = decode_frames(fh.name, set(idx), ["opencv", "pyav"])
     else:
         got, _ = decode_frames(row["uri"], set(idx), ["opencv", "pyav"])
+    have = sorted(got)
     out = []
-    for i in idx:
-        f = got.get(i, got[max(k for k in got if k <= i)] if any(k <= i for k in got) else next(iter(got.values())))
+    for i in idx:  # a frame the decoder could not deliver: the nearest one before it (or the first)
+        f = got[max((k for k in have if k <= i), default=have[0])]
         h, w = f.shape[:2]
         s = min(h, w)
         crop = f[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
@@ -208,10 +209,7 @@ class ClipSet:
             return self._pending.pop(i).result()
         if i in self._cache:
             return self._cache[i]
-        x = decode_clip(self.rows[i], self.cfg.frames, self.cfg.fps, self.cfg.size)
-        if self.cfg.cache:
-            self._cache[i] = x
-        return x
+        return self._decode_and_cache(i)
 
     def prefetch(self, indices: list[int]) -> None:
         """Decode the next step's clips in background threads (decoders release the GIL) while
@@ -398,6 +396,12 @@ class Trainer:
         lat = lat * self.vae.config.scaling_factor
         return lat.reshape(b, f, *lat.shape[1:]).permute(0, 2, 1, 3, 4)
 
+    def decoded(self, row: dict) -> np.ndarray:
+        """A held-out / reference clip, decoded once per run (evals and sample statistics reuse it)."""
+        if row["clip_id"] not in self.eval_cache:
+            self.eval_cache[row["clip_id"]] = decode_clip(row, self.cfg.data.frames, self.cfg.data.fps, self.cfg.data.size)
+        return self.eval_cache[row["clip_id"]]
+
     def clip_latents(self, i: int):
         """Clip i in the diffusion space, (1, C, F, h, w). Latents are computed once and cached."""
         import torch
@@ -514,9 +518,7 @@ def evaluate(tr: Trainer, rows: list[dict], with_retrieval: bool = True) -> dict
     captions = [r["caption"] for r in rows]
     with torch.no_grad():
         for i, r in enumerate(rows):
-            if r["clip_id"] not in tr.eval_cache:  # eval clips are decoded once per run, not per eval
-                tr.eval_cache[r["clip_id"]] = decode_clip(r, cfg.data.frames, cfg.data.fps, cfg.data.size)
-            x = torch.from_numpy(tr.eval_cache[r["clip_id"]])[None].to(tr.device)
+            x = torch.from_numpy(tr.decoded(r))[None].to(tr.device)
             x0 = tr.encode(x).repeat(len(ts), 1, 1, 1, 1)
             noise = eval_noise(cfg, r["clip_id"], x0.shape[1:]).to(tr.device)[None].repeat(len(ts), 1, 1, 1, 1)
             own = tr.loss_on(x0, [r["caption"]] * len(ts), ts, noise, unet, text).mean().item()
@@ -603,7 +605,7 @@ def write_samples(tr: Trainer, out: Path) -> dict:
 def sample_distances(tr: Trainer, sample_stats: list[dict], rows: list[dict]) -> dict:
     real = []
     for r in rows[:32]:
-        x = decode_clip(r, tr.cfg.data.frames, tr.cfg.data.fps, tr.cfg.data.size)
+        x = tr.decoded(r)
         real.append(video_stats(((x.transpose(0, 2, 3, 1) + 1) * 127.5).round().astype(np.uint8)))
     return {f"w1_{k}": wasserstein([s[k] for s in sample_stats], [s[k] for s in real]) for k in ("flow", "flicker", "mean", "std")}
 

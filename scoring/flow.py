@@ -73,7 +73,7 @@ class FlowScorer:
         blobs = batch.column(schema.SAMPLES).to_pylist() if schema.SAMPLES in batch.column_names else [None] * batch.num_rows
         items = []
         for blob in blobs:
-            arrays = unpack(blob)
+            arrays = unpack(blob, (self.name, f"{self.name}__idx"))
             items.append((arrays[self.name], arrays[f"{self.name}__idx"]) if self.name in arrays else None)
         return score_each(batch, self.name, items, self.output_columns, lambda it: self.score(*it))
 
