@@ -45,11 +45,13 @@ def _progress() -> Progress:
     )  # fmt: skip
 
 
-def _run(config: Optional[Path], inputs: list[str], out: str, sets: list[str], ray_address: Optional[str]) -> dict:
+def _run(config: Optional[Path], inputs: list[str], out: str, sets: list[str], ray_address: Optional[str],
+         force: bool = False) -> dict:
     from curate.config import ConfigError, load_config
+    from curate.lease import LeaseHeld, LeaseLost
     from curate.models import MissingModelError
-    from curate.shards import ConfigMismatch
-    from curate.storage import InputError, resolve_inputs
+    from curate.shards import ConfigMismatch, OutNotOurs
+    from curate.storage import InputError, OutError, check_out_path, display, resolve_inputs
 
     try:
         cfg = load_config(config, sets)
@@ -57,15 +59,16 @@ def _run(config: Optional[Path], inputs: list[str], out: str, sets: list[str], r
         _fail(str(e))
     if ray_address:
         cfg.ray.address = ray_address
+    _log_to_console()
     try:
-        uris = resolve_inputs(inputs)
-    except (InputError, OSError) as e:
-        _fail(str(e))
+        check_out_path(out)
+        uris = resolve_inputs(inputs, out)
+    except (InputError, OutError, OSError) as e:
+        _fail(display(str(e)))
     if not uris:
         _fail(f"no video inputs found in: {' '.join(inputs)}")
     from pipelines.curate import run
 
-    _log_to_console()
     with _progress() as progress:
         task = progress.add_task("curating inputs", total=len(uris))
 
@@ -73,9 +76,12 @@ def _run(config: Optional[Path], inputs: list[str], out: str, sets: list[str], r
             progress.update(task, total=total, completed=done)
 
         try:
-            result = run(cfg, uris, out, on_progress=on_progress)
-        except (ConfigMismatch, MissingModelError) as e:
-            _fail(str(e))
+            result = run(cfg, uris, out, on_progress=on_progress, force=force)
+        except (ConfigMismatch, MissingModelError, OutNotOurs, OutError, LeaseHeld, LeaseLost) as e:
+            _fail(display(str(e)))
+        except OSError as e:  # a full disk, a vanished mount: what was committed stays whole
+            _fail(f"{display(str(e))} -- everything committed before this is intact; run the same command again "
+                  "to resume", code=1)
     c = result.manifest["counts"]
     console.print(
         f"[green]done[/green]: {result.processed} inputs processed, {result.skipped} already done; "
@@ -91,9 +97,30 @@ def run_cmd(
     out: str = typer.Option(..., "-o", "--out", help="output directory or URI (s3://...)"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="attach to a running Ray cluster"),
     sets: list[str] = typer.Option([], "--set", help="override a config key: --set clips.max_s=8"),
+    force: bool = typer.Option(False, "--force", help="write into a non-empty directory that is not a curate output"),
 ) -> None:
     """Curate INPUTs into clips, shards and a manifest in OUT (resumes an interrupted OUT)."""
-    _run(config, inputs, out, sets, ray_address)
+    _run(config, inputs, out, sets, ray_address, force)
+
+
+@app.command("verify")
+def verify_cmd(
+    out: str = typer.Argument(..., help="a curate OUT (directory or URI)"),
+    deep: bool = typer.Option(False, "--deep", help="object storage: download each clip to check frames and size"),
+) -> None:
+    """Check that OUT is whole: clip files with the recorded frames and size, shards, no duplicates,
+    no orphans, manifest counts. Exits 1 naming every problem."""
+    from curate.storage import display
+    from curate.verify import verify
+
+    rep = verify(out, deep)
+    for p in rep.problems[:200]:
+        console.print(f"[red]problem:[/red] {escape(display(p))}")
+    if len(rep.problems) > 200:
+        console.print(f"... and {len(rep.problems) - 200} more problems")
+    if not rep.ok:
+        raise typer.Exit(1)
+    console.print(f"[green]ok[/green]: {rep.checked_rows} rows, {rep.checked_files} clip files checked in {escape(out)}")
 
 
 @app.command()

@@ -87,7 +87,8 @@ class ClipsParams(Strict):
     max_s: float = Field(10.0, gt=0)
     mode: Literal["copy", "exact", "smart"] = "exact"
     crf: int = Field(18, ge=0, le=51)
-    preset: str = "veryfast"
+    preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
+                    "veryslow", "placebo"] = "veryfast"  # x264's presets: anything else fails every clip
     trim_s: float = Field(0.0, ge=0.0, description="dropped at each scene boundary (transitions)")
     extract: bool = Field(True, description="write clip files; off = rows only (dry run)")
 
@@ -99,7 +100,10 @@ class ClipsParams(Strict):
 
 
 class ShardsParams(Strict):
-    max_rows: int = Field(1000, ge=1, description="at most this many rows per part file")
+    max_rows: int = Field(1000, ge=1, le=10_000_000, description="at most this many rows per part file")
+    # A kill loses at most the work since the last commit; small parts are compacted at the end.
+    commit_every_s: float = Field(60.0, gt=0, allow_inf_nan=False, description="commit at least this often")
+    commit_every_videos: int = Field(50, ge=1, description="... or after this many finished inputs")
     compression: Literal["zstd", "snappy", "gzip", "none"] = "zstd"
 
 
@@ -140,7 +144,7 @@ SampleParams, ScorersConfig = _scorers_model()
 class PipelineConfig(Strict):
     name: str = "curate"
     executor: Literal["ray", "local"] = "ray"
-    input_timeout_s: float = Field(900.0, gt=0, description="per-input processing limit")
+    input_timeout_s: float = Field(900.0, gt=0, allow_inf_nan=False, description="per-input processing limit")
     probe: ProbeParams = Field(default_factory=ProbeParams)
     cuts: CutsParams = Field(default_factory=CutsParams)
     clips: ClipsParams = Field(default_factory=ClipsParams)
@@ -151,7 +155,8 @@ class PipelineConfig(Strict):
 
     def hash(self) -> str:
         """Hash of what changes results (not where or how fast it runs)."""
-        data = self.model_dump(mode="json", exclude={"ray", "executor", "name"})
+        data = self.model_dump(mode="json", exclude={"ray": True, "executor": True, "name": True,
+                                                     "shards": {"commit_every_s", "commit_every_videos"}})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -182,7 +187,10 @@ def parse_override(item: str) -> tuple[str, Any]:
     key = key.strip()
     if not key:
         raise ConfigError(f"--set {item!r}: empty key")
-    return key, yaml.safe_load(raw) if raw != "" else ""
+    try:
+        return key, yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML ({str(e).splitlines()[0]})") from None
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> PipelineConfig:

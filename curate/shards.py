@@ -1,13 +1,20 @@
 """Atomic parquet shards, the commit protocol that makes runs resumable, and manifest.json.
 
-Exactly-once by construction. The driver commits whole videos only:
-  1. write each part file as `shards/.tmp/part-NNNNNN.parquet` (invisible to `shards/*.parquet`),
-  2. write the commit record `_commits/commit-NNNNNN.json` atomically: its parts, its videos and
-     their quarantine rows. This is the commit point.
-  3. move the parts to `shards/part-NNNNNN.parquet`.
-On start, `recover()` rolls committed transactions forward (finishes step 3) and deletes what
-an uncommitted one left behind, so a kill at any instant leaves no duplicate, no loss, and no
-half-written file where readers look. Inputs named in a commit record are done and skipped.
+Exactly-once by construction, for the one writer that holds OUT's lease (curate.lease). The
+driver commits whole videos only:
+  1. write each part file as `shards/.tmp/part-NNNNNN-<run>.parquet` (invisible to readers of
+     `shards/*.parquet`; the run token makes a part name unique to its writer),
+  2. create the commit record `_commits/commit-NNNNNN.json` exclusively: its parts, its videos
+     and their quarantine rows. This is the commit point; a record is never overwritten, so a
+     writer that lost its lease fails here instead of replacing someone's commit.
+  3. move the parts to `shards/`.
+Commits happen every `commit_every_s` seconds or `commit_every_videos` inputs (a kill loses
+minutes, not a thousand clips); at the end of a run the small parts are compacted into parts of
+up to `max_rows` rows by a commit of its own kind (`removes` names the parts it replaces).
+On start, `recover()` rolls committed transactions forward (finishes step 3 and compactions) and
+deletes what an uncommitted one left behind, touching only files named as curate names them, so
+a kill at any instant leaves no duplicate, no loss, and no half-written file where readers look.
+Inputs named in a commit record are done and skipped.
 """
 
 from __future__ import annotations
@@ -15,8 +22,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import platform
+import re
+import signal
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,19 +35,64 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate import __version__, schema
-from curate.storage import OutputStore
+from curate.storage import AlreadyExists, OutputStore
 
 log = logging.getLogger("curate")
 
 SHARDS = "shards"
 TMP = ".tmp"
 COMMITS = "_commits"
+CLIPS = "clips"
 QUARANTINE_FILE = "quarantine.parquet"
 MANIFEST_FILE = "manifest.json"
+MARKER_FILE = "_curate"  # written when a run first claims OUT: "this directory is curate's"
+PART_RE = re.compile(r"^part-\d{6}(-[0-9a-f]{8})?\.parquet$")
+COMMIT_RE = re.compile(r"^commit-\d{6}\.json$")
+CLIP_RE = re.compile(r"^[0-9a-f]{16}-\d{7}-\d{7}\.mp4$|^\.[0-9a-f]{16}-\d{7}-\d{7}\.mp4\.part$")
 
 
 class ConfigMismatch(RuntimeError):
     pass
+
+
+class OutNotOurs(RuntimeError):
+    """OUT holds files that are not curate's."""
+
+
+def _fault(point: str) -> None:
+    """Fault-injection hook for the commit-protocol tests: CURATE_FAULT=point[@n] SIGKILLs this
+    process the n-th time (default 1st) the commit reaches `point`. Unset, it costs one lookup."""
+    spec = os.environ.get("CURATE_FAULT")
+    if not spec:
+        return
+    name, _, nth = spec.partition("@")
+    if name != point:
+        return
+    _fault_hits[point] = _fault_hits.get(point, 0) + 1
+    if _fault_hits[point] == int(nth or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_fault_hits: dict[str, int] = {}
+
+
+def ownership_problem(store: OutputStore) -> tuple[str, bool] | None:
+    """Why OUT is not ours to write, and whether --force may override it; None when it is ours."""
+    names = set(store.top_level())
+    if not names:
+        return None
+    if MANIFEST_FILE in names:
+        try:
+            manifest = json.loads(store.read_bytes(MANIFEST_FILE))
+            foreign = not (isinstance(manifest, dict) and "curate_version" in manifest)
+        except (ValueError, OSError):
+            foreign = True
+        if foreign:
+            return f"{store.uri} holds a {MANIFEST_FILE} that is not curate's; curate would overwrite it", False
+    if MARKER_FILE in names or COMMITS in names or MANIFEST_FILE in names:
+        return None
+    shown = ", ".join(sorted(names)[:5]) + (" ..." if len(names) > 5 else "")
+    return f"{store.uri} is not empty and not a curate output ({shown})", True
 
 
 @dataclass
@@ -55,15 +111,22 @@ class VideoRecord:
 
 
 class Committer:
-    def __init__(self, store: OutputStore, config_hash: str, max_rows: int = 1000, compression: str = "zstd"):
+    def __init__(self, store: OutputStore, config_hash: str, max_rows: int = 1000, compression: str = "zstd",
+                 *, every_s: float = float("inf"), every_videos: int | None = None, lease=None):
         self.store = store
         self.config_hash = config_hash
         self.max_rows = max_rows
         self.compression = None if compression == "none" else compression
+        self.every_s = every_s
+        self.every_videos = every_videos
+        self.lease = lease
+        self.token = uuid.uuid4().hex[:8]  # this writer's part names
         self.records: list[dict[str, Any]] = []  # all commit records, oldest first
+        self.live_parts: list[str] = []  # committed parts not replaced by a compaction
         self._pending_rows: list[pa.Table] = []
         self._pending_videos: list[VideoRecord] = []
         self._pending_count = 0
+        self._last_commit = time.monotonic()
         self._next_part = 0
         self._next_commit = 0
         self.done_sources: set[str] = set()
@@ -72,36 +135,74 @@ class Committer:
     # -- recovery ----------------------------------------------------------------------------
     def recover(self) -> set[str]:
         """Finish or undo whatever a previous run left; return the inputs already done."""
-        names = [n for n in self.store.list(COMMITS) if n.startswith("commit-") and n.endswith(".json")]
-        committed_parts: set[str] = set()
-        for name in names:
-            rec = json.loads(self.store.read_bytes(COMMITS, name))
+        names = [n for n in self.store.list(COMMITS) if COMMIT_RE.match(n)]
+        live: dict[str, None] = {}  # ordered set
+        ever: set[str] = set()
+        records = [(name, json.loads(self.store.read_bytes(COMMITS, name))) for name in names]
+        removed = {p for _, rec in records for p in rec.get("removes", [])}
+        for name, rec in records:
             if rec["config_hash"] != self.config_hash:
                 raise ConfigMismatch(
                     f"{self.store.uri} was written with config hash {rec['config_hash']}, this run's is "
                     f"{self.config_hash}: resume with the same config, or write to a new OUT"
                 )
             for part in rec["parts"]:
-                committed_parts.add(part)
-                if not self.store.exists(SHARDS, part):
+                ever.add(part)
+                live[part] = None
+                if part not in removed and not self.store.exists(SHARDS, part):
                     if not self.store.exists(SHARDS, TMP, part):
                         raise RuntimeError(f"commit {name} names {part}, which is neither in shards/ nor in shards/.tmp/")
                     self.store.move((SHARDS, TMP, part), (SHARDS, part))  # roll forward
+            for part in rec.get("removes", []):  # a compaction: its inputs go once it is committed
+                live.pop(part, None)
+                self.store.delete(SHARDS, part)
             self.records.append(rec)
         for part in self.store.list(SHARDS, TMP):
-            self.store.delete(SHARDS, TMP, part)  # never committed
+            if PART_RE.match(part) or part.endswith(".tmp"):
+                self.store.delete(SHARDS, TMP, part)  # never committed
         for part in self.store.list(SHARDS):
-            if part.endswith(".parquet") and part not in committed_parts:
+            if PART_RE.match(part) and part not in live:
                 log.warning("removing %s: not part of any commit", part)
                 self.store.delete(SHARDS, part)
-        self._next_commit = len(names)
-        self._next_part = len(committed_parts)
+        self.live_parts = list(live)
+        self._next_commit = int(names[-1][7:13]) + 1 if names else 0
+        self._next_part = max((int(p[5:11]) for p in ever), default=-1) + 1
         for rec in self.records:
             for v in rec["videos"]:
                 self.done_sources.add(v["source_uri"])
                 if v.get("video_id") and not v.get("quarantine"):
                     self.done_video_ids.setdefault(v["video_id"], v["source_uri"])
         return set(self.done_sources)
+
+    def committed_clip_uris(self) -> set[str]:
+        uris: set[str] = set()
+        for part in self.live_parts:
+            t = pq.read_table(self.store.path(SHARDS, part), columns=[schema.CLIP_URI], filesystem=self.store.fs)
+            uris.update(u for u in t.column(0).to_pylist() if u)
+        return uris
+
+    def sweep_orphans(self) -> int:
+        """Delete clip files no committed row names (left by a killed run, a quarantined input or
+        a failed extraction). Only names curate gives its clips are touched; call it only while no
+        worker of this run is writing."""
+        keep = self.committed_clip_uris()
+        removed = 0
+        for info in self.store.fs.get_file_info(pafs_selector(self.store.path(CLIPS))):
+            name = os.path.basename(info.path)
+            if info.is_file and CLIP_RE.match(name):
+                rel = info.path[len(self.store.root) + 1:].split("/")
+                if self.store.uri_of(*rel) not in keep:
+                    self.store.fs.delete_file(info.path)
+                    removed += 1
+        if self.store.local and os.path.isdir(self.store.path(CLIPS)):
+            for d in os.listdir(self.store.path(CLIPS)):
+                try:
+                    os.rmdir(self.store.path(CLIPS, d))  # only empty ones go
+                except OSError:
+                    pass
+        if removed:
+            log.info("removed %d clip files no commit refers to", removed)
+        return removed
 
     # -- committing --------------------------------------------------------------------------
     def add_video(self, record: VideoRecord, rows: pa.Table | None) -> None:
@@ -119,35 +220,74 @@ class Committer:
         if rows is not None and rows.num_rows:
             self._pending_rows.append(schema.conform(rows))
             self._pending_count += rows.num_rows
-        if self._pending_count >= self.max_rows:
+        if (self._pending_count >= self.max_rows
+                or (self.every_videos and len(self._pending_videos) >= self.every_videos)
+                or time.monotonic() - self._last_commit >= self.every_s):  # fmt: skip
             self.flush()
+
+    def _write_parts(self, table: pa.Table) -> list[str]:
+        parts = []
+        for offset in range(0, max(table.num_rows, 1), self.max_rows):
+            if table.num_rows == 0:
+                break
+            name = f"part-{self._next_part:06d}-{self.token}.parquet"
+            self._next_part += 1
+            if parts:
+                _fault("between_parts")
+            buf = io.BytesIO()
+            pq.write_table(table.slice(offset, self.max_rows), buf, compression=self.compression)
+            self.store.write_bytes(buf.getvalue(), SHARDS, TMP, name)
+            parts.append(name)
+        return parts
+
+    def _commit(self, parts: list[str], videos: list[dict], removes: list[str] = ()) -> None:
+        rec = {"config_hash": self.config_hash, "time": time.time(), "parts": parts, "videos": videos}
+        if removes:
+            rec["removes"] = list(removes)
+        if self.lease is not None:
+            self.lease.check()  # a writer that lost OUT stops before its commit point
+        _fault("before_record")
+        name = f"commit-{self._next_commit:06d}.json"
+        try:
+            self.store.create_exclusive(json.dumps(rec).encode(), COMMITS, name)  # the commit point
+        except AlreadyExists:
+            from curate.lease import LeaseLost
+
+            raise LeaseLost(f"{self.store.uri}: {COMMITS}/{name} was written by another run while this one "
+                            "was writing; this run stopped without committing its last batch") from None  # fmt: skip
+        self._next_commit += 1
+        _fault("after_record")
+        for k, part in enumerate(parts):
+            if k:
+                _fault("between_moves")
+            self.store.move((SHARDS, TMP, part), (SHARDS, part))
+        for part in removes:
+            self.store.delete(SHARDS, part)
+        self.records.append(rec)
+        self.live_parts = [p for p in self.live_parts if p not in set(removes)] + parts
+        self._last_commit = time.monotonic()
 
     def flush(self) -> None:
         if not self._pending_videos:
             return
-        parts: list[str] = []
-        if self._pending_rows:
-            table = pa.concat_tables(self._pending_rows)
-            for offset in range(0, table.num_rows, self.max_rows):
-                name = f"part-{self._next_part:06d}.parquet"
-                self._next_part += 1
-                buf = io.BytesIO()
-                pq.write_table(table.slice(offset, self.max_rows), buf, compression=self.compression)
-                self.store.write_bytes(buf.getvalue(), SHARDS, TMP, name)
-                parts.append(name)
-        rec = {
-            "config_hash": self.config_hash,
-            "time": time.time(),
-            "parts": parts,
-            "videos": [v.__dict__ for v in self._pending_videos],
-        }
-        name = f"commit-{self._next_commit:06d}.json"
-        self.store.write_bytes(json.dumps(rec).encode(), COMMITS, name)  # the commit point
-        self._next_commit += 1
-        for part in parts:
-            self.store.move((SHARDS, TMP, part), (SHARDS, part))
-        self.records.append(rec)
+        _fault("before_parts")
+        parts = self._write_parts(pa.concat_tables(self._pending_rows) if self._pending_rows else pa.table({}))
+        self._commit(parts, [v.__dict__ for v in self._pending_videos])
         self._pending_rows, self._pending_videos, self._pending_count = [], [], 0
+
+    def compact(self) -> None:
+        """Merge the parts smaller than max_rows (frequent commits leave many) into full ones."""
+        small = []
+        for part in self.live_parts:
+            n = pq.ParquetFile(self.store.path(SHARDS, part), filesystem=self.store.fs).metadata.num_rows
+            if n < self.max_rows:
+                small.append(part)
+        if len(small) < 2:
+            return
+        table = pa.concat_tables([pq.read_table(self.store.path(SHARDS, p), filesystem=self.store.fs) for p in small])
+        _fault("before_compaction")
+        parts = self._write_parts(table)
+        self._commit(parts, [], removes=small)
 
     # -- summaries ---------------------------------------------------------------------------
     def videos(self) -> list[dict[str, Any]]:
@@ -198,7 +338,7 @@ class Committer:
                 "short_scenes_dropped": sum(v.get("short_scenes_dropped", 0) for v in ok),
                 "hours_in": sum(v.get("duration_s", 0.0) for v in ok) / 3600.0,
                 "hours_out": sum(v.get("clip_seconds", 0.0) for v in ok) / 3600.0,
-                "shards": sum(len(rec["parts"]) for rec in self.records),
+                "shards": len(self.live_parts),
             },
             # Summed over workers (CPU-side cost per stage); the run's wall time is in `runs`.
             "stage_seconds": {k: round(v, 3) for k, v in sorted(stage_s.items())},
@@ -221,9 +361,15 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+def pafs_selector(path: str):
+    import pyarrow.fs as pafs
+
+    return pafs.FileSelector(path, recursive=True, allow_not_found=True)
+
+
 def read_shards(out: str) -> pa.Table:
     """All committed clip rows of OUT as one table (empty table with the schema when none)."""
-    store = OutputStore(out)
+    store = OutputStore(out, create=False)
     parts = [p for p in store.list(SHARDS) if p.endswith(".parquet")]
     if not parts:
         return schema.CLIP_SCHEMA.empty_table()

@@ -9,12 +9,16 @@ from __future__ import annotations
 import fnmatch
 import glob as globlib
 import hashlib
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+
+log = logging.getLogger("curate")
 
 VIDEO_EXTENSIONS = {
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".flv", ".wmv", ".mpg", ".mpeg", ".ts",
@@ -40,8 +44,23 @@ def _is_video_name(name: str) -> bool:
     return Path(name).suffix.lower() in VIDEO_EXTENSIONS
 
 
-def _walk_local(root: str) -> list[str]:
-    """Video files under root, following directory symlinks once (a symlink loop ends, not hangs)."""
+def _is_curate_output_dir(dirpath: str, dirnames: list[str], filenames: list[str]) -> bool:
+    if "_curate" in filenames or "_commits" in dirnames:
+        return True
+    if "manifest.json" in filenames:
+        try:
+            with open(os.path.join(dirpath, "manifest.json"), "rb") as fh:
+                return b'"curate_version"' in fh.read(1 << 16)
+        except OSError:
+            return False
+    return False
+
+
+def _walk_local(root: str, skipped: list[str] | None = None, exclude: set[str] = frozenset()) -> list[str]:
+    """Video files under root, following directory symlinks once (a symlink loop ends, not hangs).
+
+    curate outputs (and the `exclude`d directories, real paths) are not inputs: they are left out
+    and listed in `skipped`, so a run never curates its own clips."""
     found: list[str] = []
     seen: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
@@ -50,6 +69,11 @@ def _walk_local(root: str) -> list[str]:
             dirnames[:] = []
             continue
         seen.add(real)
+        if real in exclude or _is_curate_output_dir(dirpath, dirnames, filenames):
+            if skipped is not None:
+                skipped.append(dirpath)
+            dirnames[:] = []
+            continue
         dirnames.sort()
         for f in sorted(filenames):
             if _is_video_name(f):
@@ -58,6 +82,16 @@ def _walk_local(root: str) -> list[str]:
 
 
 def _read_manifest(path: str, fs: pafs.FileSystem | None = None) -> list[str]:
+    try:
+        return _read_manifest_unchecked(path, fs)
+    except UnicodeDecodeError as e:
+        raise InputError(f"manifest {display(path)} is not UTF-8 text (byte {e.start}); write one URI per line "
+                         "in UTF-8") from None  # fmt: skip
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(f"manifest {display(path)} cannot be read: {str(e).splitlines()[0]}") from None
+
+
+def _read_manifest_unchecked(path: str, fs: pafs.FileSystem | None = None) -> list[str]:
     base = os.path.dirname(path)
     if path.endswith(".parquet"):
         import pyarrow.parquet as pq
@@ -85,19 +119,29 @@ def _read_manifest(path: str, fs: pafs.FileSystem | None = None) -> list[str]:
     return out
 
 
-def resolve_inputs(specs: list[str]) -> list[str]:
+def display(uri: str) -> str:
+    """A name for messages: bytes that are not UTF-8 (kept as surrogates by the OS layer) escaped."""
+    return uri.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def resolve_inputs(specs: list[str], out: str | None = None) -> list[str]:
     """Expand files, directories (recursive), globs and manifests into a de-duplicated URI list.
 
     Names that do not exist are kept (they end as `missing` quarantine rows, so nothing a user
-    asked for disappears silently)."""
+    asked for disappears silently). OUT and any other curate output found while expanding a
+    directory are skipped (said once); an input named explicitly inside OUT is an InputError."""
+    local_out = os.path.realpath(_local(out)) if out and not is_remote(out) else None
+    remote_out = out.split("?", 1)[0].rstrip("/") + "/" if out and is_remote(out) else None
+    skipped: list[str] = []
     uris: list[str] = []
+    walk = lambda d: _walk_local(d, skipped, {local_out} if local_out else set())  # noqa: E731
     for spec in specs:
         if is_remote(spec):
-            uris += _resolve_remote(spec)
+            uris += _resolve_remote(spec, skipped, remote_out)
             continue
         path = _local(spec)
         if os.path.isdir(path):
-            uris += _walk_local(path)
+            uris += walk(path)
         elif os.path.isfile(path) and Path(path).suffix.lower() in MANIFEST_EXTENSIONS:
             uris += _read_manifest(path)
         elif os.path.exists(path) or os.path.islink(path):
@@ -107,32 +151,64 @@ def resolve_inputs(specs: list[str]) -> list[str]:
             if not matches:
                 raise InputError(f"glob matches nothing: {spec}")
             for m in matches:
-                uris += _walk_local(m) if os.path.isdir(m) else [m]
+                uris += walk(m) if os.path.isdir(m) else [m]
         else:
             uris.append(path)
+    if skipped:
+        shown = ", ".join(display(s) for s in skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+        log.warning("not reading curate output directories as inputs: %s", shown)
     seen: set[str] = set()
     result = []
     for u in uris:
         key = u if is_remote(u) else os.path.abspath(u)
+        if local_out and not is_remote(u):
+            real = os.path.realpath(key)
+            if real == local_out or real.startswith(local_out + os.sep):
+                raise InputError(f"input {display(key)} is inside the output directory {display(out)}: "
+                                 "curate does not read its own output")  # fmt: skip
+        if remote_out and is_remote(u) and u.startswith(remote_out):
+            raise InputError(f"input {u} is inside the output {out}: curate does not read its own output")
         if key not in seen:
             seen.add(key)
             result.append(key)
     return result
 
 
-def _resolve_remote(spec: str) -> list[str]:
+def _outside_outputs(scheme: str, infos: list, skipped: list[str], remote_out: str | None) -> list:
+    """Drop listed objects under OUT or under any prefix that is a curate output."""
+    roots = {i.path.rsplit("/", 1)[0] for i in infos if i.path.endswith(("/_curate", "/_lease"))}
+    roots |= {i.path.split("/_commits/", 1)[0] for i in infos if "/_commits/" in i.path}
+    if remote_out:
+        roots.add(remote_out.split("://", 1)[1].rstrip("/"))
+    kept = [i for i in infos if not any(i.path.startswith(r + "/") for r in roots)]
+    if len(kept) < len(infos):
+        skipped += sorted(f"{scheme}://{r}" for r in roots if any(i.path.startswith(r + "/") for i in infos))
+    return kept
+
+
+def _resolve_remote(spec: str, skipped: list[str] | None = None, remote_out: str | None = None) -> list[str]:
+    skipped = [] if skipped is None else skipped
     scheme = spec.split("://", 1)[0]
+    if scheme in ("http", "https"):
+        raise InputError(f"{spec}: http(s) inputs are not supported; download them first, or use s3:// / gs:// URIs")
+    try:
+        return _list_remote(spec, scheme, skipped, remote_out)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise InputError(f"{spec}: {e}") from None
+
+
+def _list_remote(spec: str, scheme: str, skipped: list[str], remote_out: str | None) -> list[str]:
     if any(ch in spec for ch in "*?["):
         prefix = spec.split("*")[0].split("?")[0].split("[")[0]
         root = prefix.rsplit("/", 1)[0]
         fs, root_path = pafs.FileSystem.from_uri(root)
         pattern = spec.split("://", 1)[1]
-        infos = fs.get_file_info(pafs.FileSelector(root_path, recursive=True))
+        infos = _outside_outputs(scheme, fs.get_file_info(pafs.FileSelector(root_path, recursive=True)), skipped, remote_out)
         return sorted(f"{scheme}://{i.path}" for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatch(i.path, pattern))
     fs, path = pafs.FileSystem.from_uri(spec)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.Directory:
-        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+        infos = _outside_outputs(scheme, fs.get_file_info(pafs.FileSelector(path, recursive=True)), skipped, remote_out)
         return sorted(f"{scheme}://{i.path}" for i in infos if i.type == pafs.FileType.File and _is_video_name(i.path))
     if info.type == pafs.FileType.File and Path(path).suffix.lower() in MANIFEST_EXTENSIONS:
         return _read_manifest(path, fs)
@@ -177,10 +253,33 @@ def fingerprint(path: str, size: int) -> str:
     return h.hexdigest()[:16]
 
 
+class OutError(ValueError):
+    """OUT is not a place curate may write to."""
+
+
+class AlreadyExists(FileExistsError):
+    pass
+
+
+def check_out_path(out: str) -> None:
+    """Refuse OUT values that are almost always a mistake (an unset variable, `/`, a file)."""
+    if not out or not out.strip():
+        raise OutError("-o/--out is empty (an unset variable?): name an output directory")
+    if is_remote(out):
+        if not out.split("://", 1)[1].strip("/"):
+            raise OutError(f"-o {out}: name a bucket and prefix, not the root of the store")
+        return
+    path = os.path.abspath(_local(out))
+    if path == os.path.dirname(path):
+        raise OutError(f"-o {out}: the root of the filesystem cannot be an output directory")
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise OutError(f"-o {out}: exists and is not a directory")
+
+
 class OutputStore:
     """OUT on a local disk or object storage. Every write is atomic: readers see whole files."""
 
-    def __init__(self, out: str):
+    def __init__(self, out: str, create: bool = True):
         self.uri = out.rstrip("/")
         if is_remote(out):
             self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
@@ -189,7 +288,13 @@ class OutputStore:
             self.fs = pafs.LocalFileSystem()
             self.root = os.path.abspath(_local(out))
             self.local = True
-        self.fs.create_dir(self.root, recursive=True)
+        if create:
+            self.fs.create_dir(self.root, recursive=True)
+
+    def top_level(self) -> list[str]:
+        """Names directly in OUT (files and directories); empty when OUT does not exist."""
+        infos = self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
+        return sorted(os.path.basename(i.path.rstrip("/")) for i in infos)
 
     def path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
@@ -222,6 +327,43 @@ class OutputStore:
             with self.fs.open_output_stream(final) as fh:  # one PUT: all or nothing
                 fh.write(data)
 
+    def create_exclusive(self, data: bytes, *parts: str) -> None:
+        """Write a new file, failing with AlreadyExists instead of replacing one that exists.
+
+        Local: a hard link of a complete temp file (atomic, refuses an existing name). S3: a PUT
+        with `If-None-Match: *`. Other stores have no conditional write: check, then write."""
+        final = self.path(*parts)
+        self.fs.create_dir(os.path.dirname(final), recursive=True)
+        if self.local:
+            fd, tmp = tempfile.mkstemp(dir=os.path.dirname(final), prefix=f".{os.path.basename(final)}.", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.link(tmp, final)
+            except FileExistsError:
+                raise AlreadyExists(final) from None
+            finally:
+                os.unlink(tmp)
+        elif self.uri.startswith("s3://"):
+            from botocore.exceptions import ClientError
+
+            from curate.lease import _precondition_failed, s3_client, split_s3
+
+            bucket, _ = split_s3(self.uri)
+            key = final[len(bucket) + 1:]
+            try:
+                s3_client(self.uri).put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+            except ClientError as e:
+                if _precondition_failed(e):
+                    raise AlreadyExists(self.uri_of(*parts)) from None
+                raise
+        else:
+            if self.exists(*parts):
+                raise AlreadyExists(self.uri_of(*parts))
+            self.write_bytes(data, *parts)
+
     def read_bytes(self, *parts: str) -> bytes:
         with self.fs.open_input_stream(self.path(*parts)) as fh:
             return fh.read()
@@ -238,7 +380,15 @@ class OutputStore:
             os.unlink(local_path)
 
     def move(self, src: tuple[str, ...], dst: tuple[str, ...]) -> None:
-        self.fs.move(self.path(*src), self.path(*dst))
+        """Rename; locally it refuses to replace an existing file (link, then unlink)."""
+        if self.local:
+            try:
+                os.link(self.path(*src), self.path(*dst))
+            except FileExistsError:
+                raise AlreadyExists(self.path(*dst)) from None
+            os.unlink(self.path(*src))
+        else:
+            self.fs.move(self.path(*src), self.path(*dst))
 
     def delete(self, *parts: str) -> None:
         p = self.path(*parts)

@@ -23,9 +23,11 @@ from curate.clips import ClipStage
 from curate.config import PipelineConfig
 from curate.params import ModelParams
 from curate.cuts import CutStage
-from curate.shards import Committer, VideoRecord
+from curate import __version__
+from curate.lease import lease_for
+from curate.shards import MARKER_FILE, Committer, OutNotOurs, VideoRecord, ownership_problem
 from curate.stage import check_stage
-from curate.storage import OutputStore
+from curate.storage import OutputStore, check_out_path
 from curate.video import ProbeStage
 
 log = logging.getLogger("curate")
@@ -161,11 +163,32 @@ def run(
     out: str,
     *,
     on_progress: Callable[[int, int], None] | None = None,
+    force: bool = False,
 ) -> RunResult:
     """Curate `inputs` (already resolved URIs) into OUT, resuming whatever OUT already holds."""
     t_start = time.time()
+    check_out_path(out)
+    store = OutputStore(out, create=False)
+    problem = ownership_problem(store)
+    if problem and not (force and problem[1]):
+        raise OutNotOurs(problem[0] + ("" if not problem[1] else "; pass --force to write into it anyway "
+                                       "(curate then deletes only files it named itself)"))  # fmt: skip
     store = OutputStore(out)
-    committer = Committer(store, cfg.hash(), cfg.shards.max_rows, cfg.shards.compression)
+    lease = lease_for(store)
+    lease.acquire()  # before anything in OUT is touched; a second run fails here, naming this one
+    try:
+        if not store.exists(MARKER_FILE):
+            store.write_bytes(json.dumps({"curate_version": __version__, "created": t_start}).encode(), MARKER_FILE)
+        return _run_locked(cfg, inputs, store, lease, t_start, on_progress)
+    finally:
+        lease.release()
+
+
+def _run_locked(cfg: PipelineConfig, inputs: list[str], store: OutputStore, lease, t_start: float,
+                on_progress: Callable[[int, int], None] | None) -> RunResult:
+    committer = Committer(store, cfg.hash(), cfg.shards.max_rows, cfg.shards.compression,
+                          every_s=cfg.shards.commit_every_s, every_videos=cfg.shards.commit_every_videos,
+                          lease=lease)  # fmt: skip
     done = committer.recover()
     todo = [u for u in inputs if u not in done]
     skipped = len(inputs) - len(todo)
@@ -191,6 +214,8 @@ def run(
         committer.flush()
         if pending:
             raise RuntimeError(f"{len(pending)} inputs ended incomplete (first: {next(iter(pending))})")
+    committer.compact()
+    committer.sweep_orphans()  # clips of inputs that were quarantined, failed or killed before a commit
     committer.write_quarantine()
     run_info = {
         "started": t_start, "wall_s": round(time.time() - t_start, 3), "inputs_given": len(inputs),

@@ -101,21 +101,21 @@ def test_killed_run_resumes_exactly_once(tmp_path, corpus, monkeypatch, crash_at
 
     out = tmp_path / "killed"
     calls = {"n": 0}
-    original_write, original_move = OutputStore.write_bytes, OutputStore.move
+    original_create, original_move = OutputStore.create_exclusive, OutputStore.move
 
-    def write_bytes(self, data, *parts):
+    def create_exclusive(self, data, *parts):
         if parts[0] == "_commits":
             calls["n"] += 1
             if crash_at == "before_commit" and calls["n"] == 3:
                 raise Killed()
-        return original_write(self, data, *parts)
+        return original_create(self, data, *parts)
 
     def move(self, src, dst):
         if crash_at == "after_commit_before_rename" and calls["n"] == 3:
             raise Killed()
         return original_move(self, src, dst)
 
-    monkeypatch.setattr(OutputStore, "write_bytes", write_bytes)
+    monkeypatch.setattr(OutputStore, "create_exclusive", create_exclusive)
     monkeypatch.setattr(OutputStore, "move", move)
     with pytest.raises(Killed):
         run(cfg, inputs, str(out))

@@ -1,0 +1,145 @@
+"""`curate verify OUT`: is this output whole? Read-only; the check to run before training on it.
+
+Checks, against the commit log (the source of truth):
+- every committed part is in `shards/` and parses; no stray part files; no duplicate clip ids;
+- every row's clip file exists, with the recorded frame count and size (local OUT: read from the
+  file's index with PyAV; object storage: existence and a non-zero size, unless `deep`);
+- no clip file that no row names (an orphan);
+- manifest.json and quarantine.parquet agree with the commits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from curate import schema
+from curate.shards import CLIP_RE, CLIPS, COMMIT_RE, COMMITS, MANIFEST_FILE, PART_RE, QUARANTINE_FILE, SHARDS, TMP
+from curate.storage import OutputStore
+
+
+@dataclass
+class Report:
+    checked_rows: int = 0
+    checked_files: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _clip_facts(path: str) -> tuple[int, int, int]:
+    """(frames, width, height) of a clip from its container index (no decode)."""
+    import av
+
+    with av.open(path) as c:
+        s = c.streams.video[0]
+        frames = s.frames or sum(1 for p in c.demux(s) if p.size)
+        return frames, s.codec_context.width, s.codec_context.height
+
+
+def verify(out: str, deep: bool = False) -> Report:
+    rep = Report()
+    bad = rep.problems.append
+    store = OutputStore(out, create=False)
+    if not store.exists(MANIFEST_FILE):
+        bad(f"no {MANIFEST_FILE}: not a curate output, or no run has finished on it")
+        return rep
+    try:
+        manifest = json.loads(store.read_bytes(MANIFEST_FILE))
+        assert isinstance(manifest, dict) and "curate_version" in manifest
+    except (ValueError, AssertionError):
+        bad(f"{MANIFEST_FILE} is not a curate manifest")
+        return rep
+    records = []
+    for name in (n for n in store.list(COMMITS) if COMMIT_RE.match(n)):
+        try:
+            records.append(json.loads(store.read_bytes(COMMITS, name)))
+        except ValueError:
+            bad(f"{COMMITS}/{name} does not parse")
+    removed = {p for r in records for p in r.get("removes", [])}
+    live = [p for r in records for p in r.get("parts", []) if p not in removed]
+    on_disk = set(store.list(SHARDS))
+    for p in live:
+        if p not in on_disk:
+            where = " (still in shards/.tmp: run `curate run` again to finish the commit)" if store.exists(SHARDS, TMP, p) else ""
+            bad(f"committed part shards/{p} is missing{where}")
+    for p in sorted(on_disk - set(live)):
+        if p.endswith(".parquet"):
+            bad(f"shards/{p} is not part of any commit")
+    rows = []
+    for p in live:
+        if p not in on_disk:
+            continue
+        try:
+            rows += pq.read_table(store.path(SHARDS, p), filesystem=store.fs).to_pylist()
+        except Exception as e:  # noqa: BLE001 -- any reader failure is the finding
+            bad(f"shards/{p} does not parse: {str(e).splitlines()[0]}")
+    rep.checked_rows = len(rows)
+    dups = [cid for cid, n in Counter(r[schema.CLIP_ID] for r in rows).items() if n > 1]
+    for cid in dups[:20]:
+        bad(f"clip {cid} has {sum(r[schema.CLIP_ID] == cid for r in rows)} rows")
+    extract = (manifest.get("config") or {}).get("clips", {}).get("extract", True)
+    named: set[str] = set()
+    for r in rows:
+        uri = r[schema.CLIP_URI]
+        if not uri:
+            if extract:
+                bad(f"clip {r[schema.CLIP_ID]} has no clip file ({'; '.join(r[schema.ERRORS] or []) or 'no error recorded'})")
+            continue
+        named.add(uri)
+        rep.checked_files += 1
+        want = (r[schema.END_FRAME] - r[schema.START_FRAME], r[schema.WIDTH], r[schema.HEIGHT])
+        if store.local:
+            if not os.path.isfile(uri):
+                bad(f"clip file {uri} is missing")
+                continue
+            try:
+                got = _clip_facts(uri)
+            except Exception as e:  # noqa: BLE001
+                bad(f"clip file {uri} does not open: {str(e).splitlines()[0]}")
+                continue
+        else:
+            fs, path = pafs.FileSystem.from_uri(uri)
+            info = fs.get_file_info(path)
+            if info.type != pafs.FileType.File or not info.size:
+                bad(f"clip file {uri} is missing or empty")
+                continue
+            if not deep:
+                continue
+            with tempfile.NamedTemporaryFile(suffix=".mp4") as tmp:
+                with fs.open_input_stream(path) as src:
+                    tmp.write(src.read())
+                tmp.flush()
+                got = _clip_facts(tmp.name)
+        if got != want:
+            bad(f"clip file {uri} has {got[0]} frames at {got[1]}x{got[2]}, its row says {want[0]} at {want[1]}x{want[2]}")
+    for info in store.fs.get_file_info(pafs.FileSelector(store.path(CLIPS), recursive=True, allow_not_found=True)):
+        if info.is_file and CLIP_RE.match(os.path.basename(info.path)):
+            uri = store.uri_of(*info.path[len(store.root) + 1:].split("/"))
+            if uri not in named:
+                bad(f"orphan clip file {uri}: no committed row names it")
+    videos = [v for r in records for v in r.get("videos", [])]
+    quarantined = [v for v in videos if v.get("quarantine")]
+    c = manifest.get("counts", {})
+    expect = {"inputs": len(videos), "clips": len(rows), "shards": len(live), "quarantined": len(quarantined)}
+    for k, v in expect.items():
+        if c.get(k) != v:
+            bad(f"{MANIFEST_FILE} counts.{k} = {c.get(k)}, the commits say {v}")
+    srcs = [v["source_uri"] for v in videos]
+    for s in [s for s, n in Counter(srcs).items() if n > 1][:20]:
+        bad(f"input {s} is committed {srcs.count(s)} times")
+    try:
+        q = pq.read_table(store.path(QUARANTINE_FILE), filesystem=store.fs).num_rows
+        if q != len(quarantined):
+            bad(f"{QUARANTINE_FILE} has {q} rows, the commits quarantine {len(quarantined)} inputs")
+    except Exception as e:  # noqa: BLE001
+        bad(f"{QUARANTINE_FILE} cannot be read: {str(e).splitlines()[0]}")
+    return rep
