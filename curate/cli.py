@@ -115,7 +115,7 @@ def verify_cmd(
 
     rep = verify(out, deep)
     for p in rep.problems[:200]:
-        console.print(f"[red]problem:[/red] {escape(display(p))}")
+        console.print(f"[red]problem:[/red] {escape(display(p))}", soft_wrap=True)  # one greppable line each
     if len(rep.problems) > 200:
         console.print(f"... and {len(rep.problems) - 200} more problems")
     if not rep.ok:

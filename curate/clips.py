@@ -193,6 +193,7 @@ import pyarrow as pa  # noqa: E402
 
 from curate import schema  # noqa: E402
 from curate import stage as _stage  # noqa: E402
+from curate.faults import fault  # noqa: E402
 
 
 def clip_id(video_id: str, start: int, end: int) -> str:
@@ -235,6 +236,7 @@ class ClipStage:
             t0 = time.perf_counter()
             video_rows: list[dict] = []
             if not meta.get("quarantine"):
+                fault("clips")  # crash tests: a worker killed mid-batch
                 try:
                     video_rows = self._clips(uri, meta)
                 except _Timeout as e:

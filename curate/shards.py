@@ -25,7 +25,6 @@ import logging
 import os
 import platform
 import re
-import signal
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate import __version__, schema
+from curate.faults import fault as _fault
 from curate.storage import AlreadyExists, OutputStore
 
 log = logging.getLogger("curate")
@@ -59,21 +59,6 @@ class OutNotOurs(RuntimeError):
     """OUT holds files that are not curate's."""
 
 
-def _fault(point: str) -> None:
-    """Fault-injection hook for the commit-protocol tests: CURATE_FAULT=point[@n] SIGKILLs this
-    process the n-th time (default 1st) the commit reaches `point`. Unset, it costs one lookup."""
-    spec = os.environ.get("CURATE_FAULT")
-    if not spec:
-        return
-    name, _, nth = spec.partition("@")
-    if name != point:
-        return
-    _fault_hits[point] = _fault_hits.get(point, 0) + 1
-    if _fault_hits[point] == int(nth or 1):
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-_fault_hits: dict[str, int] = {}
 
 
 def ownership_problem(store: OutputStore) -> tuple[str, bool] | None:
@@ -89,7 +74,7 @@ def ownership_problem(store: OutputStore) -> tuple[str, bool] | None:
             foreign = True
         if foreign:
             return f"{store.uri} holds a {MANIFEST_FILE} that is not curate's; curate would overwrite it", False
-    if MARKER_FILE in names or COMMITS in names or MANIFEST_FILE in names:
+    if names & {MARKER_FILE, COMMITS, MANIFEST_FILE, "_lease"}:  # _lease: a first run is starting
         return None
     shown = ", ".join(sorted(names)[:5]) + (" ..." if len(names) > 5 else "")
     return f"{store.uri} is not empty and not a curate output ({shown})", True
