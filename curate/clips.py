@@ -34,13 +34,16 @@ class ClipSpan:
     end: int  # exclusive
 
 
-def plan_clips(info: VideoInfo, cuts: list[int], n_frames: int, params: ClipsParams) -> tuple[list[ClipSpan], int]:
+def plan_clips(info: VideoInfo, cuts: list[int], n_frames: int, params: ClipsParams) -> tuple[list[ClipSpan], int, int]:
     """Split the scenes between cuts into clips of [min_s, max_s] seconds.
 
     A scene shorter than min_s (after trimming `trim_s` at both ends) is dropped; a long scene is
-    cut into consecutive max_s pieces and a remainder shorter than min_s is dropped. Durations are
-    measured on the real frame timestamps, so variable frame rate inputs get true durations.
-    Returns the clips and the number of scenes dropped as too short.
+    cut into consecutive pieces of at most max_s and a remainder shorter than min_s is dropped.
+    Durations are measured on the real frame timestamps, so variable frame rate inputs get true
+    durations. A single frame shown longer than max_s (a slideshow, a held screen) is a span of
+    its own that no clip can hold: it is dropped and counted, and planning moves past it, so it
+    always terminates. Returns the clips, the scenes dropped as too short, and the held frames
+    dropped as longer than max_s.
     """
     times = list(info.frame_times[:n_frames])
     frame_dur = info.duration_s - info.frame_times[-1] if info.frame_times else 1.0 / info.fps
@@ -49,26 +52,28 @@ def plan_clips(info: VideoInfo, cuts: list[int], n_frames: int, params: ClipsPar
     def t(i: int) -> float:
         return times[i] if i < len(times) else end_time
 
+    eps = 1e-6
     bounds = [0, *[c for c in cuts if 0 < c < n_frames], n_frames]
     trim = int(round(params.trim_s * info.fps))
     clips: list[ClipSpan] = []
-    dropped = 0
+    dropped = held = 0
     for a, b in zip(bounds[:-1], bounds[1:]):
         a, b = a + trim, b - trim
-        if b <= a or t(b) - t(a) < params.min_s - 1e-6:
+        if b <= a or t(b) - t(a) < params.min_s - eps:
             dropped += 1
             continue
         start = a
-        while start < b:
-            # The last frame whose start is within max_s of the clip start ends the clip.
-            limit = t(start) + params.max_s + 1e-6
-            end = min(b, max(start + 1, bisect_right(times, limit - frame_dur + 1e-6, lo=start)))
-            while end < b and t(end) - t(start) > params.max_s + 1e-6:
-                end -= 1
-            if t(end) - t(start) >= params.min_s - 1e-6:
+        while start < b:  # every pass moves start forward by at least one frame
+            # the furthest end in (start, b] that keeps the clip within max_s
+            end = start + bisect_right(range(start + 1, b + 1), t(start) + params.max_s + eps, key=t)
+            if end == start:
+                held += 1  # frame `start` alone lasts longer than max_s
+                start += 1
+                continue
+            if t(end) - t(start) >= params.min_s - eps:
                 clips.append(ClipSpan(start, end))
             start = end
-    return clips, dropped
+    return clips, dropped, held
 
 
 def _seek_args(info: VideoInfo, frame: int) -> list[str]:
@@ -193,7 +198,6 @@ import pyarrow as pa  # noqa: E402
 
 from curate import schema  # noqa: E402
 from curate import stage as _stage  # noqa: E402
-from curate.faults import fault  # noqa: E402
 
 
 def clip_id(video_id: str, start: int, end: int) -> str:
@@ -236,7 +240,6 @@ class ClipStage:
             t0 = time.perf_counter()
             video_rows: list[dict] = []
             if not meta.get("quarantine"):
-                fault("clips")  # crash tests: a worker killed mid-batch
                 try:
                     video_rows = self._clips(uri, meta)
                 except _Timeout as e:
@@ -254,6 +257,7 @@ class ClipStage:
                 "clip_seconds": sum(r[schema.DURATION_S] for r in video_rows),
                 "scenes": meta.get("scenes", 0),
                 "short_scenes_dropped": meta.get("short_scenes_dropped", 0),
+                "held_frames_dropped": meta.get("held_frames_dropped", 0),
                 "stage_seconds": meta["t"],
                 "quarantine": meta.get("quarantine"),
             }
@@ -268,9 +272,10 @@ class ClipStage:
     def _clips(self, uri: str, meta: dict) -> list[dict]:
         info = VideoInfo.from_dict(meta["info"])
         n_frames = meta["n_frames"]
-        spans, dropped = plan_clips(info, meta["cuts"], n_frames, self.params)
+        spans, dropped, held = plan_clips(info, meta["cuts"], n_frames, self.params)
         meta["scenes"] = len(meta["cuts"]) + 1
         meta["short_scenes_dropped"] = dropped
+        meta["held_frames_dropped"] = held
         mode = effective_mode(info, self.params.mode)
         out_w = info.width - (info.width % 2 if mode != "copy" else 0)
         out_h = info.height - (info.height % 2 if mode != "copy" else 0)

@@ -145,6 +145,8 @@ class PipelineConfig(Strict):
     name: str = "curate"
     executor: Literal["ray", "local"] = "ray"
     input_timeout_s: float = Field(900.0, gt=0, allow_inf_nan=False, description="per-input processing limit")
+    watchdog: bool = Field(True, description="each input in a child process, killed past input_timeout_s "
+                                             "(off: in-process, for a debugger)")
     probe: ProbeParams = Field(default_factory=ProbeParams)
     cuts: CutsParams = Field(default_factory=CutsParams)
     clips: ClipsParams = Field(default_factory=ClipsParams)
@@ -155,7 +157,7 @@ class PipelineConfig(Strict):
 
     def hash(self) -> str:
         """Hash of what changes results (not where or how fast it runs)."""
-        data = self.model_dump(mode="json", exclude={"ray": True, "executor": True, "name": True,
+        data = self.model_dump(mode="json", exclude={"ray": True, "executor": True, "name": True, "watchdog": True,
                                                      "shards": {"commit_every_s", "commit_every_videos"}})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 

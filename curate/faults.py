@@ -29,3 +29,12 @@ def fault(point: str) -> None:
         except FileExistsError:
             return
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def hang(point: str) -> None:
+    """`CURATE_FAULT=hang:point`: block forever at `point`, as a stuck demuxer would."""
+    if os.environ.get("CURATE_FAULT") == f"hang:{point}":
+        import time
+
+        while True:
+            time.sleep(3600)

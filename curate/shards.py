@@ -91,6 +91,7 @@ class VideoRecord:
     clip_seconds: float = 0.0
     scenes: int = 0
     short_scenes_dropped: int = 0
+    held_frames_dropped: int = 0  # single frames shown longer than clips.max_s
     stage_seconds: dict[str, float] = field(default_factory=dict)
     quarantine: dict[str, str] | None = None  # {"reason", "detail"}
 
@@ -321,6 +322,7 @@ class Committer:
                 "clips": sum(v["clips"] for v in ok),
                 "scenes": sum(v.get("scenes", 0) for v in ok),
                 "short_scenes_dropped": sum(v.get("short_scenes_dropped", 0) for v in ok),
+                "held_frames_dropped": sum(v.get("held_frames_dropped", 0) for v in ok),
                 "hours_in": sum(v.get("duration_s", 0.0) for v in ok) / 3600.0,
                 "hours_out": sum(v.get("clip_seconds", 0.0) for v in ok) / 3600.0,
                 "shards": len(self.live_parts),

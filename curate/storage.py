@@ -14,6 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from urllib.parse import quote, unquote_to_bytes
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -37,7 +38,19 @@ def is_remote(uri: str) -> bool:
 
 
 def _local(uri: str) -> str:
-    return uri[len("file://"):] if uri.startswith("file://") else uri
+    """The OS path of a local input: file:// URIs are percent-decoded (RFC 8089), so names that
+    are not UTF-8 come back byte for byte."""
+    return os.fsdecode(unquote_to_bytes(uri[len("file://"):])) if uri.startswith("file://") else uri
+
+
+def row_uri(path: str) -> str:
+    """How a local path is recorded: as it is, or, when the name is not valid UTF-8 (which parquet
+    strings cannot hold), as a percent-encoded file:// URI that `_local` turns back into it."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return "file://" + quote(os.fsencode(path), safe="/")
 
 
 def _is_video_name(name: str) -> bool:
@@ -170,7 +183,7 @@ def resolve_inputs(specs: list[str], out: str | None = None) -> list[str]:
             raise InputError(f"input {u} is inside the output {out}: curate does not read its own output")
         if key not in seen:
             seen.add(key)
-            result.append(key)
+            result.append(key if is_remote(key) else row_uri(key))
     return result
 
 
@@ -270,6 +283,8 @@ def check_out_path(out: str) -> None:
             raise OutError(f"-o {out}: name a bucket and prefix, not the root of the store")
         return
     path = os.path.abspath(_local(out))
+    if row_uri(path) != path:
+        raise OutError(f"-o {display(out)}: the output path must be valid UTF-8 (rows record clip paths as text)")
     if path == os.path.dirname(path):
         raise OutError(f"-o {out}: the root of the filesystem cannot be an output directory")
     if os.path.exists(path) and not os.path.isdir(path):

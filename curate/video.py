@@ -272,6 +272,7 @@ import pyarrow as pa  # noqa: E402
 
 from curate import stage as _stage  # noqa: E402
 from curate.config import ProbeParams  # noqa: E402
+from curate.faults import hang  # noqa: E402
 
 
 class ProbeStage:
@@ -302,6 +303,7 @@ class ProbeStage:
                     local = localize(uri)
                 except FileNotFoundError as e:
                     raise ProbeError(schema.Q_MISSING, str(e)) from None
+                hang("probe")  # crash tests: an input that never returns (the watchdog's case)
                 info = probe(local, self.params.max_pixels)
                 meta["video_id"] = fingerprint(local, info.size_bytes)
                 meta["info"] = info.to_dict()

@@ -28,6 +28,7 @@ from curate.lease import lease_for
 from curate.shards import MARKER_FILE, Committer, OutNotOurs, VideoRecord, ownership_problem
 from curate.stage import check_stage
 from curate.storage import OutputStore, check_out_path
+from curate.isolate import VideoChain
 from curate.video import ProbeStage
 
 log = logging.getLogger("curate")
@@ -75,11 +76,12 @@ def model_stages(cfg: PipelineConfig) -> list[tuple[str, bool, list[ModelRef]]]:
 
 def build_stages(cfg: PipelineConfig, out: str, skip: set[str] = frozenset()) -> list[tuple[type, tuple]]:
     """The graph as (stage class, constructor args): instances are built where they run."""
-    specs: list[tuple[type, tuple]] = [
+    per_video = [
         (ProbeStage, (cfg.probe, cfg.input_timeout_s)),
         (CutStage, (cfg.cuts, cfg.probe.min_frames)),
         (ClipStage, (cfg.clips, out)),
     ]
+    specs: list[tuple[type, tuple]] = [(VideoChain, (per_video, cfg.input_timeout_s, cfg.watchdog))]
     scorers = enabled_scorers(cfg, skip)
     if scorers and cfg.clips.extract:
         plans = [plan for cls, params in scorers for plan in cls.plans(params)]
@@ -261,6 +263,7 @@ def _record(uri: str, meta: dict) -> VideoRecord:
         clip_seconds=meta.get("clip_seconds", 0.0),
         scenes=meta.get("scenes", 0),
         short_scenes_dropped=meta.get("short_scenes_dropped", 0),
+        held_frames_dropped=meta.get("held_frames_dropped", 0),
         stage_seconds=meta.get("stage_seconds", {}),
         quarantine=meta.get("quarantine"),
     )

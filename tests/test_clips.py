@@ -15,24 +15,24 @@ def cfr_info(n: int, fps: float = 10.0, keyframes=(0,)) -> VideoInfo:
 
 def test_long_scene_is_chunked_and_short_remainder_dropped():
     info = cfr_info(250)  # 25 s at 10 fps, one scene
-    clips, dropped = plan_clips(info, [], 250, ClipsParams(min_s=2, max_s=10))
+    clips, dropped, _ = plan_clips(info, [], 250, ClipsParams(min_s=2, max_s=10))
     assert [(c.start, c.end) for c in clips] == [(0, 100), (100, 200), (200, 250)]
-    clips, _ = plan_clips(info, [], 250, ClipsParams(min_s=6, max_s=10))
+    clips, _, _ = plan_clips(info, [], 250, ClipsParams(min_s=6, max_s=10))
     assert [(c.start, c.end) for c in clips] == [(0, 100), (100, 200)]  # 5 s remainder < min_s
     assert dropped == 0
 
 
 def test_short_scenes_are_dropped_and_counted():
     info = cfr_info(100)
-    clips, dropped = plan_clips(info, [15, 40], 100, ClipsParams(min_s=2, max_s=10))
+    clips, dropped, _ = plan_clips(info, [15, 40], 100, ClipsParams(min_s=2, max_s=10))
     assert [(c.start, c.end) for c in clips] == [(15, 40), (40, 100)]  # 1.5 s first scene is short
     assert dropped == 1
-    clips, dropped = plan_clips(info, [15, 40], 100, ClipsParams(min_s=3, max_s=10))
+    clips, dropped, _ = plan_clips(info, [15, 40], 100, ClipsParams(min_s=3, max_s=10))
     assert [(c.start, c.end) for c in clips] == [(40, 100)] and dropped == 2
 
 
 def test_trim_removes_frames_at_scene_edges():
-    clips, _ = plan_clips(cfr_info(100), [50], 100, ClipsParams(min_s=1, max_s=10, trim_s=0.5))
+    clips, _, _ = plan_clips(cfr_info(100), [50], 100, ClipsParams(min_s=1, max_s=10, trim_s=0.5))
     assert [(c.start, c.end) for c in clips] == [(5, 45), (55, 95)]
 
 
@@ -40,7 +40,7 @@ def test_vfr_durations_use_real_timestamps():
     info = cfr_info(100)
     info.frame_times = [i / 10 + (1.0 if i >= 50 else 0.0) for i in range(100)]  # a 1 s gap at 50
     info.duration_s = info.frame_times[-1] + 0.1
-    clips, _ = plan_clips(info, [], 100, ClipsParams(min_s=1, max_s=5))
+    clips, _, _ = plan_clips(info, [], 100, ClipsParams(min_s=1, max_s=5))
     for c in clips:
         end_t = info.frame_times[c.end] if c.end < 100 else info.duration_s
         assert end_t - info.frame_times[c.start] <= 5 + 1e-6
