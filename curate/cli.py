@@ -85,8 +85,11 @@ def _run(config: Optional[Path], inputs: list[str], out: str, sets: list[str], r
     c = result.manifest["counts"]
     console.print(
         f"[green]done[/green]: {result.processed} inputs processed, {result.skipped} already done; "
-        f"{c['clips']} clips, {c['quarantined']} quarantined -> {result.out}"
+        f"{c['clips']} clips, {c['quarantined']} quarantined -> {escape(display(result.out))}"
     )
+    if c.get("to_retry"):
+        console.print(f"[yellow]{c['to_retry']} inputs failed for a reason that may pass (a missing file, a full "
+                      "disk): run the same command again to retry them[/yellow]")
     return result.manifest
 
 
@@ -153,8 +156,12 @@ def inspect(out: str = typer.Argument(..., help="an OUT directory or URI"), as_j
     store = OutputStore(out) if "://" in out else None
     if store is None and not Path(out, MANIFEST_FILE).is_file():
         _fail(f"{out} has no {MANIFEST_FILE}: not a curate output (or the run has not finished once)")
-    store = store or OutputStore(out)
-    manifest = json.loads(store.read_bytes(MANIFEST_FILE))
+    store = store or OutputStore(out, create=False)
+    try:
+        manifest = json.loads(store.read_bytes(MANIFEST_FILE))
+        assert isinstance(manifest, dict) and "curate_version" in manifest and "counts" in manifest
+    except (ValueError, AssertionError, OSError):
+        _fail(f"{out}/{MANIFEST_FILE} is not a curate manifest: not a curate output")
     if as_json:
         typer.echo(json.dumps(manifest, indent=2))
         return
@@ -233,6 +240,8 @@ def export_cmd(
 
     if fmt not in ("parquet", "webdataset"):
         _fail(f"--format {fmt!r}: choose parquet or webdataset")
+    if max_rows < 1 or (max_bytes is not None and max_bytes < 1):
+        _fail("--max-rows and --max-bytes must be at least 1")
     try:
         index = export(subset, out, fmt, max_rows, max_bytes, embed)
     except (FileNotFoundError, ValueError) as e:
@@ -253,6 +262,13 @@ def report_cmd(
 
     if not Path(out, MANIFEST_FILE).is_file():
         _fail(f"{out} has no {MANIFEST_FILE}: not a curate output")
+    try:
+        manifest = json.loads(Path(out, MANIFEST_FILE).read_text())
+        assert isinstance(manifest, dict) and "curate_version" in manifest and "counts" in manifest
+    except (ValueError, AssertionError, OSError):
+        _fail(f"{out}/{MANIFEST_FILE} is not a curate manifest: not a curate output")
+    if dest is not None and Path(dest).is_dir():
+        _fail(f"-o {dest}: is a directory; name the HTML file to write")
     try:
         path = write_report(out, dest, rules)
     except ConfigError as e:
@@ -275,9 +291,9 @@ def train_cmd(
 
     try:
         cfg = load_train_config(config, sets)
-    except ConfigError as e:
+        result = train(cfg, data, out, init_from, max_steps)
+    except (ConfigError, ValueError, FileNotFoundError) as e:  # bad data or settings: one line, no traceback
         _fail(str(e))
-    result = train(cfg, data, out, init_from, max_steps)
     ev = {k: round(v["loss"], 5) for k, v in result.get("eval", {}).items() if v.get("loss") is not None}
     console.print(f"[green]trained[/green] to step {result['step']} -> {out}; eval loss {ev}")
 
@@ -296,9 +312,9 @@ def train_vae_cmd(
 
     try:
         cfg = load_train_config(config, sets)
-    except ConfigError as e:
+        r = train_vae(cfg, data, out, steps)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
-    r = train_vae(cfg, data, out, steps)
     console.print(f"[green]vae[/green] -> {out}: loss {r['first_loss']:.4f} -> {r['last_loss']:.4f}")
 
 
@@ -317,20 +333,38 @@ def compare_cmd(
     from pipelines.compare import compare
     from pipelines.train_t2v import load_train_config
 
+    import re
+
     def pairs(items: list[str], flag: str) -> dict[str, str]:
-        out_ = {}
+        out_: dict[str, str] = {}
         for it in items:
             if "=" not in it:
                 _fail(f"{flag} {it!r}: expected NAME=PATH")
             k, v = it.split("=", 1)
+            # names become directories under -o: one plain path component, never `..`
+            if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", k) or ".." in k:
+                _fail(f"{flag} {it!r}: NAME must be letters, digits, '.', '_' or '-' (at most 64, no '..')")
+            if k in out_:
+                _fail(f"{flag} {k!r} is given twice: every {flag} needs its own NAME")
+            if not v or not Path(v).exists():
+                _fail(f"{flag} {it!r}: {v or '(empty)'} does not exist")
             out_[k] = v
         return out_
 
+    arm_map, eval_map = pairs(arms, "--arm"), pairs(evals, "--eval")
+    if len(arm_map) < 2:
+        _fail(f"--arm: a comparison needs at least two arms, got {len(arm_map)}")
+    if len(set(seeds)) != len(seeds):
+        _fail("--seed: each seed once")
+    if votes is not None and not Path(votes).is_file():
+        _fail(f"--votes {votes}: no such file")
+    if out.exists() and not out.is_dir():
+        _fail(f"-o {out}: exists and is not a directory")
     try:
         cfg = load_train_config(config, sets)
-    except ConfigError as e:
+        board = compare(cfg, arm_map, out, seeds, eval_map, votes)
+    except (ConfigError, ValueError, FileNotFoundError) as e:
         _fail(str(e))
-    board = compare(cfg, pairs(arms, "--arm"), out, seeds, pairs(evals, "--eval"), votes)
     Console().print((out / "leaderboard.md").read_text())
     console.print(f"[green]ranking[/green]: {' > '.join(board['ranking'])} -> {out / 'leaderboard.json'}")
 

@@ -14,6 +14,7 @@ cannot promise that (non-H.264 source, odd frame size, non-4:2:0, rotation), and
 
 from __future__ import annotations
 
+import errno
 import os
 import subprocess
 import tempfile
@@ -244,6 +245,8 @@ class ClipStage:
                     video_rows = self._clips(uri, meta)
                 except _Timeout as e:
                     _stage.quarantine(meta, schema.Q_TIMEOUT, f"clips: {e}")
+                except _Transient as e:
+                    _stage.quarantine(meta, schema.Q_ERROR, f"clips: {e}")["quarantine"]["retry"] = True
                 except Exception as e:  # noqa: BLE001
                     _stage.quarantine(meta, schema.Q_ERROR, f"clips: {type(e).__name__}: {e}")
                 if meta.get("quarantine"):
@@ -258,6 +261,7 @@ class ClipStage:
                 "scenes": meta.get("scenes", 0),
                 "short_scenes_dropped": meta.get("short_scenes_dropped", 0),
                 "held_frames_dropped": meta.get("held_frames_dropped", 0),
+                "failed_clips": meta.get("failed_clips", [])[:20],
                 "stage_seconds": meta["t"],
                 "quarantine": meta.get("quarantine"),
             }
@@ -285,7 +289,8 @@ class ClipStage:
         def t(i: int) -> float:
             return times[i] if i < n_frames else times[n_frames - 1] + frame_dur
 
-        rows = []
+        rows: list[dict] = []
+        failed: list[str] = []
         vid = meta["video_id"]
         for index, span in enumerate(spans):
             start = copy_start(info, span.start) if mode == "copy" else span.start
@@ -304,11 +309,15 @@ class ClipStage:
                     raise _Timeout("time budget spent during extraction")
                 try:
                     row[schema.CLIP_URI], row[schema.CLIP_MODE] = self._extract(meta["local"], info, span, vid, cid, left)
-                except ExtractError as e:
+                except (ExtractError, OSError) as e:
                     if "timed out" in str(e):
                         raise _Timeout(str(e)) from None
-                    row[schema.ERRORS] = _stage.add_error(row[schema.ERRORS], self.name, str(e))
+                    if is_transient(e):  # the whole input again on the next run, not a hole in it now
+                        raise _Transient(f"{cid}: {e}") from None
+                    failed.append(f"{cid}: {e}"[:500])  # no file, so not a clip: counted, not a row
+                    continue
             rows.append(row)
+        meta["failed_clips"] = failed
         return rows
 
     def _extract(self, local: str, info: VideoInfo, span: ClipSpan, vid: str, cid: str,
@@ -327,6 +336,19 @@ class ClipStage:
 
 class _Timeout(Exception):
     pass
+
+
+class _Transient(Exception):
+    pass
+
+
+_TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.ETIMEDOUT, errno.ECONNRESET, errno.EAGAIN}
+_TRANSIENT_TEXT = ("No space left on device", "Disk quota exceeded")
+
+
+def is_transient(e: Exception) -> bool:
+    """A failure that says nothing about the input (a full disk, a dropped connection): retry it."""
+    return getattr(e, "errno", None) in _TRANSIENT_ERRNOS or any(t in str(e) for t in _TRANSIENT_TEXT)
 
 
 def _json_dumps(obj: dict) -> str:

@@ -44,8 +44,10 @@ def _chain(specs: list[tuple[type, tuple]], uri: str) -> pa.Table:
     return table
 
 
-def _child(specs, uri: str, workdir: str, conn) -> None:
+def _child(specs, uri: str, workdir: str, env: dict, conn) -> None:
     os.setsid()  # its own process group: a kill reaches the ffmpeg processes it starts
+    os.environ.clear()  # the caller's environment now, not the forkserver's at its start
+    os.environ.update(env)
     tempfile.tempdir = workdir
     os.environ["TMPDIR"] = workdir
     try:
@@ -99,7 +101,7 @@ class VideoChain:
         workdir = tempfile.mkdtemp(prefix="curate-video-")
         recv, send = ctx.Pipe(duplex=False)
         t0 = time.monotonic()
-        proc = ctx.Process(target=_child, args=(self.specs, uri, workdir, send), daemon=True)
+        proc = ctx.Process(target=_child, args=(self.specs, uri, workdir, dict(os.environ), send), daemon=True)
         try:
             proc.start()
             send.close()

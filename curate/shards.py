@@ -92,8 +92,9 @@ class VideoRecord:
     scenes: int = 0
     short_scenes_dropped: int = 0
     held_frames_dropped: int = 0  # single frames shown longer than clips.max_s
+    failed_clips: list[str] = field(default_factory=list)  # clips whose file could not be written
     stage_seconds: dict[str, float] = field(default_factory=dict)
-    quarantine: dict[str, str] | None = None  # {"reason", "detail"}
+    quarantine: dict | None = None  # {"reason", "detail"[, "retry": True when the next run should try again]}
 
 
 class Committer:
@@ -153,11 +154,12 @@ class Committer:
         self.live_parts = list(live)
         self._next_commit = int(names[-1][7:13]) + 1 if names else 0
         self._next_part = max((int(p[5:11]) for p in ever), default=-1) + 1
-        for rec in self.records:
-            for v in rec["videos"]:
-                self.done_sources.add(v["source_uri"])
-                if v.get("video_id") and not v.get("quarantine"):
-                    self.done_video_ids.setdefault(v["video_id"], v["source_uri"])
+        for v in self.videos():
+            if (v.get("quarantine") or {}).get("retry"):
+                continue  # a missing input or a full disk: not done, the next run tries again
+            self.done_sources.add(v["source_uri"])
+            if v.get("video_id") and not v.get("quarantine"):
+                self.done_video_ids.setdefault(v["video_id"], v["source_uri"])
         return set(self.done_sources)
 
     def committed_clip_uris(self) -> set[str]:
@@ -277,7 +279,13 @@ class Committer:
 
     # -- summaries ---------------------------------------------------------------------------
     def videos(self) -> list[dict[str, Any]]:
-        return [v for rec in self.records for v in rec["videos"]]
+        """Every input's latest record (a retried input's new record replaces its old one)."""
+        latest: dict[str, dict[str, Any]] = {}
+        for rec in self.records:
+            for v in rec["videos"]:
+                latest.pop(v["source_uri"], None)
+                latest[v["source_uri"]] = v
+        return list(latest.values())
 
     def write_quarantine(self) -> int:
         rows = [
@@ -323,6 +331,8 @@ class Committer:
                 "scenes": sum(v.get("scenes", 0) for v in ok),
                 "short_scenes_dropped": sum(v.get("short_scenes_dropped", 0) for v in ok),
                 "held_frames_dropped": sum(v.get("held_frames_dropped", 0) for v in ok),
+                "failed_clips": sum(len(v.get("failed_clips") or []) for v in ok),
+                "to_retry": sum(1 for v in videos if (v.get("quarantine") or {}).get("retry")),
                 "hours_in": sum(v.get("duration_s", 0.0) for v in ok) / 3600.0,
                 "hours_out": sum(v.get("clip_seconds", 0.0) for v in ok) / 3600.0,
                 "shards": len(self.live_parts),

@@ -126,16 +126,23 @@ def verify(out: str, deep: bool = False) -> Report:
             uri = store.uri_of(*info.path[len(store.root) + 1:].split("/"))
             if uri not in named:
                 bad(f"orphan clip file {uri}: no committed row names it")
-    videos = [v for r in records for v in r.get("videos", [])]
+    latest: dict[str, dict] = {}
+    srcs = []
+    for r in records:
+        for v in r.get("videos", []):
+            prev = latest.pop(v["source_uri"], None)
+            if prev is not None and not (prev.get("quarantine") or {}).get("retry"):
+                srcs.append(v["source_uri"])  # committed again although the first was final
+            latest[v["source_uri"]] = v
+    videos = list(latest.values())
     quarantined = [v for v in videos if v.get("quarantine")]
     c = manifest.get("counts", {})
     expect = {"inputs": len(videos), "clips": len(rows), "shards": len(live), "quarantined": len(quarantined)}
     for k, v in expect.items():
         if c.get(k) != v:
             bad(f"{MANIFEST_FILE} counts.{k} = {c.get(k)}, the commits say {v}")
-    srcs = [v["source_uri"] for v in videos]
-    for s in [s for s, n in Counter(srcs).items() if n > 1][:20]:
-        bad(f"input {s} is committed {srcs.count(s)} times")
+    for s in sorted(set(srcs))[:20]:
+        bad(f"input {s} is committed {srcs.count(s) + 1} times")
     try:
         q = pq.read_table(store.path(QUARANTINE_FILE), filesystem=store.fs).num_rows
         if q != len(quarantined):

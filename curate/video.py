@@ -310,6 +310,8 @@ class ProbeStage:
                 meta["local"] = local
             except ProbeError as e:
                 _stage.quarantine(meta, e.reason, e.detail)
+                if e.reason == schema.Q_MISSING:
+                    meta["quarantine"]["retry"] = True  # it may appear: the next run looks again
             except Exception as e:  # noqa: BLE001 - one input never stops the run
                 _stage.quarantine(meta, schema.Q_ERROR, f"probe: {type(e).__name__}: {e}")
             meta.setdefault("t", {})["probe"] = time.perf_counter() - t0

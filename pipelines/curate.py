@@ -264,6 +264,7 @@ def _record(uri: str, meta: dict) -> VideoRecord:
         scenes=meta.get("scenes", 0),
         short_scenes_dropped=meta.get("short_scenes_dropped", 0),
         held_frames_dropped=meta.get("held_frames_dropped", 0),
+        failed_clips=meta.get("failed_clips", []),
         stage_seconds=meta.get("stage_seconds", {}),
         quarantine=meta.get("quarantine"),
     )

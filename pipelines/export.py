@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tarfile
 from pathlib import Path
 from typing import Iterator, Literal
@@ -64,8 +65,7 @@ def export(subset: str | Path, out: str | Path, fmt: Literal["parquet", "webdata
     table = pq.read_table(path)
     if "caption" not in table.column_names:
         raise ValueError(f"{path} has no caption column: export a subset made by `curate select`")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = _claim(Path(out))
     rows = table.to_pylist()
 
     def stream():
@@ -93,7 +93,7 @@ def export(subset: str | Path, out: str | Path, fmt: Literal["parquet", "webdata
         else:
             with tarfile.open(tmp, "w") as tar:
                 for row, data in group:
-                    key = row[schema.CLIP_ID]
+                    key = member_key(row[schema.CLIP_ID])
                     members = {"json": json.dumps(_meta(row)).encode(), "txt": (row.get("caption") or "").encode()}
                     if embed:
                         members["mp4"] = data
@@ -110,6 +110,32 @@ def export(subset: str | Path, out: str | Path, fmt: Literal["parquet", "webdata
     tmp.write_text(json.dumps(index, indent=2))
     os.replace(tmp, out / INDEX_FILE)
     return index
+
+
+_SHARD_RE = re.compile(r"^shard-\d{6}\.(parquet|tar)$")
+
+
+def _claim(out: Path) -> Path:
+    """OUT for an export: new, empty, or an earlier export (whose shards are replaced, so no stale
+    shard is left for a `*.tar` loader to read). Anything else is refused."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"-o {out}: exists and is not a directory")
+    if out.is_dir():
+        names = [p.name for p in out.iterdir()]
+        if names and INDEX_FILE not in names:
+            raise ValueError(f"-o {out}: not empty and not an earlier export (no {INDEX_FILE}); choose a new directory")
+        for name in names:
+            if _SHARD_RE.match(name) or name == INDEX_FILE or (name.startswith(".shard-") and name.endswith(".tmp")):
+                (out / name).unlink()  # only files an export names itself
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def member_key(clip_id: str) -> str:
+    """A tar member stem that is one plain name: no directories, no `..`, no dot (WebDataset
+    splits key and extension at the first dot)."""
+    key = re.sub(r"[^A-Za-z0-9_-]", "_", clip_id or "")
+    return key or "_"
 
 
 def _export_schema(src: pa.Schema, embed: bool) -> pa.Schema:

@@ -22,7 +22,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import yaml
 from pydantic import Field, model_validator
 
 from curate import schema
@@ -119,6 +118,18 @@ def _refuse_nulls(col: pa.ChunkedArray, name: str, filt: Filter) -> None:
         )
 
 
+def _value(raw: str, typ: pa.DataType) -> str | int | float | None:
+    """The comparison value, read as the column's type (not YAML's guesses: 1e-3 is a number,
+    `no` is a string). Quotes around a string are optional. None when a number was needed."""
+    raw = raw.strip()
+    if pa.types.is_string(typ) or pa.types.is_large_string(typ):
+        return raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"" else raw
+    try:
+        return int(raw) if pa.types.is_integer(typ) and raw.lstrip("+-").isdigit() else float(raw)
+    except ValueError:
+        return None
+
+
 def evaluate(table: pa.Table, filt: Filter) -> tuple[np.ndarray, dict]:
     """Boolean keep-mask of one filter over the whole table, and what it resolved to."""
     info: dict = {"filter": filt.label(), "nulls": filt.nulls}
@@ -129,10 +140,8 @@ def evaluate(table: pa.Table, filt: Filter) -> tuple[np.ndarray, dict]:
         name, op, raw = m.groups()
         col = _column(table, name, filt)
         _refuse_nulls(col, name, filt)
-        value = yaml.safe_load(raw)
-        if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
-            value = str(value)
-        elif not isinstance(value, (int, float)) or isinstance(value, bool):
+        value = _value(raw, col.type)
+        if value is None:
             raise SelectError(f"filter {filt.where!r}: {raw!r} is not a number (column {name!r} is {col.type})")
         mask = _OPS[op](col, pa.scalar(value))
         info.update(column=name, op=op, threshold=value)
@@ -235,9 +244,22 @@ def rules_from_flags(rules: Rules, where: list[str], drop_bottom: list[str], dro
 def run_select(source: str, out: str | Path, rules: Rules) -> dict:
     from curate.shards import read_shards
 
-    table = read_shards(source) if not str(source).endswith(".parquet") else pq.read_table(source)
-    subset, funnel = select(table, rules)
+    from curate.shards import COMMITS, MANIFEST_FILE
+    from curate.storage import is_remote
+
+    src = str(source)
+    if src.endswith(".parquet"):
+        if not is_remote(src) and not Path(src).is_file():
+            raise SelectError(f"-s {src}: no such parquet file")
+        table = pq.read_table(source)
+    else:
+        if not is_remote(src) and not (Path(src, MANIFEST_FILE).is_file() or Path(src, COMMITS).is_dir()):
+            raise SelectError(f"-s {src}: not a curate output (no {MANIFEST_FILE}); give an OUT of `curate run` or a .parquet")
+        table = read_shards(src)
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SelectError(f"-o {out}: exists and is not a directory")
+    subset, funnel = select(table, rules)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".{SUBSET_FILE}.tmp"
     pq.write_table(subset, tmp, compression="zstd")

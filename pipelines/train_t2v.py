@@ -133,6 +133,8 @@ def load_rows(data: str | Path) -> list[dict]:
     from curate import schema
 
     p = Path(data)
+    if not p.exists():
+        raise DataError(f"--data {data}: no such file or directory")
     if (p / "index.json").is_file():
         from pipelines.export import index_samples
 
@@ -142,8 +144,10 @@ def load_rows(data: str | Path) -> list[dict]:
     elif p.suffix == ".parquet":
         rows = pq.read_table(p).to_pylist()
     else:
-        from curate.shards import read_shards
+        from curate.shards import COMMITS, MANIFEST_FILE, read_shards
 
+        if not (p.is_dir() and ((p / MANIFEST_FILE).is_file() or (p / COMMITS).is_dir())):
+            raise DataError(f"--data {data}: not a curate output, a `curate select` subset, an export or a .parquet")
         rows = read_shards(str(p)).to_pylist()
     out = []
     for r in rows:
@@ -154,7 +158,13 @@ def load_rows(data: str | Path) -> list[dict]:
             caption = next((r[c] for c in (schema.CAPTION_LLM, schema.CAPTION_COCA, schema.CAPTION_VBLIP) if r.get(c)), "")
         out.append({"clip_id": r[schema.CLIP_ID], "caption": caption or "", "uri": r.get(schema.CLIP_URI),
                     "member": r.get("member"), "n": r[schema.END_FRAME] - r[schema.START_FRAME], "fps": r[schema.FPS]})  # fmt: skip
+    if not out:
+        raise DataError(f"--data {data}: no clips with a clip file ({len(rows)} rows): nothing to train or evaluate on")
     return sorted(out, key=lambda r: r["clip_id"])  # a stable order, whatever the source order
+
+
+class DataError(ValueError):
+    """Training data that cannot be used (missing, not curate's, empty)."""
 
 
 def is_heldout(clip_id: str, frac: float) -> bool:
@@ -375,7 +385,7 @@ class Trainer:
         self.train_rows = [r for r in rows if not is_heldout(r["clip_id"], cfg.data.holdout_frac)]
         self.eval_rows = [r for r in rows if is_heldout(r["clip_id"], cfg.data.holdout_frac)][: cfg.eval.max_clips]
         if not self.train_rows:
-            raise ValueError("no training clips (all held out or none with a clip file)")
+            raise DataError(f"no training clips: all {len(rows)} are held out (data.holdout_frac) or have no clip file")
         self.train_set = ClipSet(self.train_rows, cfg.data)
         self._latents: dict[int, "torch.Tensor"] = {}  # latent mode: each clip encoded once
         self.eval_cache: dict[str, np.ndarray] = {}
@@ -658,8 +668,10 @@ def train(cfg: TrainConfig, data: str | Path, run_dir: str | Path, init_from: st
           max_steps: int | None = None, samples: bool = True) -> dict:
     """Train (or resume RUN/ckpt.pt) to cfg.optim.max_steps (or `max_steps`, to stop early)."""
     run_dir = Path(run_dir)
+    rows = load_rows(data)  # before creating anything: a mistyped --data leaves no directory behind
+    if run_dir.exists() and not run_dir.is_dir():
+        raise DataError(f"-o {run_dir}: exists and is not a directory")
     run_dir.mkdir(parents=True, exist_ok=True)
-    rows = load_rows(data)
     tr = Trainer(cfg, rows, run_dir)
     ckpt = run_dir / "ckpt.pt"
     if ckpt.exists():
