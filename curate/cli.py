@@ -24,7 +24,7 @@ DATA_DIR = Path(__file__).resolve().parent / "data"
 
 
 def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[red]error:[/red] {escape(message)}")
+    console.print(f"[red]error:[/red] {escape(message)}", soft_wrap=True)  # one line, whatever the width
     raise typer.Exit(code)
 
 

@@ -54,7 +54,7 @@ def plan_clips(info: VideoInfo, cuts: list[int], n_frames: int, params: ClipsPar
         return times[i] if i < len(times) else end_time
 
     eps = 1e-6
-    bounds = [0, *[c for c in cuts if 0 < c < n_frames], n_frames]
+    bounds = [0, *sorted({c for c in cuts if 0 < c < n_frames}), n_frames]
     trim = int(round(params.trim_s * info.fps))
     clips: list[ClipSpan] = []
     dropped = held = 0

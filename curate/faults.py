@@ -31,10 +31,16 @@ def fault(point: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def hang(point: str) -> None:
-    """`CURATE_FAULT=hang:point`: block forever at `point`, as a stuck demuxer would."""
-    if os.environ.get("CURATE_FAULT") == f"hang:{point}":
-        import time
+def hang(point: str, subject: str = "") -> None:
+    """`CURATE_FAULT=hang:point[:text]`: block forever at `point` (for subjects containing `text`),
+    as a stuck demuxer would."""
+    spec = os.environ.get("CURATE_FAULT", "")
+    if not spec.startswith(f"hang:{point}"):
+        return
+    _, _, text = spec[len(f"hang:{point}"):].partition(":")
+    if spec[len(f"hang:{point}"):][:1] not in ("", ":") or text not in subject:
+        return
+    import time
 
-        while True:
-            time.sleep(3600)
+    while True:
+        time.sleep(3600)

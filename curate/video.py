@@ -303,7 +303,7 @@ class ProbeStage:
                     local = localize(uri)
                 except FileNotFoundError as e:
                     raise ProbeError(schema.Q_MISSING, str(e)) from None
-                hang("probe")  # crash tests: an input that never returns (the watchdog's case)
+                hang("probe", uri)  # crash tests: an input that never returns (the watchdog's case)
                 info = probe(local, self.params.max_pixels)
                 meta["video_id"] = fingerprint(local, info.size_bytes)
                 meta["info"] = info.to_dict()

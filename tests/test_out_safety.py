@@ -268,7 +268,7 @@ def test_a_ray_worker_killed_mid_batch_is_retried_without_duplicates(tmp_path, c
     out = tmp_path / "out"
     once = tmp_path / "killed-once"
     p = subprocess.run(cli_args(corpus, out, "executor=ray", "ray.num_cpus=2"), capture_output=True, text=True,
-                       env=env(CURATE_FAULT="clips@1", CURATE_FAULT_ONCE=str(once)), timeout=600)  # fmt: skip
+                       env=env(CURATE_FAULT="worker", CURATE_FAULT_ONCE=str(once)), timeout=600)  # fmt: skip
     assert p.returncode == 0, p.stderr[-2000:]
     assert once.exists()  # a worker did die mid-batch
     assert_whole(out, clean)

@@ -1,0 +1,393 @@
+"""Hostile inputs and misuse, round two: one test per case, plus property tests for clip planning
+and the filter parser. Every CLI mistake ends in one line and exit 2, never a traceback."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from curate import schema
+from curate.clips import ClipSpan, plan_clips
+from curate.config import ClipsParams, ConfigError, load_config
+from curate.shards import read_shards
+from curate.storage import _local, resolve_inputs
+from curate.video import VideoInfo, ffmpeg_exe
+from pipelines.curate import run
+from pipelines.select import Filter, evaluate
+from tests.conftest import DATA
+from tests.test_reliability import NO_SCORERS, cfg
+
+ROOT = Path(__file__).parents[1]
+DEMO = str(ROOT / "configs" / "demo.yaml")
+runner = CliRunner()
+
+
+def ffmpeg(*args):
+    subprocess.run([ffmpeg_exe(), "-nostdin", "-v", "error", "-y", *args], check=True)
+
+
+@pytest.fixture(scope="module")
+def slow_inputs(tmp_path_factory):
+    """A 0.1 fps slideshow and a screen recording whose one frame is held for 6 s."""
+    d = tmp_path_factory.mktemp("hostile")
+    ffmpeg("-f", "lavfi", "-i", "testsrc=size=64x64:rate=0.1", "-t", "40", "-pix_fmt", "yuv420p", str(d / "slideshow.mp4"))
+    ffmpeg("-f", "lavfi", "-t", "3", "-i", "testsrc=size=64x64:rate=24", "-vf", "setpts='PTS+if(gt(N,24),6/TB,0)'",
+           "-fps_mode", "vfr", "-pix_fmt", "yuv420p", str(d / "held.mp4"))  # fmt: skip
+    return d
+
+
+def one_line_error(result, *needles):
+    assert result.exit_code == 2, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    for n in needles:
+        assert n in result.output, result.output
+
+
+# -- runs that never ended -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_slideshow_and_held_frame_finish_and_the_other_inputs_commit(tmp_path, slow_inputs, three_shots, executor, request):
+    if executor == "ray":
+        request.getfixturevalue("ray_session")
+    inputs = [str(slow_inputs / "slideshow.mp4"), str(slow_inputs / "held.mp4"), three_shots.path]
+    r = run(cfg(f"executor={executor}", "input_timeout_s=60"), inputs, str(tmp_path / "out"))
+    assert r.processed == 3 and r.manifest["counts"]["quarantined"] == 0
+    rows = read_shards(str(tmp_path / "out")).to_pylist()
+    spans = {Path(x["source_uri"]).name: [] for x in rows}
+    for x in rows:
+        spans[Path(x["source_uri"]).name].append((x["start_frame"], x["end_frame"]))
+    assert "slideshow.mp4" not in spans  # every 10 s frame is longer than max_s=3: no clip holds one
+    assert sorted(spans["held.mp4"]) == [(0, 24), (25, 72)]  # 1 s before the held frame, 2 s after
+    assert len(spans["three_shots.mp4"]) == 5
+    assert r.manifest["counts"]["held_frames_dropped"] == 4 + 1
+
+
+def test_watchdog_ends_a_stuck_input_and_the_others_commit(tmp_path, three_shots, text_video, monkeypatch):
+    """A demuxer that never returns (simulated) is killed from outside at input_timeout_s + grace."""
+    monkeypatch.setenv("CURATE_FAULT", "hang:probe:text")
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(scratch))
+    t0 = time.monotonic()
+    r = run(cfg("input_timeout_s=1"), [three_shots.path, text_video.path], str(tmp_path / "out"))
+    assert time.monotonic() - t0 < 60
+    q = pq.read_table(tmp_path / "out" / "quarantine.parquet").to_pylist()
+    assert [(Path(x["source_uri"]).name, x["reason"]) for x in q] == [("text.mp4", schema.Q_TIMEOUT)]
+    assert "watchdog" in q[0]["detail"]
+    assert {Path(x["source_uri"]).name for x in read_shards(str(tmp_path / "out")).to_pylist()} == {"three_shots.mp4"}
+    assert r.processed == 2
+    assert not list(scratch.iterdir())  # the children's private temp directories went with them
+
+
+def _info(times: list[float], duration: float) -> VideoInfo:
+    return VideoInfo(codec="h264", pix_fmt="yuv420p", width=64, height=64, coded_width=64, coded_height=64, rotation=0,
+                     fps=len(times) / duration, variable_fps=True, n_frames=len(times), duration_s=duration,
+                     start_offset_s=0.0, frame_times=times, keyframes=[0])  # fmt: skip
+
+
+@settings(max_examples=300, deadline=2000)
+@given(
+    durs=st.lists(st.one_of(st.floats(0.001, 0.2), st.floats(0.2, 30.0)), min_size=1, max_size=120),
+    cut_at=st.lists(st.integers(0, 130), max_size=6),
+    min_s=st.floats(0.05, 4.0),
+    extra=st.floats(0.0, 6.0),
+)
+def test_clip_planning_terminates_and_covers(durs, cut_at, min_s, extra):
+    times = list(np.cumsum([0.0, *durs[:-1]]))
+    n = len(times)
+    info = _info(times, times[-1] + durs[-1])
+    params = ClipsParams(min_s=min_s, max_s=min_s + extra)
+    clips, dropped, held = plan_clips(info, cut_at, n, params)
+    t = lambda i: times[i] if i < n else info.duration_s  # noqa: E731
+    bounds = sorted({0, *[c for c in cut_at if 0 < c < n], n})
+    scene_of = {i: k for k, (a, b) in enumerate(zip(bounds, bounds[1:])) for i in range(a, b)}
+    last_end = 0
+    for c in clips:
+        assert isinstance(c, ClipSpan) and last_end <= c.start < c.end <= n  # ordered, no overlap
+        assert scene_of[c.start] == scene_of[c.end - 1]  # never across a cut
+        assert min_s - 1e-6 <= t(c.end) - t(c.start) <= params.max_s + 1e-6
+        last_end = c.end
+    covered = {i for c in clips for i in range(c.start, c.end)}
+    kept_scenes = [(a, b) for a, b in zip(bounds, bounds[1:]) if t(b) - t(a) >= min_s - 1e-6]
+    assert dropped == len(bounds) - 1 - len(kept_scenes)
+    long_frames = [i for a, b in kept_scenes for i in range(a, b) if t(i + 1) - t(i) > params.max_s + 1e-6]
+    assert held == len(long_frames)
+    # what a kept scene loses: its held frames, and runs shorter than min_s that no clip could
+    # extend (at the scene end, before a held frame, or before a frame that would pass max_s)
+    for a, b in kept_scenes:
+        i = a
+        while i < b:
+            if i in covered or i in long_frames:
+                i += 1
+                continue
+            j = i
+            while j < b and j not in covered and j not in long_frames:
+                j += 1
+            fits = [(x, y) for x in range(i, j) for y in range(x + 1, j + 1)
+                    if min_s + 1e-6 <= t(y) - t(x) <= params.max_s - 1e-6]  # fmt: skip
+            assert not fits, (i, j, fits[:3])  # no clip was left in the gap
+            i = j
+
+
+@settings(max_examples=200, deadline=None)
+@given(x=st.floats(-1e6, 1e6, allow_nan=False), fmt=st.sampled_from(["{:g}", "{:e}", "{:E}", "{:.3f}", "{!r}"]),
+       op=st.sampled_from([">=", "<=", ">", "<", "==", "!="]))  # fmt: skip
+def test_where_numbers_are_numbers(x, fmt, op):
+    values = np.array([-1e-3, 0.0, 1e-3, 5.0, x, -x], dtype=np.float64)
+    table = pa.table({"score": values})
+    raw = fmt.format(x)
+    mask, info = evaluate(table, Filter(where=f"score {op} {raw}"))
+    v = float(raw)
+    expect = {">=": values >= v, "<=": values <= v, ">": values > v, "<": values < v, "==": values == v, "!=": values != v}[op]
+    assert info["threshold"] == v and list(mask) == list(expect)
+
+
+@pytest.mark.parametrize("raw,expect", [("no", [True, False]), ("'no'", [True, False]), ('"yes"', [False, False]),
+                                        ("null", [False, False]), ("1e-3", [False, True])])  # fmt: skip
+def test_where_strings_stay_strings(raw, expect):
+    table = pa.table({"codec": ["no", "1e-3"]})
+    mask, _ = evaluate(table, Filter(where=f"codec == {raw}"))
+    assert list(mask) == expect
+
+
+# -- names the OS allows ---------------------------------------------------------------------------
+
+
+def test_a_file_name_that_is_not_utf8_is_processed_and_kept_faithfully(tmp_path, three_shots):
+    d = os.fsencode(tmp_path / "in")
+    os.mkdir(d)
+    bad = os.path.join(d, b"bad\xffname.mp4")
+    shutil.copy(three_shots.path, bad)
+    shutil.copy(DATA / "counter.mp4", os.path.join(d, b"good.mp4"))
+    uris = resolve_inputs([str(tmp_path / "in")])
+    r = run(cfg(), uris, str(tmp_path / "out"))
+    assert r.processed == 2 and r.manifest["counts"]["quarantined"] == 0
+    rows = read_shards(str(tmp_path / "out")).to_pylist()
+    odd = {x["source_uri"] for x in rows if "bad" in x["source_uri"]}
+    assert odd == {"file://" + os.fsdecode(d) + "/bad%FFname.mp4"}
+    assert os.fsencode(_local(odd.pop())) == bad  # byte for byte back to the file
+
+
+# -- transient failures are retried, failures are not clips ----------------------------------------
+
+
+def test_a_full_disk_during_extraction_is_retried_and_never_a_clip(tmp_path, three_shots, text_video, monkeypatch):
+    from curate.clips import ClipStage
+
+    original = ClipStage._extract
+
+    def extract(self, local, info, span, vid, cid, left):
+        if span.start > 0 and info.n_frames == 288:  # three_shots (12 s), from its 2nd clip on
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return original(self, local, info, span, vid, cid, left)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(ClipStage, "_extract", extract)
+    r = run(cfg("watchdog=false"), [three_shots.path, text_video.path], str(out))  # in-process: the patch applies
+    c = r.manifest["counts"]
+    assert (c["clips"], c["to_retry"]) == (len(read_shards(str(out))), 1)
+    assert {Path(x["source_uri"]).name for x in read_shards(str(out)).to_pylist()} == {"text.mp4"}
+    committed_dirs = {x["video_id"] for x in read_shards(str(out)).to_pylist()}
+    assert {p.name for p in (out / "clips").iterdir()} == committed_dirs  # its first clip's file was swept
+    monkeypatch.undo()
+    again = run(cfg("watchdog=false"), [three_shots.path, text_video.path], str(out))
+    assert (again.processed, again.skipped) == (1, 1) and again.manifest["counts"]["to_retry"] == 0
+    names = [Path(x["source_uri"]).name for x in read_shards(str(out)).to_pylist()]
+    assert names.count("three_shots.mp4") == 5 and again.manifest["counts"]["quarantined"] == 0
+
+
+def test_a_clip_that_fails_for_good_is_counted_not_a_row(tmp_path, three_shots, monkeypatch):
+    from curate.clips import ClipStage, ExtractError
+
+    original = ClipStage._extract
+
+    def extract(self, local, info, span, vid, cid, left):
+        if span.start == 72:
+            raise ExtractError("ffmpeg exited 1: Invalid data found when processing input")
+        return original(self, local, info, span, vid, cid, left)
+
+    monkeypatch.setattr(ClipStage, "_extract", extract)
+    r = run(cfg("watchdog=false"), [three_shots.path], str(tmp_path / "out"))
+    rows = read_shards(str(tmp_path / "out")).to_pylist()
+    assert len(rows) == 4 and all(x["clip_uri"] for x in rows)
+    assert (r.manifest["counts"]["clips"], r.manifest["counts"]["failed_clips"]) == (4, 1)
+
+
+def test_a_missing_input_that_appears_is_processed_by_the_next_run(tmp_path, three_shots):
+    late = tmp_path / "late.mp4"
+    first = run(cfg(), [str(late)], str(tmp_path / "out"))
+    assert first.manifest["counts"]["quarantine_reasons"] == {"missing": 1}
+    shutil.copy(three_shots.path, late)
+    second = run(cfg(), [str(late)], str(tmp_path / "out"))
+    assert second.processed == 1 and second.manifest["counts"]["quarantined"] == 0
+    assert len(read_shards(str(tmp_path / "out"))) == 5
+    assert pq.read_table(tmp_path / "out" / "quarantine.parquet").num_rows == 0
+
+
+@pytest.mark.slow
+def test_a_kill_at_a_random_moment_redoes_at_most_the_videos_in_flight(tmp_path, three_shots, text_video, fade_video):
+    d = tmp_path / "in"
+    d.mkdir()
+    rng = np.random.default_rng(int(time.time()))
+    srcs = [three_shots, text_video, fade_video]
+    for k in range(12):  # distinct content per file, so no input is a duplicate of another
+        data = Path(srcs[k % 3].path).read_bytes() + b"\0" * (k + 1)
+        (d / f"v{k:02d}.mp4").write_bytes(data)
+    out = tmp_path / "out"
+    args = [sys.executable, "-m", "curate.cli", "run", DEMO, "-i", str(d), "-o", str(out),
+            *[x for s in ["executor=local", "clips.min_s=1", "clips.max_s=3", "shards.commit_every_s=0.001",
+                          *NO_SCORERS] for x in ("--set", s)]]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "CI": "true"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(out.glob("_commits/commit-*.json"))) < 3:
+        try:
+            proc.wait(timeout=0.05)
+            pytest.fail("finished before the kill")
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        proc.wait(timeout=float(rng.uniform(0, 2)))  # a random moment after the third commit
+        pytest.fail("finished before the kill")
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    committed = set()
+    for rec in out.glob("_commits/commit-*.json"):
+        committed |= {Path(v["source_uri"]).name for v in json.loads(rec.read_text())["videos"]}
+    ids = {}
+    for x in read_shards(str(out)).to_pylist():
+        ids[x["video_id"]] = Path(x["source_uri"]).name
+    worked_on = {p.name for p in (out / "clips").iterdir()} if (out / "clips").exists() else set()
+    uncommitted_work = worked_on - set(ids)
+    assert len(uncommitted_work) <= 1  # the local executor has one video in flight
+    r = subprocess.run(args, capture_output=True, env={**os.environ, "CI": "true"})
+    assert r.returncode == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["runs"][-1]["processed"] == 12 - len(committed) and m["counts"]["videos_ok"] == 12
+
+
+# -- mistakes that looked like success, values that break every input, raw tracebacks --------------
+
+
+def test_select_from_a_mistyped_source_fails_and_creates_nothing(tmp_path):
+    r = runner.invoke(app_(), ["select", "-s", str(tmp_path / "no_such_out"), "-o", str(tmp_path / "subset")])
+    one_line_error(r, "not a curate output")
+    assert not (tmp_path / "subset").exists() and not (tmp_path / "no_such_out").exists()
+
+
+def test_train_on_missing_or_empty_data_fails_in_one_line(tmp_path):
+    pytest.importorskip("diffusers")
+    tiny = str(ROOT / "configs" / "train" / "tiny.yaml")
+    r = runner.invoke(app_(), ["train", tiny, "--data", str(tmp_path / "nope"), "-o", str(tmp_path / "run")])
+    one_line_error(r, "no such file or directory")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "nope").exists()
+    (tmp_path / "empty").mkdir()
+    table = read_shards(str(tmp_path / "none"))  # the clip schema, no rows
+    pq.write_table(table.append_column("caption", pa.array([], pa.string())), tmp_path / "empty" / "subset.parquet")
+    r = runner.invoke(app_(), ["train", tiny, "--data", str(tmp_path / "empty"), "-o", str(tmp_path / "run")])
+    one_line_error(r, "no clips with a clip file")
+
+
+@pytest.mark.parametrize("arms,needle", [
+    (["../../escape=DATA", "b=DATA"], "NAME must be"),
+    (["a=DATA", "a=DATA"], "given twice"),
+    (["a=DATA"], "at least two arms"),
+    (["a=DATA", "b=MISSING"], "does not exist"),
+])  # fmt: skip
+def test_compare_validates_arm_names_before_anything(tmp_path, arms, needle):
+    (tmp_path / "DATA").mkdir()
+    argv = ["compare", str(ROOT / "configs" / "train" / "tiny.yaml"), "-o", str(tmp_path / "cmp")]
+    for a in arms:
+        argv += ["--arm", a.replace("DATA", str(tmp_path / "DATA")).replace("MISSING", str(tmp_path / "missing"))]
+    one_line_error(runner.invoke(app_(), argv), needle)
+    assert not (tmp_path / "cmp").exists() and not (tmp_path.parent / "escape").exists()
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("input_timeout_s=.inf", "input_timeout_s"), ("clips.preset=-bogus", "clips.preset"),
+    ("shards.max_rows=100000000000", "shards.max_rows"), ("clips.max_s=[", "not valid YAML"),
+])  # fmt: skip
+def test_values_that_break_every_input_are_refused(override, needle):
+    with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
+        load_config(DEMO, [override])
+
+
+def test_where_typo_is_one_line(tmp_path, small_out):
+    r = runner.invoke(app_(), ["select", "-s", str(small_out), "--where", "duration_s >= [", "-o", str(tmp_path / "s")])
+    one_line_error(r, "is not a number")
+
+
+@pytest.fixture(scope="module")
+def small_out(tmp_path_factory, three_shots):
+    out = tmp_path_factory.mktemp("small") / "out"
+    run(cfg(), [three_shots.path], str(out))
+    return out
+
+
+def test_export_refuses_files_and_foreign_directories_and_replaces_its_own(tmp_path, small_out):
+    sub = tmp_path / "sub"
+    assert runner.invoke(app_(), ["select", "-s", str(small_out), "-o", str(sub)]).exit_code == 0
+    (tmp_path / "a_file").write_text("x")
+    one_line_error(runner.invoke(app_(), ["export", str(sub), "-o", str(tmp_path / "a_file")]), "not a directory")
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "photo.jpg").write_bytes(b"x")
+    one_line_error(runner.invoke(app_(), ["export", str(sub), "-o", str(tmp_path / "theirs")]), "not empty")
+    exp = tmp_path / "exp"
+    assert runner.invoke(app_(), ["export", str(sub), "-o", str(exp), "--format", "webdataset", "--max-rows", "1"]).exit_code == 0
+    assert len(list(exp.glob("*.tar"))) == 5
+    assert runner.invoke(app_(), ["export", str(sub), "-o", str(exp), "--format", "webdataset", "--max-rows", "3"]).exit_code == 0
+    assert len(list(exp.glob("*.tar"))) == 2  # no stale shard from the first export
+
+
+def test_tar_member_names_are_one_plain_name(tmp_path, small_out):
+    import tarfile
+
+    sub = tmp_path / "sub"
+    runner.invoke(app_(), ["select", "-s", str(small_out), "-o", str(sub)])
+    t = pq.read_table(sub / "subset.parquet")
+    ids = ["../../etc/evil", "/abs/path", "a.b.c"] + t.column("clip_id").to_pylist()[3:]
+    pq.write_table(t.set_column(t.schema.get_field_index("clip_id"), "clip_id", pa.array(ids)), sub / "subset.parquet")
+    assert runner.invoke(app_(), ["export", str(sub), "-o", str(tmp_path / "exp"), "--format", "webdataset"]).exit_code == 0
+    names = [m.name for tar in (tmp_path / "exp").glob("*.tar") for m in tarfile.open(tar).getmembers()]
+    assert names and all("/" not in n and not n.startswith(".") and n.count(".") == 1 for n in names)
+
+
+def test_inputs_that_used_to_raise_tracebacks(tmp_path, small_out):
+    base = ["run", DEMO, "-o", str(tmp_path / "out"), *[x for s in NO_SCORERS for x in ("--set", s)]]
+    one_line_error(runner.invoke(app_(), [*base, "-i", "http://example.com/a.mp4"]), "http(s) inputs are not supported")
+    (tmp_path / "utf16.txt").write_bytes("a.mp4\n".encode("utf-16"))
+    one_line_error(runner.invoke(app_(), [*base, "-i", str(tmp_path / "utf16.txt")]), "not UTF-8")
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really")
+    one_line_error(runner.invoke(app_(), [*base, "-i", str(tmp_path / "bad.parquet")]), "cannot be read")
+    one_line_error(runner.invoke(app_(), [*base, "-i", str(tmp_path), "--set", "clips.max_s=[1"]), "not valid YAML")
+    (tmp_path / "a_file").write_text("x")
+    one_line_error(runner.invoke(app_(), ["run", DEMO, "-i", str(tmp_path), "-o", str(tmp_path / "a_file")]), "not a directory")
+    one_line_error(runner.invoke(app_(), ["run", DEMO, "-i", str(tmp_path), "-o", ""]), "empty")
+    one_line_error(runner.invoke(app_(), ["run", DEMO, "-i", str(tmp_path), "-o", "/"]), "root")
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "manifest.json").write_text("[1, 2]")
+    for verb in ("inspect", "report"):
+        one_line_error(runner.invoke(app_(), [verb, str(tmp_path / "foreign")]), "not a curate manifest")
+
+
+def app_():
+    from curate.cli import app
+
+    return app
