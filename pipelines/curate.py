@@ -110,6 +110,9 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     if address:
         ray.init(address=address, **kwargs)
     else:
+        from curate import reaper
+
+        reaper.start()  # a killed driver must not leave this Ray's processes behind
         ray.init(num_cpus=num_cpus, **kwargs)
 
 

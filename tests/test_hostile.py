@@ -391,3 +391,39 @@ def app_():
     from curate.cli import app
 
     return app
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="the reaper reads /proc (Linux)")
+def test_a_killed_driver_leaves_no_ray_process_behind(tmp_path, three_shots, slow_inputs):
+    from curate.reaper import _descendants, _table
+
+    d = tmp_path / "in"
+    d.mkdir()
+    for k in range(6):
+        (d / f"v{k}.mp4").write_bytes(Path(three_shots.path).read_bytes() + b"\0" * (k + 1))
+    args = [sys.executable, "-m", "curate.cli", "run", DEMO, "-i", str(d), "-o", str(tmp_path / "out"),
+            *[x for s in ["executor=ray", "ray.num_cpus=2", *NO_SCORERS] for x in ("--set", s)]]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "CI": "true"})
+    seen: dict[int, str] = {}
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (tmp_path / "out" / "_commits").is_dir():
+        seen.update(_descendants(proc.pid, _table()))
+        try:
+            proc.wait(timeout=0.2)
+            pytest.fail("finished before the kill")
+        except subprocess.TimeoutExpired:
+            pass
+    seen.update(_descendants(proc.pid, _table()))
+    assert any("raylet" in Path(f"/proc/{p}/cmdline").read_text(errors="replace") for p in seen if Path(f"/proc/{p}").exists())
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 30
+    alive = seen
+    while time.monotonic() < deadline:
+        now = _table()
+        alive = {p: s for p, s in seen.items() if p in now and now[p][1] == s}
+        if not alive:
+            break
+        time.sleep(0.2)
+    assert not alive, [Path(f"/proc/{p}/cmdline").read_text(errors="replace")[:80] for p in alive]
