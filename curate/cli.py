@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import sys
+import threading
 from pathlib import Path
 from typing import Optional
 
@@ -36,6 +38,38 @@ def _log_to_console() -> None:
     if not any(isinstance(h, RichHandler) for h in log.handlers):
         log.addHandler(RichHandler(console=console, show_time=False, show_path=False, markup=False))
         log.setLevel(logging.WARNING)
+
+
+# Lines that native code (Ray's C++ core worker) writes straight to fd 2 and that say nothing a
+# curate user can act on: ray-project/ray#57733 logs this for every Ray Data actor pool.
+_NATIVE_NOISE = re.compile(rb"core_worker\.cc:\d+: Actor with class name: .* max_restarts > 0")
+
+
+def _filter_native_stderr() -> None:
+    """Route fd 2 through a filter that drops known native noise; Python's own stderr (rich, the
+    logs) keeps the real terminal, so colours and progress bars are unchanged. Once per process."""
+    try:
+        ours = sys.stderr.fileno() == 2  # not when a test runner captured sys.stderr
+    except (AttributeError, OSError, ValueError):
+        ours = False
+    if getattr(_filter_native_stderr, "done", False) or os.name != "posix" or not ours:
+        return
+    _filter_native_stderr.done = True
+    real = os.dup(2)
+    sys.stderr.flush()
+    # rich's Console(stderr=True) looks sys.stderr up on every write, so it follows to the terminal
+    sys.stderr = open(real, "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace", closefd=False)
+    r, w = os.pipe()
+    os.dup2(w, 2)
+    os.close(w)
+
+    def pump() -> None:
+        with os.fdopen(r, "rb") as src:
+            for line in src:
+                if not _NATIVE_NOISE.search(line):
+                    os.write(real, line)
+
+    threading.Thread(target=pump, name="curate-stderr", daemon=True).start()
 
 
 def _progress() -> Progress:
@@ -69,6 +103,8 @@ def _run(config: Optional[Path], inputs: list[str], out: str, sets: list[str], r
         _fail(f"no video inputs found in: {' '.join(inputs)}")
     from pipelines.curate import run
 
+    if cfg.executor == "ray":
+        _filter_native_stderr()
     with _progress() as progress:
         task = progress.add_task("curating inputs", total=len(uris))
 
