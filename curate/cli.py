@@ -420,7 +420,7 @@ def _model_statuses(config: Optional[Path], sets: list[str]):
         _fail(str(e))
     if config is None:  # no config: everything the model stages would load with their defaults
         for name, cls in SCORERS.items():
-            if hasattr(cls, "model_refs"):
+            if cls.model_refs(getattr(cfg.scorers, name)):
                 getattr(cfg.scorers, name).enabled = True
     return [(stage, optional, check(ref)) for stage, optional, refs in model_stages(cfg) for ref in refs]
 

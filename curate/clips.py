@@ -206,7 +206,7 @@ def clip_id(video_id: str, start: int, end: int) -> str:
     return f"{video_id}-{start:07d}-{end:07d}"
 
 
-class ClipStage:
+class ClipStage(_stage.StageBase):
     """Expands each video record into one row per clip (the one stage that changes row count:
     videos in, clips out) and writes the clip files. A video without clips leaves one marker row
     (clip_id null) so the committer still learns that it is finished."""
@@ -233,8 +233,6 @@ class ClipStage:
     def __call__(self, batch: pa.Table) -> pa.Table:
         from curate.storage import release
 
-        if self.store is None:
-            self.setup()
         rows: list[dict] = []
         uris = batch.column(schema.SOURCE_URI).to_pylist()
         for uri, meta in zip(uris, _stage.read_meta(batch)):

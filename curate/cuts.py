@@ -177,7 +177,7 @@ from curate import stage as _stage  # noqa: E402
 from curate.video import DecodeTimeout  # noqa: E402
 
 
-class CutStage:
+class CutStage(_stage.StageBase):
     """Adds the cut list and the true decoded frame count to each video record."""
 
     name: ClassVar[str] = "cuts"

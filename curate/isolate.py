@@ -72,7 +72,7 @@ def quarantine_row(uri: str, reason: str, detail: str, seconds: float) -> pa.Tab
     return _rows_to_table([{schema.SOURCE_URI: uri, schema.VIDEO_ID: "", schema.VIDEO_META: json.dumps(summary)}])
 
 
-class VideoChain:
+class VideoChain(_stage.StageBase):
     """Stage: source_uri rows in, clip rows (or one marker row per input) out, each input isolated."""
 
     name: ClassVar[str] = "video"

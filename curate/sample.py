@@ -148,7 +148,7 @@ def frames_for(batch: pa.Table, plan_name: str) -> list[np.ndarray | None]:
     return [unpack(blob, (plan_name,)).get(plan_name) for blob in batch.column(schema.SAMPLES).to_pylist()]
 
 
-class SampleStage:
+class SampleStage(_stage.StageBase):
     """Adds `_samples`: every plan's frames, from one decode of the clip."""
 
     name: ClassVar[str] = "sample"
@@ -158,7 +158,7 @@ class SampleStage:
 
     def __init__(self, params: SampleParams, plans: list[SamplePlan]):
         self.params = params
-        self.plans = plans
+        self.wanted = plans  # not `plans`: that name is the hook every stage has
 
     def setup(self) -> None:
         pass
@@ -177,7 +177,7 @@ class SampleStage:
                 blobs.append(None)
                 continue
             n = row[schema.END_FRAME] - row[schema.START_FRAME]
-            per_plan = {p.name: p.indices(n, row[schema.FPS]) for p in self.plans}
+            per_plan = {p.name: p.indices(n, row[schema.FPS]) for p in self.wanted}
             wanted = set().union(*per_plan.values()) if per_plan else set()
             try:
                 path = localize(row[schema.CLIP_URI])
@@ -190,7 +190,7 @@ class SampleStage:
                 blobs.append(None)
                 continue
             arrays: dict[str, np.ndarray] = {}
-            for plan in self.plans:
+            for plan in self.wanted:
                 idx = [k for k in per_plan[plan.name] if k in frames]
                 if not idx:
                     continue

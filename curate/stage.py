@@ -40,6 +40,42 @@ class Stage(Protocol):
     def __call__(self, batch: pa.Table) -> pa.Table: ...
 
 
+class StageBase:
+    """The contract's defaults; every stage subclasses it (the Protocol above stays the spec).
+
+    The wiring (pipelines/curate.py) builds a stage where it runs, calls `setup()` once (per Ray
+    actor, per task, or once locally) and then only `__call__`: a stage never calls its own
+    setup. The hooks below have defaults, so the wiring never asks `hasattr`."""
+
+    resources: ClassVar[Resources] = Resources()
+    output_columns: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def plans(cls, params: BaseModel) -> list:
+        """The frames this stage needs from the sample step (SamplePlans); none by default."""
+        return []
+
+    @classmethod
+    def model_refs(cls, params: BaseModel) -> list:
+        """The weights `setup()` loads (curate.models.ModelRef); none for a model-free stage."""
+        return []
+
+    @classmethod
+    def resources_for(cls, params: BaseModel | None, gpus_available: bool = False) -> Resources:
+        """The one source of batch size, replicas, CPUs and GPUs: the class's declaration, or for
+        a model stage the settings in its params (device, batch_size, actors, num_cpus)."""
+        from curate.params import ModelParams
+
+        if isinstance(params, ModelParams):
+            gpu = params.device == "cuda" or (params.device == "auto" and gpus_available)
+            return Resources(num_cpus=params.num_cpus, num_gpus=1.0 if gpu else 0.0,
+                             batch_size=params.batch_size, actors=params.actors)  # fmt: skip
+        return cls.resources
+
+    def setup(self) -> None:
+        pass
+
+
 def check_stage(cls: type) -> None:
     """Fail early (at import of the pipeline) when a stage declares columns the schema lacks."""
     unknown = [c for c in cls.output_columns if c not in schema.column_names()]

@@ -275,7 +275,7 @@ from curate.config import ProbeParams  # noqa: E402
 from curate.faults import hang  # noqa: E402
 
 
-class ProbeStage:
+class ProbeStage(_stage.StageBase):
     """source_uri -> video record: identity (content fingerprint), geometry, timing, keyframes."""
 
     name: ClassVar[str] = "probe"

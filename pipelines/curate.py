@@ -21,7 +21,6 @@ from pydantic import BaseModel
 from curate import schema
 from curate.clips import ClipStage
 from curate.config import PipelineConfig
-from curate.params import ModelParams
 from curate.cuts import CutStage
 from curate import __version__
 from curate.lease import lease_for
@@ -71,22 +70,31 @@ def enabled_scorers(cfg: PipelineConfig, skip: set[str] = frozenset()) -> list[t
 def model_stages(cfg: PipelineConfig) -> list[tuple[str, bool, list[ModelRef]]]:
     """(stage, optional, the weights it needs) for every enabled stage that loads a model."""
     return [(cls.name, params.optional, cls.model_refs(params))
-            for cls, params in enabled_scorers(cfg) if hasattr(cls, "model_refs")]  # fmt: skip
+            for cls, params in enabled_scorers(cfg) if cls.model_refs(params)]  # fmt: skip
 
 
-def build_stages(cfg: PipelineConfig, out: str, skip: set[str] = frozenset()) -> list[tuple[type, tuple]]:
-    """The graph as (stage class, constructor args): instances are built where they run."""
+@dataclass(frozen=True)
+class StageSpec:
+    """One step of the graph: the class, its constructor arguments (instances are built where
+    they run) and the params its resources come from (none: the class's own declaration)."""
+
+    cls: type
+    args: tuple
+    params: BaseModel | None = None
+
+
+def build_stages(cfg: PipelineConfig, out: str, skip: set[str] = frozenset()) -> list[StageSpec]:
     per_video = [
         (ProbeStage, (cfg.probe, cfg.input_timeout_s)),
         (CutStage, (cfg.cuts, cfg.probe.min_frames)),
         (ClipStage, (cfg.clips, out)),
     ]
-    specs: list[tuple[type, tuple]] = [(VideoChain, (per_video, cfg.input_timeout_s, cfg.watchdog))]
+    specs = [StageSpec(VideoChain, (per_video, cfg.input_timeout_s, cfg.watchdog))]
     scorers = enabled_scorers(cfg, skip)
     if scorers and cfg.clips.extract:
         plans = [plan for cls, params in scorers for plan in cls.plans(params)]
-        specs.append((SampleStage, (cfg.sample, plans)))  # decode each clip once for all scorers
-        specs += [(cls, (params,)) for cls, params in scorers]
+        specs.append(StageSpec(SampleStage, (cfg.sample, plans), cfg.sample))  # one decode for all scorers
+        specs += [StageSpec(cls, (params,), params) for cls, params in scorers]
     return specs
 
 
@@ -95,6 +103,21 @@ def _apply_stage(batch: pa.Table, stage_cls: type, args: tuple) -> pa.Table:
     stage = stage_cls(*args)
     stage.setup()
     return stage(batch)
+
+
+def actor_class(cls: type, args: tuple) -> type:
+    """A Ray Data callable class around a stage: built and set up once per actor, then called."""
+
+    class StageActor:
+        def __init__(self) -> None:
+            self.stage = cls(*args)
+            self.stage.setup()
+
+        def __call__(self, batch: pa.Table) -> pa.Table:
+            return self.stage(batch)
+
+    StageActor.__name__ = StageActor.__qualname__ = cls.__name__  # how Ray names the operator
+    return StageActor
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
@@ -116,7 +139,7 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, **kwargs)
 
 
-def _batches_ray(cfg: PipelineConfig, uris: list[str], stages: list[tuple[type, tuple]]) -> Iterable[pa.Table]:
+def _batches_ray(cfg: PipelineConfig, uris: list[str], stages: list[StageSpec]) -> Iterable[pa.Table]:
     import ray
     from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
 
@@ -126,33 +149,24 @@ def _batches_ray(cfg: PipelineConfig, uris: list[str], stages: list[tuple[type, 
     ctx.print_on_execution_start = False
     ds = ray.data.from_items([{schema.SOURCE_URI: u} for u in uris], override_num_blocks=max(1, len(uris)))
     gpus_in_cluster = ray.cluster_resources().get("GPU", 0) > 0
-    for cls, args in stages:
-        res = cls.resources
-        params = args[0] if args else None
-        if isinstance(params, ModelParams):  # a model: its params say batch, replicas and device
-            wants_gpu = params.device == "cuda" or (params.device == "auto" and gpus_in_cluster)
+    for spec in stages:
+        res = spec.cls.resources_for(spec.params, gpus_in_cluster)
+        if res.actors:  # stateful (a model, an OCR engine): set up once per actor
             ds = ds.map_batches(
-                cls, fn_constructor_args=args, batch_size=params.batch_size, batch_format="pyarrow",
-                num_cpus=params.num_cpus, num_gpus=1 if wants_gpu else 0,
-                compute=ActorPoolStrategy(min_size=1, max_size=params.actors),
-            )  # fmt: skip
-        elif res.actors:  # other stateful stages (OCR engine): load once per actor
-            ds = ds.map_batches(
-                cls, fn_constructor_args=args, batch_size=res.batch_size,
-                batch_format="pyarrow", num_cpus=res.num_cpus, num_gpus=res.num_gpus,
-                compute=ActorPoolStrategy(min_size=1, max_size=res.actors),
+                actor_class(spec.cls, spec.args), batch_size=res.batch_size, batch_format="pyarrow",
+                num_cpus=res.num_cpus, num_gpus=res.num_gpus, compute=ActorPoolStrategy(min_size=1, max_size=res.actors),
             )  # fmt: skip
         else:
             ds = ds.map_batches(
-                _apply_stage, fn_kwargs={"stage_cls": cls, "args": args},
-                batch_size=res.batch_size, batch_format="pyarrow", num_cpus=res.num_cpus,
+                _apply_stage, fn_kwargs={"stage_cls": spec.cls, "args": spec.args}, batch_size=res.batch_size,
+                batch_format="pyarrow", num_cpus=res.num_cpus, num_gpus=res.num_gpus,
                 compute=TaskPoolStrategy(size=cfg.ray.video_concurrency),
             )  # fmt: skip
     yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
-def _batches_local(uris: list[str], specs: list[tuple[type, tuple]]) -> Iterable[pa.Table]:
-    stages = [cls(*args) for cls, args in specs]
+def _batches_local(uris: list[str], specs: list[StageSpec]) -> Iterable[pa.Table]:
+    stages = [spec.cls(*spec.args) for spec in specs]
     for s in stages:
         s.setup()
     for uri in uris:

@@ -16,7 +16,7 @@ from curate import schema
 from curate.models import ModelRef
 from curate.params import ModelParams
 from curate.sample import SamplePlan, frames_for
-from curate.stage import Resources, add_error, set_columns
+from curate.stage import Resources, StageBase, add_error, set_columns
 
 
 class CocaParams(ModelParams):
@@ -35,7 +35,7 @@ def clean_caption(text: str) -> str:
     return " ".join(text.split()).strip(" .")
 
 
-class CocaCaptioner:
+class CocaCaptioner(StageBase):
     name: ClassVar[str] = "caption_coca"
     Params: ClassVar[type] = CocaParams
     resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=8, actors=1)
@@ -79,7 +79,6 @@ class CocaCaptioner:
     def __call__(self, batch: pa.Table) -> pa.Table:
         from scoring._loaders import to_pil
 
-        self.setup()
         frames = frames_for(batch, self.name)
         out: list[str | None] = [None] * batch.num_rows
         errors = batch.column(schema.ERRORS).to_pylist()

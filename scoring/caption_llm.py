@@ -14,7 +14,7 @@ from pydantic import Field
 from curate import schema
 from curate.models import ModelRef
 from curate.params import ModelParams
-from curate.stage import Resources, add_error, set_columns
+from curate.stage import Resources, StageBase, add_error, set_columns
 
 DEFAULT_PROMPT = (
     "Two captions describe the same short video clip.\n"
@@ -32,7 +32,7 @@ class LlmParams(ModelParams):
     dtype: str = "auto"
 
 
-class LlmCaptioner:
+class LlmCaptioner(StageBase):
     name: ClassVar[str] = "caption_llm"
     Params: ClassVar[type] = LlmParams
     resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=8, actors=1)
@@ -84,7 +84,6 @@ class LlmCaptioner:
         return [" ".join(t.split()) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        self.setup()
         n = batch.num_rows
         col = lambda c: batch.column(c).to_pylist() if c in batch.column_names else [None] * n  # noqa: E731
         coca, vblip = col(schema.CAPTION_COCA), col(schema.CAPTION_VBLIP)

@@ -18,7 +18,7 @@ from curate import schema
 from curate.models import ModelRef
 from curate.params import ModelParams
 from curate.sample import SamplePlan, frames_for
-from curate.stage import Resources, add_error, set_columns
+from curate.stage import Resources, StageBase, add_error, set_columns
 
 
 class VblipParams(ModelParams):
@@ -29,7 +29,7 @@ class VblipParams(ModelParams):
     dtype: str = Field("auto", description="auto = bfloat16 on GPU, float32 on CPU")
 
 
-class VblipCaptioner:
+class VblipCaptioner(StageBase):
     name: ClassVar[str] = "caption_vblip"
     Params: ClassVar[type] = VblipParams
     resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=4, actors=1)
@@ -83,7 +83,6 @@ class VblipCaptioner:
         return [" ".join(t.split()) for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        self.setup()
         frames = frames_for(batch, self.name)
         out: list[str | None] = [None] * batch.num_rows
         errors = batch.column(schema.ERRORS).to_pylist()

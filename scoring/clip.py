@@ -19,7 +19,7 @@ from curate import schema
 from curate.models import ModelRef
 from curate.params import ModelParams
 from curate.sample import SamplePlan, frames_for
-from curate.stage import Resources, add_error, set_columns
+from curate.stage import Resources, StageBase, add_error, set_columns
 
 
 class ClipParams(ModelParams):
@@ -65,7 +65,7 @@ def load_aesthetic_head(path: str):
     return head.eval()
 
 
-class ClipScorer:
+class ClipScorer(StageBase):
     name: ClassVar[str] = "clip"
     Params: ClassVar[type] = ClipParams
     resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=16, actors=1)
@@ -132,7 +132,6 @@ class ClipScorer:
     def __call__(self, batch: pa.Table) -> pa.Table:
         import torch
 
-        self.setup()
         frames = frames_for(batch, self.name)
         n = batch.num_rows
         sims, embs, aes = [None] * n, [None] * n, [None] * n

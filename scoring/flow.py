@@ -17,7 +17,7 @@ from pydantic import Field
 from curate import schema
 from curate.params import Strict
 from curate.sample import SamplePlan, unpack
-from curate.stage import Resources, score_each
+from curate.stage import Resources, StageBase, score_each
 
 
 class FlowParams(Strict):
@@ -29,7 +29,7 @@ class FlowParams(Strict):
     farneback: tuple[float, int, int, int, int, float, int] = (0.5, 3, 15, 3, 5, 1.2, 0)
 
 
-class FlowScorer:
+class FlowScorer(StageBase):
     name: ClassVar[str] = "flow"
     Params: ClassVar[type] = FlowParams
     resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=16)

@@ -22,7 +22,7 @@ from pydantic import Field
 from curate import schema
 from curate.params import Strict
 from curate.sample import SamplePlan, frames_for
-from curate.stage import Resources, score_each
+from curate.stage import Resources, StageBase, score_each
 
 
 class OcrParams(Strict):
@@ -52,7 +52,7 @@ def union_area_ratio(boxes: list[np.ndarray], width: int, height: int) -> float:
     return float(mask.sum()) / float(width * height)
 
 
-class OcrScorer:
+class OcrScorer(StageBase):
     name: ClassVar[str] = "ocr"
     Params: ClassVar[type] = OcrParams
     resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=8, actors=2)  # holds the OCR engine
@@ -105,7 +105,6 @@ class OcrScorer:
         return {schema.OCR_AREA_RATIO: max(ratios), schema.OCR_TEXT: " | ".join(texts)}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        self.setup()
         return score_each(batch, self.name, frames_for(batch, self.name), self.output_columns, self.score)
 
 

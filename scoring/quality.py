@@ -18,7 +18,7 @@ from pydantic import Field
 from curate import schema
 from curate.params import Strict
 from curate.sample import SamplePlan, frames_for
-from curate.stage import Resources, score_each
+from curate.stage import Resources, StageBase, score_each
 
 
 class QualityParams(Strict):
@@ -34,7 +34,7 @@ def colorfulness(rgb: np.ndarray) -> float:
     return float(np.hypot(rg.std(), yb.std()) + 0.3 * np.hypot(rg.mean(), yb.mean()))
 
 
-class QualityScorer:
+class QualityScorer(StageBase):
     name: ClassVar[str] = "quality"
     Params: ClassVar[type] = QualityParams
     resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=16)
