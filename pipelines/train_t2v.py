@@ -672,8 +672,10 @@ def train(cfg: TrainConfig, data: str | Path, run_dir: str | Path, init_from: st
     if run_dir.exists() and not run_dir.is_dir():
         raise DataError(f"-o {run_dir}: exists and is not a directory")
     run_dir.mkdir(parents=True, exist_ok=True)
-    tr = Trainer(cfg, rows, run_dir)
     ckpt = run_dir / "ckpt.pt"
+    if ckpt.exists():
+        check_resumable(cfg, data, run_dir)  # before building anything
+    tr = Trainer(cfg, rows, run_dir)
     if ckpt.exists():
         tr.load(ckpt)  # resume exactly where it stopped
     elif init_from:
@@ -681,6 +683,7 @@ def train(cfg: TrainConfig, data: str | Path, run_dir: str | Path, init_from: st
     (run_dir / "config.json").write_text(json.dumps({"config": cfg.model_dump(mode="json"), "data": str(data)}, indent=2))
     stop = min(cfg.optim.max_steps, max_steps or cfg.optim.max_steps)
     eval_sets = {"heldout": tr.eval_rows} | {k: load_rows(v)[: cfg.eval.max_clips] for k, v in cfg.eval.extra_sets.items()}
+    final_eval = None  # set when the loop itself reaches max_steps (a run resumed at the end has none)
     with open(run_dir / "metrics.jsonl", "a") as log:
         t0 = time.perf_counter()
         while tr.step < stop:
@@ -689,21 +692,59 @@ def train(cfg: TrainConfig, data: str | Path, run_dir: str | Path, init_from: st
                 rec["seconds"] = round(time.perf_counter() - t0, 3)
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
-            if tr.step % cfg.eval.every == 0 or tr.step == cfg.optim.max_steps:
-                ev = {k: evaluate(tr, v) for k, v in eval_sets.items() if v}
-                log.write(json.dumps({"step": tr.step, "eval": {k: {m: x for m, x in e.items() if m != "per_clip"} for k, e in ev.items()}}) + "\n")
+            at_end = tr.step >= cfg.optim.max_steps
+            if tr.step % cfg.eval.every == 0 or at_end:
+                now = {k: evaluate(tr, v) for k, v in eval_sets.items() if v}
+                log.write(json.dumps({"step": tr.step, "eval": {k: {m: x for m, x in e.items() if m != "per_clip"} for k, e in now.items()}}) + "\n")
                 log.flush()
+                final_eval = now if at_end else None  # the last step's evaluation is the result's too
             if tr.step % cfg.ckpt_every == 0 or tr.step == stop:
                 tr.save(ckpt)
     result = {"step": tr.step}
     if tr.step >= cfg.optim.max_steps:
-        ev = {k: evaluate(tr, v) for k, v in eval_sets.items() if v}
+        ev = final_eval if final_eval is not None else {k: evaluate(tr, v) for k, v in eval_sets.items() if v}
         result["eval"] = ev
         if samples:
             s = write_samples(tr, run_dir / "samples")
             result["sample_distances"] = sample_distances(tr, s["samples"], tr.eval_rows or tr.train_rows)
         (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+# What may change between a run and its resume: where and how fast it runs, how often it logs,
+# checkpoints and evaluates, where it stops, what it samples. Anything else changes the model.
+RESUME_SAFE = ("device", "compile", "log_every", "ckpt_every", "optim.max_steps", "eval.every", "eval.extra_sets",
+               "eval.max_clips", "sample.")  # fmt: skip
+
+
+class ResumeMismatch(ValueError):
+    pass
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out |= _flat(v, f"{prefix}{k}.")
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resumable(cfg: TrainConfig, data: str | Path, run_dir: Path) -> None:
+    """Refuse to resume RUN with a config (or data) that differs in anything but RESUME_SAFE keys."""
+    saved_path = run_dir / "config.json"
+    if not saved_path.is_file():
+        return
+    saved = json.loads(saved_path.read_text())
+    old, new = _flat(saved.get("config", {})), _flat(cfg.model_dump(mode="json"))
+    diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+             if old.get(k) != new.get(k) and not k.startswith(RESUME_SAFE)]  # fmt: skip
+    if saved.get("data") is not None and str(saved["data"]) != str(data):
+        diffs.append(f"--data: {saved['data']} -> {data}")
+    if diffs:
+        raise ResumeMismatch(f"{run_dir} holds a run with another config ({'; '.join(diffs)}): resume with the same "
+                             "settings, write to a new -o, or warm-start one with --init-from")  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ from pydantic import Field
 from curate import schema
 from curate.params import Strict
 from curate.sample import SamplePlan, frames_for
+from curate.models import MissingModelError
 from curate.stage import Resources, StageBase, score_each
 
 
@@ -35,10 +36,6 @@ class OcrParams(Strict):
     min_score: float = Field(0.5, ge=0, le=1, description="recognition confidence to keep a text")
     easyocr_model_dir: str | None = None
     easyocr_languages: list[str] = Field(default_factory=lambda: ["en"])
-
-
-class MissingModelError(RuntimeError):
-    pass
 
 
 def union_area_ratio(boxes: list[np.ndarray], width: int, height: int) -> float:

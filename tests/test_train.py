@@ -215,3 +215,35 @@ def test_frozen_user_text_encoder(tmp_path, corpus, encoder):
         assert np.isfinite(rec["loss"])
     assert all(torch.equal(a, b) for a, b in zip(before, tr.frozen_text.model.parameters()))  # frozen
     assert tr.context(["a red texture"]).shape[-1] == 32  # the encoder's width drives cross-attention
+
+
+def test_resume_with_another_config_is_refused_naming_the_keys(tmp_path, corpus):
+    from typer.testing import CliRunner
+
+    from curate.cli import app
+    from pipelines.train_t2v import ResumeMismatch
+
+    data = subset(tmp_path / "d", corpus["clean"][:6])
+    cfg = load_train_config(TINY, [*FAST, "optim.max_steps=6", "data.holdout_frac=0"])
+    train(cfg, data, tmp_path / "run", max_steps=3, samples=False)
+    changed = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"lr": 1e-2}), "seed": 7})
+    with pytest.raises(ResumeMismatch, match=r"optim\.lr: 0\.0003 -> 0\.01; seed: 0 -> 7"):
+        train(changed, data, tmp_path / "run", samples=False)
+    r = CliRunner().invoke(app, ["train", str(TINY), "--data", str(data), "-o", str(tmp_path / "run"),
+                                 *[x for s in [*FAST, "optim.max_steps=6", "data.holdout_frac=0", "seed=7"] for x in ("--set", s)]])  # fmt: skip
+    assert r.exit_code == 2 and "seed: 0 -> 7" in r.output and "Traceback" not in r.output
+    # where it stops and how often it logs may change: extending the run is a resume
+    longer = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"max_steps": 8}), "log_every": 2})
+    assert train(longer, data, tmp_path / "run", samples=False)["step"] == 8
+
+
+def test_the_last_step_is_evaluated_once(tmp_path, corpus, monkeypatch):
+    import pipelines.train_t2v as t2v
+
+    calls = []
+    real = t2v.evaluate
+    monkeypatch.setattr(t2v, "evaluate", lambda tr, rows, **kw: calls.append(tr.step) or real(tr, rows, **kw))
+    data = subset(tmp_path / "d", corpus["clean"][:8])
+    cfg = load_train_config(TINY, [*FAST, "optim.max_steps=4", "eval.every=2"])
+    result = train(cfg, data, tmp_path / "run", samples=False)
+    assert calls == [2, 4] and "heldout" in result["eval"]
