@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         make_corpus(corpus, args.large)
         peaks = {}
         for n in (args.small, args.large):
-            code = CHILD.format(root=str(ROOT), cfg=str(ROOT / "configs" / "demo.yaml"), inputs=str(corpus), n=n,
+            code = CHILD.format(root=str(ROOT), cfg=str(ROOT / "curate" / "configs" / "demo.yaml"), inputs=str(corpus), n=n,
                                 out=str(Path(tmp) / f"out{n}"))  # fmt: skip
             out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
             clips, kb = out.stdout.split()[-2:]

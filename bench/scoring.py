@@ -68,13 +68,13 @@ def main(argv: list[str] | None = None) -> int:
         demo_corpus(str(work / "inputs"))
         for clip in (ROOT / "curate" / "data").glob("*.mp4"):
             shutil.copy(clip, work / "inputs" / clip.name)
-        cfg = load_config(ROOT / "configs" / "demo.yaml", ["executor=local"] + [f"scorers.{n}.enabled=false" for n in SCORERS])
+        cfg = load_config(ROOT / "curate" / "configs" / "demo.yaml", ["executor=local"] + [f"scorers.{n}.enabled=false" for n in SCORERS])
         run(cfg, [str(p) for p in sorted((work / "inputs").iterdir())], str(work / "out"))
         clips = read_shards(str(work / "out"))
         paths = clips.column("clip_uri").to_pylist()
         frames_total = int(sum(e - s for s, e in zip(clips.column("start_frame").to_pylist(), clips.column("end_frame").to_pylist())))
         table = clips.select(["clip_uri", "start_frame", "end_frame", "fps", "errors"])
-        full = load_config(ROOT / "configs" / "demo.yaml")
+        full = load_config(ROOT / "curate" / "configs" / "demo.yaml")
         scorers = [(cls, getattr(full.scorers, name)) for name, cls in SCORERS.items()
                    if name in ("flow", "ocr", "quality")]  # fmt: skip
         instances = [cls(params) for cls, params in scorers]

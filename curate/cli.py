@@ -21,7 +21,7 @@ from rich.table import Table
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Curate video corpora into training data.")
 console = Console(stderr=True)
 
-REPO_CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+REPO_CONFIGS = Path(__file__).resolve().parent / "configs"  # the recipes ship inside the package
 DATA_DIR = Path(__file__).resolve().parent / "data"
 
 
@@ -131,7 +131,7 @@ def _run(config: Optional[Path], inputs: list[str], out: str, sets: list[str], r
 
 @app.command("run")
 def run_cmd(
-    config: Path = typer.Argument(..., help="pipeline config (YAML)"),
+    config: Path = typer.Argument(..., help="pipeline config: a YAML path or a recipe name (demo, svd)"),
     inputs: list[str] = typer.Option(..., "-i", "--input", help="file, directory, glob, manifest (.txt/.parquet) or URI; repeatable"),
     out: str = typer.Option(..., "-o", "--out", help="output directory or URI (s3://...)"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="attach to a running Ray cluster"),
@@ -168,12 +168,10 @@ def demo(
     sets: list[str] = typer.Option([], "--set", help="override a config key"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address"),
 ) -> None:
-    """Write a small demo corpus (generated + shipped real clips) and run configs/demo.yaml on it."""
+    """Write a small demo corpus (generated + shipped real clips) and run the demo recipe on it."""
     from curate.synth import demo_corpus
 
     config = REPO_CONFIGS / "demo.yaml"
-    if not config.is_file():
-        _fail(f"demo config not found at {config} (install curate from its source tree: pip install -e .)")
     corpus = Path(out) / "inputs"
     console.print(f"writing demo corpus to {corpus}")
     demo_corpus(str(corpus))
@@ -314,7 +312,7 @@ def report_cmd(
 
 @app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def train_cmd(
-    config: Path = typer.Argument(..., help="trainer config (configs/train/tiny.yaml)"),
+    config: Path = typer.Argument(..., help="trainer config: a YAML path or a recipe name (train/tiny)"),
     data: str = typer.Option(..., "--data", help="a curate OUT, a select subset, or an export directory"),
     out: Path = typer.Option(..., "-o", "--out", help="run directory (resumes when it holds ckpt.pt)"),
     init_from: Optional[str] = typer.Option(None, "--init-from", help="warm start from a checkpoint"),

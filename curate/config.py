@@ -200,15 +200,32 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     return load_model(PipelineConfig, path, overrides)
 
 
+RECIPES = Path(__file__).resolve().parent / "configs"  # shipped in the wheel as package data
+
+
+def recipes() -> list[str]:
+    """The names of the shipped recipes: `demo`, `svd`, `subsets/demo_clean`, `train/tiny`, ..."""
+    return sorted(str(p.relative_to(RECIPES).with_suffix("")) for p in RECIPES.rglob("*.yaml"))
+
+
+def resolve_config(path: str | Path) -> Path:
+    """A YAML path as given, or else a shipped recipe by name (`svd`, `train/tiny`)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    name = str(path).removesuffix(".yaml")
+    if name in recipes():
+        return RECIPES / f"{name}.yaml"
+    raise ConfigError(f"config file not found: {p} (nor a recipe of that name; recipes: {', '.join(recipes())})")
+
+
 def load_model(model: type[BaseModel], path: str | Path | None, overrides: list[str] | None = None):
     """Any strict config model from YAML plus overrides; errors name the file and the key."""
     data: dict[str, Any] = {}
     source = "<defaults>"
     if path is not None:
-        p = Path(path)
+        p = resolve_config(path)
         source = str(p)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
         try:
             loaded = yaml.safe_load(p.read_text())
         except yaml.YAMLError as e:

@@ -1,7 +1,7 @@
 """A minimal ModelScope-style text-to-video trainer, to compare curated subsets by training.
 
 Read top to bottom: config -> data -> model -> train loop -> eval -> samples. nanoGPT-shaped: one
-file, a `main(argv)`, a tiny preset that runs on a laptop CPU (configs/train/tiny.yaml).
+file, a `main(argv)`, a tiny preset that runs on a laptop CPU (the `train/tiny` recipe, curate/configs/train/tiny.yaml).
 
 - Model: diffusers' UNet3DConditionModel, the ModelScope architecture (SD's 2D blocks inflated
   with temporal convolutions and temporal attention; any frame count, F=1 trains on images).

@@ -51,5 +51,18 @@ def test_missing_file_and_bad_override():
 def test_shipped_configs_load():
     from pathlib import Path
 
-    for p in (Path(__file__).parents[1] / "configs").glob("*.yaml"):
+    for p in (Path(__file__).parents[1] / "curate" / "configs").glob("*.yaml"):
         load_config(p)
+
+
+def test_recipes_are_named_or_given_as_paths(tmp_path):
+    from curate.config import recipes, resolve_config
+
+    assert {"demo", "svd", "subsets/demo_clean", "train/tiny", "train/base"} <= set(recipes())
+    assert resolve_config("svd").name == "svd.yaml" and resolve_config("train/tiny.yaml").parent.name == "train"
+    assert load_config("demo").hash() == load_config(resolve_config("demo")).hash()
+    mine = tmp_path / "svd"  # a user's file of that name wins over the recipe
+    mine.write_text("name: mine\n")
+    assert load_config(str(mine)).name == "mine"
+    with pytest.raises(ConfigError, match="nor a recipe of that name; recipes: demo, subsets/demo_clean, svd"):
+        load_config("svdd")

@@ -33,7 +33,7 @@ from tests.conftest import DATA
 from tests.test_reliability import NO_SCORERS, cfg
 
 ROOT = Path(__file__).parents[1]
-DEMO = str(ROOT / "configs" / "demo.yaml")
+DEMO = str(ROOT / "curate" / "configs" / "demo.yaml")
 runner = CliRunner()
 
 
@@ -294,7 +294,7 @@ def test_select_from_a_mistyped_source_fails_and_creates_nothing(tmp_path):
 
 def test_train_on_missing_or_empty_data_fails_in_one_line(tmp_path):
     pytest.importorskip("diffusers")
-    tiny = str(ROOT / "configs" / "train" / "tiny.yaml")
+    tiny = str(ROOT / "curate" / "configs" / "train" / "tiny.yaml")
     r = runner.invoke(app_(), ["train", tiny, "--data", str(tmp_path / "nope"), "-o", str(tmp_path / "run")])
     one_line_error(r, "no such file or directory")
     assert not (tmp_path / "run").exists() and not (tmp_path / "nope").exists()
@@ -313,7 +313,7 @@ def test_train_on_missing_or_empty_data_fails_in_one_line(tmp_path):
 ])  # fmt: skip
 def test_compare_validates_arm_names_before_anything(tmp_path, arms, needle):
     (tmp_path / "DATA").mkdir()
-    argv = ["compare", str(ROOT / "configs" / "train" / "tiny.yaml"), "-o", str(tmp_path / "cmp")]
+    argv = ["compare", str(ROOT / "curate" / "configs" / "train" / "tiny.yaml"), "-o", str(tmp_path / "cmp")]
     for a in arms:
         argv += ["--arm", a.replace("DATA", str(tmp_path / "DATA")).replace("MISSING", str(tmp_path / "missing"))]
     one_line_error(runner.invoke(app_(), argv), needle)

@@ -28,7 +28,7 @@ from tests.conftest import DATA
 from tests.test_reliability import NO_SCORERS, cfg, s3  # noqa: F401 -- the moto fixture
 
 ROOT = Path(__file__).parents[1]
-CLI = [sys.executable, "-m", "curate.cli", "run", str(ROOT / "configs" / "demo.yaml")]
+CLI = [sys.executable, "-m", "curate.cli", "run", str(ROOT / "curate" / "configs" / "demo.yaml")]
 SETS = ["executor=local", "clips.min_s=1", "clips.max_s=3", "shards.max_rows=2", "shards.commit_every_videos=1",
         "clips.mode=exact", *NO_SCORERS]  # fmt: skip
 
@@ -91,7 +91,7 @@ def test_second_run_on_a_busy_out_fails_at_once_naming_the_first(tmp_path, corpu
         except subprocess.TimeoutExpired:
             pass
     assert first.poll() is None  # still writing
-    second = CliRunner().invoke(app, ["run", str(ROOT / "configs" / "demo.yaml"), "-i", str(DATA / "counter.mp4"),
+    second = CliRunner().invoke(app, ["run", str(ROOT / "curate" / "configs" / "demo.yaml"), "-i", str(DATA / "counter.mp4"),
                                       "-o", str(out), *[x for s in SETS for x in ("--set", s)]])  # fmt: skip
     assert second.exit_code == 2
     assert f"pid {first.pid}" in second.output and "another curate run" in second.output
@@ -221,7 +221,7 @@ def test_out_that_is_not_curates_is_refused_unless_forced(tmp_path, three_shots)
     (foreign / "shards").mkdir(parents=True)
     (foreign / "shards" / "mine.parquet").write_bytes(b"user data")
     (foreign / "notes.txt").write_text("keep me")
-    args = ["run", str(ROOT / "configs" / "demo.yaml"), "-i", three_shots.path, *[x for s in SETS for x in ("--set", s)]]
+    args = ["run", str(ROOT / "curate" / "configs" / "demo.yaml"), "-i", three_shots.path, *[x for s in SETS for x in ("--set", s)]]
     r = CliRunner().invoke(app, [*args, "-o", str(foreign)])
     assert r.exit_code == 2 and "not a curate output" in r.output and "--force" in r.output
     assert sorted(p.name for p in foreign.rglob("*")) == ["mine.parquet", "notes.txt", "shards"]
@@ -287,7 +287,7 @@ def test_full_disk_while_writing_parts_commits_nothing_half(tmp_path, corpus, cl
         return original(self, data, *parts)
 
     monkeypatch.setattr(OutputStore, "write_bytes", write_bytes)
-    args = ["run", str(ROOT / "configs" / "demo.yaml"), "-i", str(corpus), "-o", str(out), *[x for s in SETS for x in ("--set", s)]]
+    args = ["run", str(ROOT / "curate" / "configs" / "demo.yaml"), "-i", str(corpus), "-o", str(out), *[x for s in SETS for x in ("--set", s)]]
     r = CliRunner().invoke(app, args)
     assert r.exit_code == 1 and "No space left on device" in r.output and "resume" in r.output
     assert r.exception is None or isinstance(r.exception, SystemExit)  # one line, no traceback

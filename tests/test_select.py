@@ -117,11 +117,11 @@ def demo_out(tmp_path_factory):
         shutil.copy(clip, d / "inputs" / clip.name)
     (d / "inputs" / "broken.mp4").write_bytes(b"not a video")
     root = Path(__file__).parents[1]
-    run(load_config(root / "configs" / "demo.yaml", ["executor=local"]), sorted(str(p) for p in (d / "inputs").iterdir()), str(d / "out"))
+    run(load_config(root / "curate" / "configs" / "demo.yaml", ["executor=local"]), sorted(str(p) for p in (d / "inputs").iterdir()), str(d / "out"))
     return d / "out"
 
 
-RULES = Path(__file__).parents[1] / "configs" / "subsets" / "demo_clean.yaml"
+RULES = Path(__file__).parents[1] / "curate" / "configs" / "subsets" / "demo_clean.yaml"
 
 
 def test_cli_select_with_rules_and_flags(tmp_path, demo_out):

@@ -14,7 +14,7 @@ from curate.synth import captioned_clips  # noqa: E402
 from pipelines.compare import bootstrap, elo, markdown, metric_games, vote_games  # noqa: E402
 from pipelines.train_t2v import Trainer, batch_indices, evaluate, load_rows, load_train_config, train  # noqa: E402
 
-TINY = Path(__file__).parents[1] / "configs" / "train" / "tiny.yaml"
+TINY = Path(__file__).parents[1] / "curate" / "configs" / "train" / "tiny.yaml"
 FAST = [  # a smaller cousin of configs/train/tiny.yaml, for tests
     "data.frames=4", "data.size=16", "data.fps=4", "model.block_out_channels=[16, 32, 32]", "text.width=32",
     "text.layers=1", "text.heads=2", "text.context=16", "optim.batch_size=4", "optim.warmup_steps=5",
