@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
 from curate.params import Strict
 
@@ -113,32 +113,23 @@ class RayParams(Strict):
     video_concurrency: int | None = Field(None, ge=1, description="parallel inputs; default = CPUs")
 
 
-def _scorers_model():
-    # Scorer params live with their scorer (scoring/<name>.py); this section collects them.
-    from curate.sample import SampleParams
-    from scoring.caption_coca import CocaParams
-    from scoring.caption_llm import LlmParams
-    from scoring.caption_vblip import VblipParams
-    from scoring.clip import ClipParams
-    from scoring.flow import FlowParams
-    from scoring.ocr import OcrParams
-    from scoring.quality import QualityParams
-
-    class ScorersConfig(Strict):
-        """Per-scorer settings, in the order the pipeline runs them. `enabled: false` skips one."""
-
-        flow: FlowParams = Field(default_factory=FlowParams)
-        ocr: OcrParams = Field(default_factory=OcrParams)
-        quality: QualityParams = Field(default_factory=QualityParams)
-        caption_coca: CocaParams = Field(default_factory=CocaParams)
-        caption_vblip: VblipParams = Field(default_factory=VblipParams)
-        caption_llm: LlmParams = Field(default_factory=LlmParams)
-        clip: ClipParams = Field(default_factory=ClipParams)  # last: it scores the captions
-
-    return SampleParams, ScorersConfig
+from curate.sample import SampleParams  # noqa: E402
 
 
-SampleParams, ScorersConfig = _scorers_model()
+def scorers_model() -> type[BaseModel]:
+    """The `scorers` section: one field per registered scorer (curate.registry), its own Params."""
+    from curate import registry
+
+    if _models.get("scorers", (None, -1))[1] != registry.version:
+        fields = {name: (cls.Params, Field(default_factory=cls.Params)) for name, cls in registry.scorers().items()}
+        model = create_model("ScorersConfig", __base__=Strict, __doc__="Per-scorer settings, in run order. "
+                             "`enabled: false` skips one.", **fields)  # fmt: skip
+        _models["scorers"] = (model, registry.version)
+        _models.pop("pipeline", None)
+    return _models["scorers"][0]
+
+
+_models: dict[str, tuple[type[BaseModel], int]] = {}
 
 
 class PipelineConfig(Strict):
@@ -151,7 +142,7 @@ class PipelineConfig(Strict):
     cuts: CutsParams = Field(default_factory=CutsParams)
     clips: ClipsParams = Field(default_factory=ClipsParams)
     sample: SampleParams = Field(default_factory=SampleParams)
-    scorers: ScorersConfig = Field(default_factory=ScorersConfig)
+    # scorers: added by pipeline_config_model() from the registry
     shards: ShardsParams = Field(default_factory=ShardsParams)
     ray: RayParams = Field(default_factory=RayParams)
 
@@ -160,6 +151,16 @@ class PipelineConfig(Strict):
         data = self.model_dump(mode="json", exclude={"ray": True, "executor": True, "name": True, "watchdog": True,
                                                      "shards": {"commit_every_s", "commit_every_videos"}})
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def pipeline_config_model() -> type[PipelineConfig]:
+    """PipelineConfig with its `scorers` section, built from the scorers registered now."""
+    scorers = scorers_model()
+    if "pipeline" not in _models:
+        model = create_model("PipelineConfig", __base__=PipelineConfig,
+                             scorers=(scorers, Field(default_factory=scorers)))  # fmt: skip
+        _models["pipeline"] = (model, 0)
+    return _models["pipeline"][0]
 
 
 def format_error(source: str, err: ValidationError) -> str:
@@ -197,7 +198,7 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> PipelineConfig:
     """Load YAML (or defaults when path is None), apply `key.sub=value` overrides, validate."""
-    return load_model(PipelineConfig, path, overrides)
+    return load_model(pipeline_config_model(), path, overrides)
 
 
 RECIPES = Path(__file__).resolve().parent / "configs"  # shipped in the wheel as package data

@@ -49,6 +49,7 @@ class StageBase:
 
     resources: ClassVar[Resources] = Resources()
     output_columns: ClassVar[tuple[str, ...]] = ()
+    order: ClassVar[int] = 100  # scorers run in this order (curate.registry)
 
     @classmethod
     def plans(cls, params: BaseModel) -> list:

@@ -34,17 +34,10 @@ log = logging.getLogger("curate")
 
 from curate.sample import SampleStage  # noqa: E402
 from curate.models import ModelRef, preflight  # noqa: E402
-from scoring.caption_coca import CocaCaptioner  # noqa: E402
-from scoring.caption_llm import LlmCaptioner  # noqa: E402
-from scoring.caption_vblip import VblipCaptioner  # noqa: E402
-from scoring.clip import ClipScorer  # noqa: E402
-from scoring.flow import FlowScorer  # noqa: E402
-from scoring.ocr import OcrScorer  # noqa: E402
-from scoring.quality import QualityScorer  # noqa: E402
+from curate.registry import scorers as registered_scorers  # noqa: E402
 
-for _cls in (ProbeStage, CutStage, ClipStage, SampleStage, FlowScorer, OcrScorer, QualityScorer,
-             CocaCaptioner, VblipCaptioner, LlmCaptioner, ClipScorer):  # fmt: skip
-    check_stage(_cls)
+for _cls in (ProbeStage, CutStage, ClipStage, SampleStage, VideoChain):
+    check_stage(_cls)  # (the scorers are checked as the registry loads them)
 
 
 @dataclass
@@ -55,15 +48,9 @@ class RunResult:
     processed: int  # inputs finished by this run
 
 
-# Run in this order: captions exist before the LLM merges them and before CLIP scores them.
-SCORERS: dict[str, type] = {
-    "flow": FlowScorer, "ocr": OcrScorer, "quality": QualityScorer, "caption_coca": CocaCaptioner,
-    "caption_vblip": VblipCaptioner, "caption_llm": LlmCaptioner, "clip": ClipScorer,
-}  # fmt: skip
-
-
 def enabled_scorers(cfg: PipelineConfig, skip: set[str] = frozenset()) -> list[tuple[type, BaseModel]]:
-    return [(cls, getattr(cfg.scorers, name)) for name, cls in SCORERS.items()
+    """(scorer class, its params) for every enabled scorer, in run order (curate.registry)."""
+    return [(cls, getattr(cfg.scorers, name)) for name, cls in registered_scorers().items()
             if getattr(cfg.scorers, name).enabled and name not in skip]  # fmt: skip
 
 

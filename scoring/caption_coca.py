@@ -37,6 +37,7 @@ def clean_caption(text: str) -> str:
 
 class CocaCaptioner(StageBase):
     name: ClassVar[str] = "caption_coca"
+    order: ClassVar[int] = 40
     Params: ClassVar[type] = CocaParams
     resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=8, actors=1)
     output_columns: ClassVar[tuple[str, ...]] = (schema.CAPTION_COCA,)

@@ -34,6 +34,7 @@ class LlmParams(ModelParams):
 
 class LlmCaptioner(StageBase):
     name: ClassVar[str] = "caption_llm"
+    order: ClassVar[int] = 60  # after both captioners: it merges them
     Params: ClassVar[type] = LlmParams
     resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=8, actors=1)
     output_columns: ClassVar[tuple[str, ...]] = (schema.CAPTION_LLM,)

@@ -31,6 +31,7 @@ class VblipParams(ModelParams):
 
 class VblipCaptioner(StageBase):
     name: ClassVar[str] = "caption_vblip"
+    order: ClassVar[int] = 50
     Params: ClassVar[type] = VblipParams
     resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=4, actors=1)
     output_columns: ClassVar[tuple[str, ...]] = (schema.CAPTION_VBLIP,)

@@ -67,6 +67,7 @@ def load_aesthetic_head(path: str):
 
 class ClipScorer(StageBase):
     name: ClassVar[str] = "clip"
+    order: ClassVar[int] = 90  # last: it scores the captions
     Params: ClassVar[type] = ClipParams
     resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=16, actors=1)
     output_columns: ClassVar[tuple[str, ...]] = (schema.CLIP_SIM, schema.CLIP_EMBEDDING, schema.AESTHETIC_SCORE)

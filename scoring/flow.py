@@ -31,6 +31,7 @@ class FlowParams(Strict):
 
 class FlowScorer(StageBase):
     name: ClassVar[str] = "flow"
+    order: ClassVar[int] = 10
     Params: ClassVar[type] = FlowParams
     resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=16)
     output_columns: ClassVar[tuple[str, ...]] = (schema.FLOW_MEAN, schema.FLOW_MAX)

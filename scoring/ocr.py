@@ -51,6 +51,7 @@ def union_area_ratio(boxes: list[np.ndarray], width: int, height: int) -> float:
 
 class OcrScorer(StageBase):
     name: ClassVar[str] = "ocr"
+    order: ClassVar[int] = 20
     Params: ClassVar[type] = OcrParams
     resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=8, actors=2)  # holds the OCR engine
     output_columns: ClassVar[tuple[str, ...]] = (schema.OCR_AREA_RATIO, schema.OCR_TEXT)

@@ -36,6 +36,7 @@ def colorfulness(rgb: np.ndarray) -> float:
 
 class QualityScorer(StageBase):
     name: ClassVar[str] = "quality"
+    order: ClassVar[int] = 30
     Params: ClassVar[type] = QualityParams
     resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=16)
     output_columns: ClassVar[tuple[str, ...]] = (

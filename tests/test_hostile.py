@@ -251,7 +251,7 @@ def test_a_kill_at_a_random_moment_redoes_at_most_the_videos_in_flight(tmp_path,
         data = Path(srcs[k % 3].path).read_bytes() + b"\0" * (k + 1)
         (d / f"v{k:02d}.mp4").write_bytes(data)
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "curate.cli", "run", DEMO, "-i", str(d), "-o", str(out),
+    args = [sys.executable, "-m", "pipelines.cli", "run", DEMO, "-i", str(d), "-o", str(out),
             *[x for s in ["executor=local", "clips.min_s=1", "clips.max_s=3", "shards.commit_every_s=0.001",
                           *NO_SCORERS] for x in ("--set", s)]]  # fmt: skip
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "CI": "true"})
@@ -388,7 +388,7 @@ def test_inputs_that_used_to_raise_tracebacks(tmp_path, small_out):
 
 
 def app_():
-    from curate.cli import app
+    from pipelines.cli import app
 
     return app
 
@@ -402,7 +402,7 @@ def test_a_killed_driver_leaves_no_ray_process_behind(tmp_path, three_shots, slo
     d.mkdir()
     for k in range(6):
         (d / f"v{k}.mp4").write_bytes(Path(three_shots.path).read_bytes() + b"\0" * (k + 1))
-    args = [sys.executable, "-m", "curate.cli", "run", DEMO, "-i", str(d), "-o", str(tmp_path / "out"),
+    args = [sys.executable, "-m", "pipelines.cli", "run", DEMO, "-i", str(d), "-o", str(tmp_path / "out"),
             *[x for s in ["executor=ray", "ray.num_cpus=2", *NO_SCORERS] for x in ("--set", s)]]  # fmt: skip
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "CI": "true"})
     seen: dict[int, str] = {}
@@ -432,7 +432,7 @@ def test_a_killed_driver_leaves_no_ray_process_behind(tmp_path, three_shots, slo
 @pytest.mark.slow
 def test_a_first_demo_prints_only_curates_lines(tmp_path):
     """Ray's C++ core worker logs a known-harmless actor warning to fd 2 (ray-project/ray#57733)."""
-    r = subprocess.run([sys.executable, "-m", "curate.cli", "demo", "-o", str(tmp_path / "demo")], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "pipelines.cli", "demo", "-o", str(tmp_path / "demo")], capture_output=True,
                        text=True, env={**os.environ, "CI": "true"}, timeout=600)  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     assert "done: 6 inputs processed" in r.stderr

@@ -167,7 +167,7 @@ def test_pipeline_with_tiny_models_and_optional_skip(tmp_path, tiny_models, thre
 
 
 def test_models_cli(tmp_path, tiny_models):
-    from curate.cli import app
+    from pipelines.cli import app
 
     runner = CliRunner()
     cfg = tmp_path / "c.yaml"

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from curate import schema
-from curate.cli import app
+from pipelines.cli import app
 from curate.config import load_config
 from curate.shards import Committer, read_shards
 from curate.storage import OutputStore, resolve_inputs

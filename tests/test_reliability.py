@@ -97,7 +97,7 @@ def test_sigkill_of_the_driver_then_resume_is_exactly_once(tmp_path, three_shots
     shutil.copy(DATA / "counter.mp4", inputs / "counter.mp4")
     args = ["-i", str(inputs), "--set", "executor=local", "--set", "clips.min_s=1", "--set", "clips.max_s=3",
             "--set", "shards.max_rows=1", "--set", "clips.mode=exact", *[x for s in NO_SCORERS for x in ("--set", s)]]  # fmt: skip
-    cli = [sys.executable, "-m", "curate.cli", "run", str(ROOT / "curate" / "configs" / "demo.yaml")]
+    cli = [sys.executable, "-m", "pipelines.cli", "run", str(ROOT / "curate" / "configs" / "demo.yaml")]
     clean = tmp_path / "clean"
     subprocess.run([*cli, *args, "-o", str(clean)], check=True, capture_output=True, env={**os.environ, "CI": "true"})
     killed = tmp_path / "killed"
@@ -183,7 +183,7 @@ def test_multi_node_cluster_gives_the_local_result(tmp_path, three_shots, text_v
     try:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
-        args = [sys.executable, "-m", "curate.cli", "run", str(ROOT / "curate" / "configs" / "demo.yaml"), "-i", str(inputs),
+        args = [sys.executable, "-m", "pipelines.cli", "run", str(ROOT / "curate" / "configs" / "demo.yaml"), "-i", str(inputs),
                 "-o", str(tmp_path / "cluster"), "--ray-address", cluster.address,
                 *[x for s in [*sets, "ray.num_cpus=null"] for x in ("--set", s)]]  # fmt: skip
         proc = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "CI": "true"}, timeout=600)

@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from curate import schema
-from curate.cli import app
+from pipelines.cli import app
 from pipelines.export import CLIP_BYTES, export, iter_samples
 from pipelines.select import CaptionMix, Filter, Rules, SelectError, choose_captions, select
 from tests.conftest import DATA

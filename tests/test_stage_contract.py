@@ -18,9 +18,10 @@ from curate.params import ModelParams
 from curate.sample import SampleStage
 from curate.stage import Resources, StageBase
 from curate.video import ProbeStage
-from pipelines.curate import SCORERS, actor_class
+from curate.registry import scorers
+from pipelines.curate import actor_class
 
-ALL_STAGES = [ProbeStage, CutStage, ClipStage, SampleStage, VideoChain, *SCORERS.values()]
+ALL_STAGES = [ProbeStage, CutStage, ClipStage, SampleStage, VideoChain, *scorers().values()]
 
 
 @pytest.mark.parametrize("cls", ALL_STAGES, ids=lambda c: c.__name__)

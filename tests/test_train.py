@@ -220,7 +220,7 @@ def test_frozen_user_text_encoder(tmp_path, corpus, encoder):
 def test_resume_with_another_config_is_refused_naming_the_keys(tmp_path, corpus):
     from typer.testing import CliRunner
 
-    from curate.cli import app
+    from pipelines.cli import app
     from pipelines.train_t2v import ResumeMismatch
 
     data = subset(tmp_path / "d", corpus["clean"][:6])

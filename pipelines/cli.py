@@ -1,4 +1,4 @@
-"""The `curate` command line."""
+"""The `curate` command line (it sits above every other module: it only calls into them)."""
 
 from __future__ import annotations
 
@@ -21,8 +21,11 @@ from rich.table import Table
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Curate video corpora into training data.")
 console = Console(stderr=True)
 
-REPO_CONFIGS = Path(__file__).resolve().parent / "configs"  # the recipes ship inside the package
-DATA_DIR = Path(__file__).resolve().parent / "data"
+import curate  # noqa: E402
+
+PACKAGE = Path(curate.__file__).resolve().parent
+REPO_CONFIGS = PACKAGE / "configs"  # the recipes ship inside the package
+DATA_DIR = PACKAGE / "data"
 
 
 def _fail(message: str, code: int = 2) -> None:
@@ -410,14 +413,15 @@ app.add_typer(models_app, name="models")
 def _model_statuses(config: Optional[Path], sets: list[str]):
     from curate.config import ConfigError, load_config
     from curate.models import check
-    from pipelines.curate import SCORERS, model_stages
+    from curate.registry import scorers
+    from pipelines.curate import model_stages
 
     try:
         cfg = load_config(config, sets)
     except ConfigError as e:
         _fail(str(e))
     if config is None:  # no config: everything the model stages would load with their defaults
-        for name, cls in SCORERS.items():
+        for name, cls in scorers().items():
             if cls.model_refs(getattr(cfg.scorers, name)):
                 getattr(cfg.scorers, name).enabled = True
     return [(stage, optional, check(ref)) for stage, optional, refs in model_stages(cfg) for ref in refs]
