@@ -191,14 +191,10 @@ def _extract_smart(ff: list[str], src: str, tmp: str, info: VideoInfo, span: Cli
     return "smart"
 
 
-# --- pipeline stage ---------------------------------------------------------------------------
-import time  # noqa: E402
-from typing import ClassVar  # noqa: E402
+# --- step 3 of an input (curate.per_video): clip rows and files ---------------------------------
 
-import pyarrow as pa  # noqa: E402
 
 from curate import schema  # noqa: E402
-from curate import stage as _stage  # noqa: E402
 
 
 def clip_id(video_id: str, start: int, end: int) -> str:
@@ -206,130 +202,76 @@ def clip_id(video_id: str, start: int, end: int) -> str:
     return f"{video_id}-{start:07d}-{end:07d}"
 
 
-class ClipStage(_stage.StageBase):
-    """Expands each video record into one row per clip (the one stage that changes row count:
-    videos in, clips out) and writes the clip files. A video without clips leaves one marker row
-    (clip_id null) so the committer still learns that it is finished."""
+def make_clips(rec, params: ClipsParams, store) -> list[dict]:
+    """Step 3 of an input (curate.per_video): plan the clips, write their files, return their rows.
+    A clip whose file cannot be written is not a row (counted in `rec.failed_clips`); a transient
+    failure (a full disk) quarantines the input for the next run to retry."""
+    try:
+        return _clips(rec, params, store)
+    except _Timeout as e:
+        rec.set_quarantine(schema.Q_TIMEOUT, f"clips: {e}")
+    except _Transient as e:
+        rec.set_quarantine(schema.Q_ERROR, f"clips: {e}", retry=True)
+    except Exception as e:  # noqa: BLE001
+        rec.set_quarantine(schema.Q_ERROR, f"clips: {type(e).__name__}: {e}")
+    return []
 
-    name: ClassVar[str] = "clips"
-    Params: ClassVar[type] = ClipsParams
-    resources: ClassVar[_stage.Resources] = _stage.Resources(num_cpus=1, batch_size=1)
-    output_columns: ClassVar[tuple[str, ...]] = (
-        schema.CLIP_ID, schema.VIDEO_ID, schema.SOURCE_URI, schema.CLIP_URI, schema.CLIP_INDEX,
-        schema.START_FRAME, schema.END_FRAME, schema.START_S, schema.END_S, schema.DURATION_S,
-        schema.FPS, schema.WIDTH, schema.HEIGHT, schema.CODEC, schema.CLIP_MODE, schema.ERRORS,
-    )  # fmt: skip
 
-    def __init__(self, params: ClipsParams, out: str):
-        self.params = params
-        self.out = out
-        self.store = None
+def _clips(rec, params: ClipsParams, store) -> list[dict]:
+    info, n_frames, uri = rec.info, rec.n_frames, rec.uri
+    spans, rec.short_scenes_dropped, rec.held_frames_dropped = plan_clips(info, rec.cuts, n_frames, params)
+    rec.scenes = len(rec.cuts) + 1
+    mode = effective_mode(info, params.mode)
+    out_w = info.width - (info.width % 2 if mode != "copy" else 0)
+    out_h = info.height - (info.height % 2 if mode != "copy" else 0)
+    times = info.frame_times
+    frame_dur = info.duration_s - times[-1]
 
-    def setup(self) -> None:
-        from curate.storage import OutputStore
+    def t(i: int) -> float:
+        return times[i] if i < n_frames else times[n_frames - 1] + frame_dur
 
-        self.store = OutputStore(self.out)
+    rows: list[dict] = []
+    vid = rec.video_id
+    for index, span in enumerate(spans):
+        start = copy_start(info, span.start) if mode == "copy" else span.start
+        cid = clip_id(vid, start, span.end)
+        row = {
+            schema.CLIP_ID: cid, schema.VIDEO_ID: vid, schema.SOURCE_URI: uri,
+            schema.CLIP_URI: None, schema.CLIP_INDEX: index, schema.START_FRAME: start,
+            schema.END_FRAME: span.end, schema.START_S: t(start), schema.END_S: t(span.end),
+            schema.DURATION_S: t(span.end) - t(start), schema.FPS: info.fps,
+            schema.WIDTH: out_w, schema.HEIGHT: out_h, schema.CODEC: info.codec,
+            schema.CLIP_MODE: mode, schema.ERRORS: [],
+        }  # fmt: skip
+        if params.extract:
+            left = rec.remaining_s()
+            if left is not None and left <= 0:
+                raise _Timeout("time budget spent during extraction")
+            try:
+                row[schema.CLIP_URI], row[schema.CLIP_MODE] = extract_clip(store, rec.local, info, span, vid, cid, params, left)
+            except (ExtractError, OSError) as e:
+                if "timed out" in str(e):
+                    raise _Timeout(str(e)) from None
+                if is_transient(e):  # the whole input again on the next run, not a hole in it now
+                    raise _Transient(f"{cid}: {e}") from None
+                rec.failed_clips.append(f"{cid}: {e}"[:500])  # no file, so not a clip: counted, not a row
+                continue
+        rows.append(row)
+    return rows
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        from curate.storage import release
 
-        rows: list[dict] = []
-        uris = batch.column(schema.SOURCE_URI).to_pylist()
-        for uri, meta in zip(uris, _stage.read_meta(batch)):
-            t0 = time.perf_counter()
-            video_rows: list[dict] = []
-            if not meta.get("quarantine"):
-                try:
-                    video_rows = self._clips(uri, meta)
-                except _Timeout as e:
-                    _stage.quarantine(meta, schema.Q_TIMEOUT, f"clips: {e}")
-                except _Transient as e:
-                    _stage.quarantine(meta, schema.Q_ERROR, f"clips: {e}")["quarantine"]["retry"] = True
-                except Exception as e:  # noqa: BLE001
-                    _stage.quarantine(meta, schema.Q_ERROR, f"clips: {type(e).__name__}: {e}")
-                if meta.get("quarantine"):
-                    video_rows = []
-            release(uri)
-            meta.setdefault("t", {})["clips"] = time.perf_counter() - t0
-            summary = {
-                "video_id": meta.get("video_id"),
-                "clips": len(video_rows),
-                "duration_s": (meta.get("info") or {}).get("duration_s", 0.0),
-                "clip_seconds": sum(r[schema.DURATION_S] for r in video_rows),
-                "scenes": meta.get("scenes", 0),
-                "short_scenes_dropped": meta.get("short_scenes_dropped", 0),
-                "held_frames_dropped": meta.get("held_frames_dropped", 0),
-                "failed_clips": meta.get("failed_clips", [])[:20],
-                "stage_seconds": meta["t"],
-                "quarantine": meta.get("quarantine"),
-            }
-            packed = _json_dumps(summary)
-            if not video_rows:
-                video_rows = [{schema.SOURCE_URI: uri, schema.VIDEO_ID: meta.get("video_id") or ""}]
-            for r in video_rows:
-                r[schema.VIDEO_META] = packed
-            rows += video_rows
-        return _rows_to_table(rows)
-
-    def _clips(self, uri: str, meta: dict) -> list[dict]:
-        info = VideoInfo.from_dict(meta["info"])
-        n_frames = meta["n_frames"]
-        spans, dropped, held = plan_clips(info, meta["cuts"], n_frames, self.params)
-        meta["scenes"] = len(meta["cuts"]) + 1
-        meta["short_scenes_dropped"] = dropped
-        meta["held_frames_dropped"] = held
-        mode = effective_mode(info, self.params.mode)
-        out_w = info.width - (info.width % 2 if mode != "copy" else 0)
-        out_h = info.height - (info.height % 2 if mode != "copy" else 0)
-        times = info.frame_times
-        frame_dur = info.duration_s - times[-1]
-
-        def t(i: int) -> float:
-            return times[i] if i < n_frames else times[n_frames - 1] + frame_dur
-
-        rows: list[dict] = []
-        failed: list[str] = []
-        vid = meta["video_id"]
-        for index, span in enumerate(spans):
-            start = copy_start(info, span.start) if mode == "copy" else span.start
-            cid = clip_id(vid, start, span.end)
-            row = {
-                schema.CLIP_ID: cid, schema.VIDEO_ID: vid, schema.SOURCE_URI: uri,
-                schema.CLIP_URI: None, schema.CLIP_INDEX: index, schema.START_FRAME: start,
-                schema.END_FRAME: span.end, schema.START_S: t(start), schema.END_S: t(span.end),
-                schema.DURATION_S: t(span.end) - t(start), schema.FPS: info.fps,
-                schema.WIDTH: out_w, schema.HEIGHT: out_h, schema.CODEC: info.codec,
-                schema.CLIP_MODE: mode, schema.ERRORS: [],
-            }  # fmt: skip
-            if self.params.extract:
-                left = _stage.remaining_s(meta)
-                if left is not None and left <= 0:
-                    raise _Timeout("time budget spent during extraction")
-                try:
-                    row[schema.CLIP_URI], row[schema.CLIP_MODE] = self._extract(meta["local"], info, span, vid, cid, left)
-                except (ExtractError, OSError) as e:
-                    if "timed out" in str(e):
-                        raise _Timeout(str(e)) from None
-                    if is_transient(e):  # the whole input again on the next run, not a hole in it now
-                        raise _Transient(f"{cid}: {e}") from None
-                    failed.append(f"{cid}: {e}"[:500])  # no file, so not a clip: counted, not a row
-                    continue
-            rows.append(row)
-        meta["failed_clips"] = failed
-        return rows
-
-    def _extract(self, local: str, info: VideoInfo, span: ClipSpan, vid: str, cid: str,
+def extract_clip(store, local: str, info: VideoInfo, span: ClipSpan, vid: str, cid: str, params: ClipsParams,
                  timeout: float | None) -> tuple[str, str]:
-        assert self.store is not None
-        rel = ("clips", vid, f"{cid}.mp4")
-        if self.store.local:
-            _, mode = extract(local, self.store.path(*rel), info, span, self.params, timeout)
-        else:
-            with tempfile.TemporaryDirectory(prefix="curate-clip-") as tmpdir:
-                tmp = os.path.join(tmpdir, f"{cid}.mp4")
-                _, mode = extract(local, tmp, info, span, self.params, timeout)
-                self.store.put_file(tmp, *rel)
-        return self.store.uri_of(*rel), mode
+    """Write one clip into OUT (directly on a local disk, via a temp file to object storage)."""
+    rel = ("clips", vid, f"{cid}.mp4")
+    if store.local:
+        _, mode = extract(local, store.path(*rel), info, span, params, timeout)
+    else:
+        with tempfile.TemporaryDirectory(prefix="curate-clip-") as tmpdir:
+            tmp = os.path.join(tmpdir, f"{cid}.mp4")
+            _, mode = extract(local, tmp, info, span, params, timeout)
+            store.put_file(tmp, *rel)
+    return store.uri_of(*rel), mode
 
 
 class _Timeout(Exception):
@@ -348,14 +290,3 @@ def is_transient(e: Exception) -> bool:
     """A failure that says nothing about the input (a full disk, a dropped connection): retry it."""
     return getattr(e, "errno", None) in _TRANSIENT_ERRNOS or any(t in str(e) for t in _TRANSIENT_TEXT)
 
-
-def _json_dumps(obj: dict) -> str:
-    import json
-
-    return json.dumps(obj)
-
-
-def _rows_to_table(rows: list[dict]) -> pa.Table:
-    fields = [f for f in schema.CLIP_SCHEMA] + [pa.field(schema.VIDEO_META, pa.string())]
-    relaxed = pa.schema([pa.field(f.name, f.type) for f in fields])  # marker rows have null ids
-    return pa.Table.from_pylist(rows, schema=relaxed)

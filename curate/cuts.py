@@ -167,55 +167,24 @@ def _union(candidates: list[tuple[int, int, float]], tol: int, min_len: int, n_f
     return cuts
 
 
-# --- pipeline stage ---------------------------------------------------------------------------
-from typing import ClassVar  # noqa: E402
+# --- step 2 of an input (curate.per_video): cuts into the record ----------------------------------
 
-import pyarrow as pa  # noqa: E402
 
 from curate import schema  # noqa: E402
-from curate import stage as _stage  # noqa: E402
 from curate.video import DecodeTimeout  # noqa: E402
 
 
-class CutStage(_stage.StageBase):
-    """Adds the cut list and the true decoded frame count to each video record."""
-
-    name: ClassVar[str] = "cuts"
-    Params: ClassVar[type] = CutsParams
-    resources: ClassVar[_stage.Resources] = _stage.Resources(num_cpus=1, batch_size=1)
-    output_columns: ClassVar[tuple[str, ...]] = ()
-
-    def __init__(self, params: CutsParams, min_frames: int = 1):
-        self.params = params
-        self.min_frames = min_frames
-
-    def setup(self) -> None:
-        pass
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        metas = _stage.read_meta(batch)
-        for meta in metas:
-            if meta.get("quarantine"):
-                continue
-            info = VideoInfo.from_dict(meta["info"])
-            left = _stage.remaining_s(meta)
-            t0 = time.perf_counter()
-            try:
-                if left is not None and left <= 0:
-                    raise DecodeTimeout("time budget spent before cut detection")
-                result = detect_cuts(meta["local"], info, self.params, deadline_s=left)
-            except DecodeTimeout as e:
-                _stage.quarantine(meta, schema.Q_TIMEOUT, f"cuts: {e}")
-                continue
-            except Exception as e:  # noqa: BLE001
-                _stage.quarantine(meta, schema.Q_ERROR, f"cuts: {type(e).__name__}: {e}")
-                continue
-            finally:
-                meta.setdefault("t", {})["cuts"] = time.perf_counter() - t0
-            if result.n_frames < self.min_frames:
-                _stage.quarantine(meta, schema.Q_UNDECODABLE, f"{result.n_frames} frames decode")
-                continue
-            meta["cuts"] = result.cuts
-            meta["n_frames"] = result.n_frames
-            meta["cuts_by_level"] = result.by_level
-        return _stage.with_meta(batch, metas)
+def find_cuts(rec, params: CutsParams, min_frames: int = 1) -> None:
+    """Step 2 of an input (curate.per_video): the cut list and the true decoded frame count."""
+    left = rec.remaining_s()
+    try:
+        if left is not None and left <= 0:
+            raise DecodeTimeout("time budget spent before cut detection")
+        result = detect_cuts(rec.local, rec.info, params, deadline_s=left)
+    except DecodeTimeout as e:
+        return rec.set_quarantine(schema.Q_TIMEOUT, f"cuts: {e}")
+    except Exception as e:  # noqa: BLE001
+        return rec.set_quarantine(schema.Q_ERROR, f"cuts: {type(e).__name__}: {e}")
+    if result.n_frames < min_frames:
+        return rec.set_quarantine(schema.Q_UNDECODABLE, f"{result.n_frames} frames decode")
+    rec.cuts, rec.n_frames, rec.cuts_by_level = result.cuts, result.n_frames, result.by_level

@@ -89,39 +89,6 @@ def add_error(errors: list[str] | None, stage: str, message: str) -> list[str]:
     return [*(errors or []), f"{stage}: {message}"]
 
 
-# --- the per-video record that travels from probe to clips -----------------------------------
-# Video-level stages (probe, cuts, clips) carry one JSON column, schema.VIDEO_META, per input
-# row: probe writes it, cuts adds to it, clips expands each input into its clip rows. A video
-# that fails anywhere gets `quarantine` set and later stages pass it through untouched.
-
-import json as _json  # noqa: E402
-import time as _time  # noqa: E402
-
-
-def read_meta(batch: pa.Table) -> list[dict]:
-    if schema.VIDEO_META not in batch.column_names:
-        return [{} for _ in range(batch.num_rows)]
-    return [_json.loads(m) if m else {} for m in batch.column(schema.VIDEO_META).to_pylist()]
-
-
-def with_meta(batch: pa.Table, metas: list[dict]) -> pa.Table:
-    col = pa.array([_json.dumps(m) for m in metas], pa.string())
-    if schema.VIDEO_META in batch.column_names:
-        return batch.set_column(batch.column_names.index(schema.VIDEO_META), schema.VIDEO_META, col)
-    return batch.append_column(schema.VIDEO_META, col)
-
-
-def quarantine(meta: dict, reason: str, detail: str) -> dict:
-    meta["quarantine"] = {"reason": reason, "detail": detail[:2000]}
-    return meta
-
-
-def remaining_s(meta: dict) -> float | None:
-    """Seconds left of this input's time budget (set by probe), or None when unlimited."""
-    deadline = meta.get("deadline")
-    return None if deadline is None else deadline - _time.time()
-
-
 # --- helpers for scorers ------------------------------------------------------------------------
 def set_columns(batch: pa.Table, values: dict[str, list]) -> pa.Table:
     """Set (or add) columns, typed as curate/schema.py declares them."""

@@ -20,7 +20,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from curate import schema
-from curate.shards import CLIP_RE, CLIPS, COMMIT_RE, COMMITS, MANIFEST_FILE, PART_RE, QUARANTINE_FILE, SHARDS, TMP
+from curate.shards import CLIP_RE, CLIPS, COMMIT_RE, COMMITS, MANIFEST_FILE, QUARANTINE_FILE, SHARDS, TMP
 from curate.storage import OutputStore
 
 

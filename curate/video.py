@@ -264,55 +264,26 @@ def iter_frames(
             raise DecodeTimeout(f"decode exceeded {deadline_s:.0f}s")
 
 
-# --- pipeline stage ---------------------------------------------------------------------------
-import time  # noqa: E402
-from typing import ClassVar  # noqa: E402
+# --- step 1 of an input (curate.per_video): probe into the record ---------------------------------
 
-import pyarrow as pa  # noqa: E402
-
-from curate import stage as _stage  # noqa: E402
 from curate.config import ProbeParams  # noqa: E402
 from curate.faults import hang  # noqa: E402
 
 
-class ProbeStage(_stage.StageBase):
-    """source_uri -> video record: identity (content fingerprint), geometry, timing, keyframes."""
+def probe_input(rec, params: ProbeParams) -> None:
+    """Step 1 of an input (curate.per_video): a local copy, its identity (content fingerprint),
+    geometry, timing and keyframes into the record, or a quarantine reason."""
+    from curate.storage import fingerprint, localize
 
-    name: ClassVar[str] = "probe"
-    Params: ClassVar[type] = ProbeParams
-    resources: ClassVar[_stage.Resources] = _stage.Resources(num_cpus=1, batch_size=1)
-    output_columns: ClassVar[tuple[str, ...]] = ()
-
-    def __init__(self, params: ProbeParams, input_timeout_s: float | None = None):
-        self.params = params
-        self.input_timeout_s = input_timeout_s
-
-    def setup(self) -> None:
-        pass
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        from curate.storage import fingerprint, localize
-
-        metas = _stage.read_meta(batch)
-        for uri, meta in zip(batch.column(schema.SOURCE_URI).to_pylist(), metas):
-            t0 = time.perf_counter()
-            if self.input_timeout_s:
-                meta["deadline"] = time.time() + self.input_timeout_s
-            try:
-                try:
-                    local = localize(uri)
-                except FileNotFoundError as e:
-                    raise ProbeError(schema.Q_MISSING, str(e)) from None
-                hang("probe", uri)  # crash tests: an input that never returns (the watchdog's case)
-                info = probe(local, self.params.max_pixels)
-                meta["video_id"] = fingerprint(local, info.size_bytes)
-                meta["info"] = info.to_dict()
-                meta["local"] = local
-            except ProbeError as e:
-                _stage.quarantine(meta, e.reason, e.detail)
-                if e.reason == schema.Q_MISSING:
-                    meta["quarantine"]["retry"] = True  # it may appear: the next run looks again
-            except Exception as e:  # noqa: BLE001 - one input never stops the run
-                _stage.quarantine(meta, schema.Q_ERROR, f"probe: {type(e).__name__}: {e}")
-            meta.setdefault("t", {})["probe"] = time.perf_counter() - t0
-        return _stage.with_meta(batch, metas)
+    try:
+        try:
+            rec.local = localize(rec.uri)
+        except FileNotFoundError as e:
+            raise ProbeError(schema.Q_MISSING, str(e)) from None
+        hang("probe", rec.uri)  # crash tests: an input that never returns (the watchdog's case)
+        rec.info = probe(rec.local, params.max_pixels)
+        rec.video_id = fingerprint(rec.local, rec.info.size_bytes)
+    except ProbeError as e:
+        rec.set_quarantine(e.reason, e.detail, retry=e.reason == schema.Q_MISSING)  # a missing file may appear
+    except Exception as e:  # noqa: BLE001 - one input never stops the run
+        rec.set_quarantine(schema.Q_ERROR, f"probe: {type(e).__name__}: {e}")

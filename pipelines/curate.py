@@ -19,16 +19,13 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from curate import schema
-from curate.clips import ClipStage
 from curate.config import PipelineConfig
-from curate.cuts import CutStage
 from curate import __version__
 from curate.lease import lease_for
 from curate.shards import MARKER_FILE, Committer, OutNotOurs, VideoRecord, ownership_problem
 from curate.stage import check_stage
 from curate.storage import OutputStore, check_out_path
-from curate.isolate import VideoChain
-from curate.video import ProbeStage
+from curate.per_video import VideoStage
 
 log = logging.getLogger("curate")
 
@@ -36,7 +33,7 @@ from curate.sample import SampleStage  # noqa: E402
 from curate.models import ModelRef, preflight  # noqa: E402
 from curate.registry import scorers as registered_scorers  # noqa: E402
 
-for _cls in (ProbeStage, CutStage, ClipStage, SampleStage, VideoChain):
+for _cls in (VideoStage, SampleStage):
     check_stage(_cls)  # (the scorers are checked as the registry loads them)
 
 
@@ -71,12 +68,7 @@ class StageSpec:
 
 
 def build_stages(cfg: PipelineConfig, out: str, skip: set[str] = frozenset()) -> list[StageSpec]:
-    per_video = [
-        (ProbeStage, (cfg.probe, cfg.input_timeout_s)),
-        (CutStage, (cfg.cuts, cfg.probe.min_frames)),
-        (ClipStage, (cfg.clips, out)),
-    ]
-    specs = [StageSpec(VideoChain, (per_video, cfg.input_timeout_s, cfg.watchdog))]
+    specs = [StageSpec(VideoStage, (cfg.probe, cfg.cuts, cfg.clips, out, cfg.input_timeout_s, cfg.watchdog))]
     scorers = enabled_scorers(cfg, skip)
     if scorers and cfg.clips.extract:
         plans = [plan for cls, params in scorers for plan in cls.plans(params)]

@@ -119,3 +119,25 @@ def tiny_models(tmp_path_factory) -> dict[str, str]:
     from tests.tiny_models import build_all
 
     return build_all(tmp_path_factory.mktemp("tiny_models"))
+
+
+@pytest.fixture()
+def s3(monkeypatch):
+    """A throwaway S3 server on 127.0.0.1 (moto), with the env pyarrow and boto3 read."""
+    import socket
+
+    moto_server = pytest.importorskip("moto.server")
+    boto3 = pytest.importorskip("boto3")
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                 "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():  # fmt: skip
+        monkeypatch.setenv(k, v)
+    client = boto3.client("s3")
+    client.create_bucket(Bucket="corpus")
+    yield client
+    server.stop()

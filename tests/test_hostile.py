@@ -189,17 +189,17 @@ def test_a_file_name_that_is_not_utf8_is_processed_and_kept_faithfully(tmp_path,
 
 
 def test_a_full_disk_during_extraction_is_retried_and_never_a_clip(tmp_path, three_shots, text_video, monkeypatch):
-    from curate.clips import ClipStage
+    import curate.clips
 
-    original = ClipStage._extract
+    original = curate.clips.extract_clip
 
-    def extract(self, local, info, span, vid, cid, left):
+    def extract(store, local, info, span, vid, cid, params, left):
         if span.start > 0 and info.n_frames == 288:  # three_shots (12 s), from its 2nd clip on
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return original(self, local, info, span, vid, cid, left)
+        return original(store, local, info, span, vid, cid, params, left)
 
     out = tmp_path / "out"
-    monkeypatch.setattr(ClipStage, "_extract", extract)
+    monkeypatch.setattr(curate.clips, "extract_clip", extract)
     r = run(cfg("watchdog=false"), [three_shots.path, text_video.path], str(out))  # in-process: the patch applies
     c = r.manifest["counts"]
     assert (c["clips"], c["to_retry"]) == (len(read_shards(str(out))), 1)
@@ -214,16 +214,17 @@ def test_a_full_disk_during_extraction_is_retried_and_never_a_clip(tmp_path, thr
 
 
 def test_a_clip_that_fails_for_good_is_counted_not_a_row(tmp_path, three_shots, monkeypatch):
-    from curate.clips import ClipStage, ExtractError
+    import curate.clips
+    from curate.clips import ExtractError
 
-    original = ClipStage._extract
+    original = curate.clips.extract_clip
 
-    def extract(self, local, info, span, vid, cid, left):
+    def extract(store, local, info, span, vid, cid, params, left):
         if span.start == 72:
             raise ExtractError("ffmpeg exited 1: Invalid data found when processing input")
-        return original(self, local, info, span, vid, cid, left)
+        return original(store, local, info, span, vid, cid, params, left)
 
-    monkeypatch.setattr(ClipStage, "_extract", extract)
+    monkeypatch.setattr(curate.clips, "extract_clip", extract)
     r = run(cfg("watchdog=false"), [three_shots.path], str(tmp_path / "out"))
     rows = read_shards(str(tmp_path / "out")).to_pylist()
     assert len(rows) == 4 and all(x["clip_uri"] for x in rows)

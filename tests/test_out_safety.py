@@ -25,7 +25,7 @@ from curate.storage import AlreadyExists, InputError, OutError, OutputStore, che
 from curate.verify import verify
 from pipelines.curate import run
 from tests.conftest import DATA
-from tests.test_reliability import NO_SCORERS, cfg, s3  # noqa: F401 -- the moto fixture
+from tests.test_reliability import NO_SCORERS, cfg
 
 ROOT = Path(__file__).parents[1]
 CLI = [sys.executable, "-m", "pipelines.cli", "run", str(ROOT / "curate" / "configs" / "demo.yaml")]

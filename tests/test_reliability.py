@@ -125,28 +125,6 @@ def test_sigkill_of_the_driver_then_resume_is_exactly_once(tmp_path, three_shots
     assert not list(killed.glob("clips/*/.*.part"))
 
 
-@pytest.fixture()
-def s3(monkeypatch):
-    """A throwaway S3 server on 127.0.0.1 (moto), with the env pyarrow and boto3 read."""
-    import socket
-
-    moto_server = pytest.importorskip("moto.server")
-    boto3 = pytest.importorskip("boto3")
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    sock.close()
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-                 "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}.items():  # fmt: skip
-        monkeypatch.setenv(k, v)
-    client = boto3.client("s3")
-    client.create_bucket(Bucket="corpus")
-    yield client
-    server.stop()
-
-
 def test_object_storage_inputs_and_outputs_with_resume(tmp_path, s3, three_shots, text_video, bad_inputs):
     for name, path in (("a/three.mp4", three_shots.path), ("b/text.mp4", text_video.path), ("b/zero.mp4", str(bad_inputs["empty"]))):
         s3.upload_file(path, "corpus", f"raw/{name}")

@@ -11,17 +11,14 @@ import pyarrow as pa
 import pytest
 
 from curate import schema
-from curate.clips import ClipStage
-from curate.cuts import CutStage
-from curate.isolate import VideoChain
+from curate.per_video import VideoStage
 from curate.params import ModelParams
 from curate.sample import SampleStage
 from curate.stage import Resources, StageBase
-from curate.video import ProbeStage
 from curate.registry import scorers
 from pipelines.curate import actor_class
 
-ALL_STAGES = [ProbeStage, CutStage, ClipStage, SampleStage, VideoChain, *scorers().values()]
+ALL_STAGES = [VideoStage, SampleStage, *scorers().values()]
 
 
 @pytest.mark.parametrize("cls", ALL_STAGES, ids=lambda c: c.__name__)

@@ -1,0 +1,229 @@
+"""One input, start to end: probe -> cuts -> clips, with a typed record, in a child process.
+
+The steps are plain library functions (`curate.video.probe_input`, `curate.cuts.find_cuts`,
+`curate.clips.make_clips`) over one `InputRecord`; `VideoStage` runs them for each input and
+serialises the record once, at its boundary, as the summary the committer needs. The stage owns
+the local copy of a remote input from start to end (made by probe, removed here, whatever happened).
+
+Each input runs in its own process, forked from a forkserver (a clean, single-threaded parent:
+safe inside a Ray worker full of threads, and cheap because the server imported the decoders
+once), because `input_timeout_s` is checked cooperatively between steps and enforced on the ffmpeg
+children, but a demuxer stuck inside PyAV or a Python loop cannot be interrupted from inside. The
+child leads its own process group, so a kill also ends its ffmpeg processes; it works in a private
+temp directory that the parent removes. An input that outlives its budget becomes a `timeout`
+quarantine row; a child that dies (a decoder crash) becomes an `error` row naming the signal.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import pyarrow as pa
+
+from curate import schema
+from curate import stage as _stage
+from curate.config import ClipsParams, CutsParams, ProbeParams
+from curate.faults import fault
+from curate.video import VideoInfo
+
+_PRELOAD = ["pyarrow", "numpy", "curate.video", "curate.cuts", "curate.clips"]
+
+
+@dataclass
+class InputRecord:
+    """What curate knows about one input while it is processed (one process, never serialised
+    but for `summary()`)."""
+
+    uri: str
+    deadline: float | None = None  # time.time() past which the input is a `timeout`
+    local: str | None = None  # a local path (a temp copy for a remote input)
+    video_id: str | None = None
+    info: VideoInfo | None = None
+    n_frames: int = 0
+    cuts: list[int] = field(default_factory=list)
+    cuts_by_level: dict[str, list[int]] = field(default_factory=dict)
+    scenes: int = 0
+    short_scenes_dropped: int = 0
+    held_frames_dropped: int = 0
+    failed_clips: list[str] = field(default_factory=list)
+    quarantine: dict | None = None  # {"reason", "detail"[, "retry"]}
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def remaining_s(self) -> float | None:
+        return None if self.deadline is None else self.deadline - time.time()
+
+    def set_quarantine(self, reason: str, detail: str, retry: bool = False) -> None:
+        self.quarantine = {"reason": reason, "detail": detail[:2000], **({"retry": True} if retry else {})}
+
+    def summary(self, rows: list[dict]) -> dict:
+        """The committer's view (curate.shards.VideoRecord's fields)."""
+        return {
+            "video_id": self.video_id, "clips": len(rows),
+            "duration_s": self.info.duration_s if self.info else 0.0,
+            "clip_seconds": sum(r[schema.DURATION_S] for r in rows), "scenes": self.scenes,
+            "short_scenes_dropped": self.short_scenes_dropped, "held_frames_dropped": self.held_frames_dropped,
+            "failed_clips": self.failed_clips[:20], "stage_seconds": self.seconds, "quarantine": self.quarantine,
+        }  # fmt: skip
+
+
+def process_input(uri: str, probe_p: ProbeParams, cuts_p: CutsParams, clips_p: ClipsParams, store,
+                  timeout_s: float | None) -> pa.Table:
+    """Probe, cut and clip one input: its clip rows, or one marker row when it has none, each
+    carrying the summary (schema.VIDEO_META) so the committer learns the input is finished."""
+    from curate.clips import make_clips
+    from curate.cuts import find_cuts
+    from curate.storage import release
+    from curate.video import probe_input
+
+    rec = InputRecord(uri, deadline=time.time() + timeout_s if timeout_s else None)
+    rows: list[dict] = []
+    try:
+        steps = (("probe", lambda: probe_input(rec, probe_p)), ("cuts", lambda: find_cuts(rec, cuts_p, probe_p.min_frames)),
+                 ("clips", lambda: make_clips(rec, clips_p, store)))  # fmt: skip
+        for name, step in steps:
+            if rec.quarantine:
+                break
+            t0 = time.perf_counter()
+            out = step()
+            rec.seconds[name] = time.perf_counter() - t0
+            rows = out or rows
+        if rec.quarantine:
+            rows = []
+    finally:
+        release(uri)  # the local copy of a remote input ends with its input
+    return _table(uri, rec.summary(rows), rows, rec.video_id)
+
+
+def _table(uri: str, summary: dict, rows: list[dict], video_id: str | None) -> pa.Table:
+    packed = json.dumps(summary)
+    rows = rows or [{schema.SOURCE_URI: uri, schema.VIDEO_ID: video_id or ""}]
+    for r in rows:
+        r[schema.VIDEO_META] = packed
+    fields = [*schema.CLIP_SCHEMA, pa.field(schema.VIDEO_META, pa.string())]
+    relaxed = pa.schema([pa.field(f.name, f.type) for f in fields])  # marker rows have null ids
+    return pa.Table.from_pylist(rows, schema=relaxed)
+
+
+def quarantine_row(uri: str, reason: str, detail: str, seconds: float) -> pa.Table:
+    summary = InputRecord(uri, quarantine={"reason": reason, "detail": detail}, seconds={"watchdog": seconds}).summary([])
+    return _table(uri, summary, [], None)
+
+
+def grace_s(timeout_s: float) -> float:
+    """Past the cooperative deadline, how long before the child is killed."""
+    return 5.0 + 0.1 * timeout_s
+
+
+class VideoStage(_stage.StageBase):
+    """Stage: source_uri rows in, clip rows (or one marker row per input) out; the one stage that
+    changes the row count. Each input isolated in a child process unless `isolate` is off."""
+
+    name: ClassVar[str] = "video"
+    Params: ClassVar[type] = ClipsParams
+    resources: ClassVar[_stage.Resources] = _stage.Resources(num_cpus=1, batch_size=1)
+    output_columns: ClassVar[tuple[str, ...]] = (
+        schema.CLIP_ID, schema.VIDEO_ID, schema.SOURCE_URI, schema.CLIP_URI, schema.CLIP_INDEX,
+        schema.START_FRAME, schema.END_FRAME, schema.START_S, schema.END_S, schema.DURATION_S,
+        schema.FPS, schema.WIDTH, schema.HEIGHT, schema.CODEC, schema.CLIP_MODE, schema.ERRORS,
+    )  # fmt: skip
+
+    def __init__(self, probe: ProbeParams, cuts: CutsParams, clips: ClipsParams, out: str, timeout_s: float,
+                 isolate: bool = True):
+        self.args = (probe, cuts, clips, out, timeout_s)
+        self.timeout_s = timeout_s
+        self.isolate = isolate
+        self.store = None
+
+    def setup(self) -> None:
+        from curate.storage import OutputStore
+
+        self.store = OutputStore(self.args[3])
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        tables = []
+        for uri in batch.column(schema.SOURCE_URI).to_pylist():
+            if self.isolate:
+                tables.append(self._isolated(uri))
+            else:
+                probe, cuts, clips, _, timeout_s = self.args
+                tables.append(process_input(uri, probe, cuts, clips, self.store, timeout_s))
+        fault("worker")  # crash tests: the worker dies with its batch done but not delivered
+        return pa.concat_tables(tables)
+
+    def _isolated(self, uri: str) -> pa.Table:
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(_PRELOAD)
+        workdir = tempfile.mkdtemp(prefix="curate-video-")
+        recv, send = ctx.Pipe(duplex=False)
+        t0 = time.monotonic()
+        proc = ctx.Process(target=_child, args=(self.args, uri, workdir, dict(os.environ), send), daemon=True)
+        try:
+            proc.start()
+            send.close()
+            limit = self.timeout_s + grace_s(self.timeout_s)
+            data = None
+            if recv.poll(limit):
+                try:
+                    data = recv.recv_bytes()
+                except EOFError:
+                    data = None
+            if data is None:
+                _kill_group(proc.pid)
+            proc.join(10)
+            took = time.monotonic() - t0
+            if data is None:
+                if proc.exitcode is not None and proc.exitcode < 0 and took < limit:
+                    name = signal.Signals(-proc.exitcode).name
+                    return quarantine_row(uri, schema.Q_ERROR, f"the process working on it died ({name})", took)
+                return quarantine_row(uri, schema.Q_TIMEOUT, f"watchdog: no result after {took:.0f}s "
+                                      f"(input_timeout_s={self.timeout_s:g}); the process was killed", took)  # fmt: skip
+            if data[:1] == b"{":
+                return quarantine_row(uri, schema.Q_ERROR, json.loads(data)["error"][:2000], took)
+            return pa.ipc.open_stream(data).read_all()
+        finally:
+            recv.close()
+            if proc.is_alive():
+                _kill_group(proc.pid)
+                proc.join(5)
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _child(args: tuple, uri: str, workdir: str, env: dict, conn) -> None:
+    os.setsid()  # its own process group: a kill reaches the ffmpeg processes it starts
+    os.environ.clear()  # the caller's environment now, not the forkserver's at its start
+    os.environ.update(env)
+    tempfile.tempdir = workdir
+    os.environ["TMPDIR"] = workdir
+    try:
+        from curate.storage import OutputStore
+
+        probe, cuts, clips, out, timeout_s = args
+        table = process_input(uri, probe, cuts, clips, OutputStore(out), timeout_s)
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as w:
+            w.write_table(table)
+        conn.send_bytes(sink.getvalue().to_pybytes())
+    except BaseException as e:  # noqa: BLE001 -- reported to the parent as this input's failure
+        conn.send_bytes(json.dumps({"error": f"{type(e).__name__}: {e}"}).encode())
+    finally:
+        conn.close()
+
+
+def _kill_group(pid: int | None) -> None:
+    if pid is None:
+        return
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
