@@ -171,3 +171,30 @@ def test_multi_node_cluster_gives_the_local_result(tmp_path, three_shots, text_v
     key = lambda out: sorted((r["clip_id"], r["start_frame"], r["end_frame"], round(r["flow_mean"], 5))  # noqa: E731
                              for r in read_shards(str(out)).to_pylist())  # fmt: skip
     assert key(tmp_path / "cluster") == key(tmp_path / "local")
+
+
+@pytest.mark.slow
+def test_remote_inputs_on_a_two_node_cluster_give_the_local_result(tmp_path, s3, three_shots, text_video):
+    """The per-video stage owns the local copy of a remote input wherever Ray runs it."""
+    from ray.cluster_utils import Cluster
+
+    for name, path in (("a.mp4", three_shots.path), ("b.mp4", text_video.path)):
+        s3.upload_file(path, "corpus", f"cluster/raw/{name}")
+    run(cfg(), [three_shots.path, text_video.path], str(tmp_path / "local"))
+    tmp = Path(os.environ.get("TMPDIR", "/tmp"))
+    before = set(tmp.glob("curate-in-*")) | set(tmp.glob("curate-video-*"))
+    cluster = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    try:
+        cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        args = [sys.executable, "-m", "pipelines.cli", "run", str(ROOT / "curate" / "configs" / "demo.yaml"),
+                "-i", "s3://corpus/cluster/raw/", "-o", "s3://corpus/cluster/out", "--ray-address", cluster.address,
+                *[x for s in ["clips.min_s=1", "clips.max_s=3", "shards.max_rows=2", "ray.num_cpus=null", *NO_SCORERS]
+                  for x in ("--set", s)]]  # fmt: skip
+        proc = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "CI": "true"}, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    finally:
+        cluster.shutdown()
+    assert clip_set("s3://corpus/cluster/out") == clip_set(tmp_path / "local")
+    after = set(tmp.glob("curate-in-*")) | set(tmp.glob("curate-video-*"))
+    assert after <= before  # every local copy of a remote input was removed
