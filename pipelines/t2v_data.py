@@ -1,0 +1,137 @@
+"""Training data: rows from an OUT, a `curate select` subset or a `curate export`, clips decoded
+with our decoder and cached; batches that are a function of (seed, step)."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from pipelines.t2v_config import DataConfig
+
+
+def load_rows(data: str | Path) -> list[dict]:
+    """[{clip_id, caption, uri | bytes, start_frame, end_frame, fps}] from any curate output."""
+    import pyarrow.parquet as pq
+
+    from curate import schema
+
+    p = Path(data)
+    if not p.exists():
+        raise DataError(f"--data {data}: no such file or directory")
+    if (p / "index.json").is_file():
+        from pipelines.export import index_samples
+
+        rows = list(index_samples(p))  # metadata now; clip bytes read lazily from the shard
+    elif (p / "subset.parquet").is_file():
+        rows = pq.read_table(p / "subset.parquet").to_pylist()
+    elif p.suffix == ".parquet":
+        rows = pq.read_table(p).to_pylist()
+    else:
+        from curate.shards import COMMITS, MANIFEST_FILE, read_shards
+
+        if not (p.is_dir() and ((p / MANIFEST_FILE).is_file() or (p / COMMITS).is_dir())):
+            raise DataError(f"--data {data}: not a curate output, a `curate select` subset, an export or a .parquet")
+        rows = read_shards(str(p)).to_pylist()
+    out = []
+    for r in rows:
+        if not (r.get("member") or r.get(schema.CLIP_URI)):
+            continue
+        caption = r.get("caption")
+        if caption is None:  # an OUT or a subset without a chosen caption: the best available one
+            caption = next((r[c] for c in (schema.CAPTION_LLM, schema.CAPTION_COCA, schema.CAPTION_VBLIP) if r.get(c)), "")
+        out.append({"clip_id": r[schema.CLIP_ID], "caption": caption or "", "uri": r.get(schema.CLIP_URI),
+                    "member": r.get("member"), "n": r[schema.END_FRAME] - r[schema.START_FRAME], "fps": r[schema.FPS]})  # fmt: skip
+    if not out:
+        raise DataError(f"--data {data}: no clips with a clip file ({len(rows)} rows): nothing to train or evaluate on")
+    return sorted(out, key=lambda r: r["clip_id"])  # a stable order, whatever the source order
+
+
+class DataError(ValueError):
+    """Training data that cannot be used (missing, not curate's, empty)."""
+
+
+def is_heldout(clip_id: str, frac: float) -> bool:
+    return int(hashlib.sha1(clip_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < frac
+
+
+def decode_clip(row: dict, frames: int, fps: float, size: int) -> np.ndarray:
+    """(F, 3, size, size) float32 in [-1, 1]: F frames at `fps` from the clip start, centre crop."""
+    import tempfile
+
+    import cv2
+
+    from curate.sample import decode_frames
+
+    step = max(1.0, row["fps"] / fps)
+    idx = [min(row["n"] - 1, int(round(k * step))) for k in range(frames)]
+    if row.get("member"):  # an export with embedded clips: read just this clip's bytes
+        from pipelines.export import read_member
+
+        with tempfile.NamedTemporaryFile(suffix=".mp4") as fh:
+            fh.write(read_member(row["member"]))
+            fh.flush()
+            got, _ = decode_frames(fh.name, set(idx), ["opencv", "pyav"])
+    else:
+        got, _ = decode_frames(row["uri"], set(idx), ["opencv", "pyav"])
+    have = sorted(got)
+    out = []
+    for i in idx:  # a frame the decoder could not deliver: the nearest one before it (or the first)
+        f = got[max((k for k in have if k <= i), default=have[0])]
+        h, w = f.shape[:2]
+        s = min(h, w)
+        crop = f[(h - s) // 2:(h - s) // 2 + s, (w - s) // 2:(w - s) // 2 + s]
+        out.append(cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA))
+    arr = np.stack(out).astype(np.float32) / 127.5 - 1.0
+    return arr.transpose(0, 3, 1, 2)
+
+
+class ClipSet:
+    """Map-style dataset of decoded clips (with an in-memory cache for small sets)."""
+
+    def __init__(self, rows: list[dict], cfg: DataConfig):
+        self.rows, self.cfg = rows, cfg
+        self._cache: dict[int, np.ndarray] = {}
+        self._pending: dict = {}  # index -> Future of a background decode
+        self._pool = None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if i in self._pending:
+            return self._pending.pop(i).result()
+        if i in self._cache:
+            return self._cache[i]
+        return self._decode_and_cache(i)
+
+    def prefetch(self, indices: list[int]) -> None:
+        """Decode the next step's clips in background threads (decoders release the GIL) while
+        the current step trains; __getitem__ collects them."""
+        if not self.cfg.workers:
+            return
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.cfg.workers, thread_name_prefix="decode")
+        for i in indices:
+            if i not in self._cache and i not in self._pending:
+                self._pending[i] = self._pool.submit(self._decode_and_cache, i)
+
+    def _decode_and_cache(self, i: int) -> np.ndarray:
+        x = decode_clip(self.rows[i], self.cfg.frames, self.cfg.fps, self.cfg.size)
+        if self.cfg.cache:
+            self._cache[i] = x
+        return x
+
+
+def batch_indices(n: int, batch: int, seed: int, step: int) -> list[int]:
+    """Rows of step `step`: epoch-wise permutations seeded by (seed, epoch). Stateless, so a
+    resumed run draws exactly the batches an uninterrupted one would."""
+    per_epoch = max(1, n // batch) if n >= batch else 1
+    epoch, pos = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    if n < batch:
+        return [int(perm[k % n]) for k in range(batch)]
+    return [int(i) for i in perm[pos * batch:(pos + 1) * batch]]
