@@ -34,7 +34,9 @@ from curate.config import ClipsParams, CutsParams, ProbeParams
 from curate.faults import fault
 from curate.video import VideoInfo
 
-_PRELOAD = ["pyarrow", "numpy", "curate.video", "curate.cuts", "curate.clips"]
+# imported once by the forkserver, so each input's child starts with its decoders loaded
+_PRELOAD = ["pyarrow", "numpy", "av", "cv2", "imageio_ffmpeg", "scenedetect", "scenedetect.detectors", "curate.video",
+            "curate.cuts", "curate.clips", "curate.storage", "curate.per_video"]
 
 
 @dataclass
