@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -120,16 +121,16 @@ def scorers_model() -> type[BaseModel]:
     """The `scorers` section: one field per registered scorer (curate.registry), its own Params."""
     from curate import registry
 
-    if _models.get("scorers", (None, -1))[1] != registry.version:
-        fields = {name: (cls.Params, Field(default_factory=cls.Params)) for name, cls in registry.scorers().items()}
-        model = create_model("ScorersConfig", __base__=Strict, __doc__="Per-scorer settings, in run order. "
-                             "`enabled: false` skips one.", **fields)  # fmt: skip
-        _models["scorers"] = (model, registry.version)
-        _models.pop("pipeline", None)
-    return _models["scorers"][0]
+    return _scorers_model(registry.version)
 
 
-_models: dict[str, tuple[type[BaseModel], int]] = {}
+@functools.lru_cache(maxsize=4)
+def _scorers_model(version: int) -> type[BaseModel]:  # cached per registry version
+    from curate import registry
+
+    fields = {name: (cls.Params, Field(default_factory=cls.Params)) for name, cls in registry.scorers().items()}
+    return create_model("ScorersConfig", __base__=Strict, __doc__="Per-scorer settings, in run order. "
+                        "`enabled: false` skips one.", **fields)  # fmt: skip
 
 
 class PipelineConfig(Strict):
@@ -155,12 +156,15 @@ class PipelineConfig(Strict):
 
 def pipeline_config_model() -> type[PipelineConfig]:
     """PipelineConfig with its `scorers` section, built from the scorers registered now."""
-    scorers = scorers_model()
-    if "pipeline" not in _models:
-        model = create_model("PipelineConfig", __base__=PipelineConfig,
-                             scorers=(scorers, Field(default_factory=scorers)))  # fmt: skip
-        _models["pipeline"] = (model, 0)
-    return _models["pipeline"][0]
+    from curate import registry
+
+    return _pipeline_model(registry.version)
+
+
+@functools.lru_cache(maxsize=4)
+def _pipeline_model(version: int) -> type[PipelineConfig]:
+    scorers = _scorers_model(version)
+    return create_model("PipelineConfig", __base__=PipelineConfig, scorers=(scorers, Field(default_factory=scorers)))
 
 
 def format_error(source: str, err: ValidationError) -> str:

@@ -34,11 +34,9 @@ def fault(point: str) -> None:
 def hang(point: str, subject: str = "") -> None:
     """`CURATE_FAULT=hang:point[:text]`: block forever at `point` (for subjects containing `text`),
     as a stuck demuxer would."""
-    spec = os.environ.get("CURATE_FAULT", "")
-    if not spec.startswith(f"hang:{point}"):
-        return
-    _, _, text = spec[len(f"hang:{point}"):].partition(":")
-    if spec[len(f"hang:{point}"):][:1] not in ("", ":") or text not in subject:
+    kind, _, rest = os.environ.get("CURATE_FAULT", "").partition(":")
+    name, _, text = rest.partition(":")
+    if kind != "hang" or name != point or text not in subject:
         return
     import time
 

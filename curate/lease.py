@@ -12,6 +12,7 @@ cannot overwrite committed data.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -79,8 +80,9 @@ class LocalLease:
             self._fd = None
 
 
+@functools.lru_cache(maxsize=16)
 def s3_client(uri: str):
-    """A boto3 client for the bucket of `uri`, honouring pyarrow's `?endpoint_override=&region=`."""
+    """A boto3 client (one per URI and process: boto3 clients are thread-safe) for the bucket of `uri`, honouring pyarrow's `?endpoint_override=&region=`."""
     import boto3
 
     q = {k: v[-1] for k, v in parse_qs(urlsplit(uri).query).items()}
@@ -100,7 +102,7 @@ def split_s3(uri: str) -> tuple[str, str]:
     return parts.netloc, parts.path.lstrip("/")
 
 
-def _precondition_failed(err: Exception) -> bool:
+def precondition_failed(err: Exception) -> bool:
     code = getattr(err, "response", {}).get("Error", {}).get("Code", "")
     status = getattr(err, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
     return code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412)
@@ -131,7 +133,7 @@ class S3Lease:
         try:
             r = c.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(), IfNoneMatch="*")
         except ClientError as e:
-            if not _precondition_failed(e):
+            if not precondition_failed(e):
                 raise
             obj = c.get_object(Bucket=self.bucket, Key=self.key)
             try:
@@ -144,7 +146,7 @@ class S3Lease:
             try:  # expired: take it over, but only if nobody renewed or took it since we read it
                 r = c.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(), IfMatch=obj["ETag"])
             except ClientError as e2:
-                if _precondition_failed(e2):
+                if precondition_failed(e2):
                     raise LeaseHeld(f"{self.uri}: another curate run took the expired lease first") from None
                 raise
             log.warning("took over the expired lease of %s (%s)", self.uri, describe(other))
@@ -153,19 +155,24 @@ class S3Lease:
         self._thread.start()
 
     def _renew_loop(self) -> None:
+        while not self._stop.wait(self.ttl_s / 3) and self.renew():
+            pass
+
+    def renew(self) -> bool:
+        """Extend the lease if it is still ours; False once it is lost (then `check` raises)."""
         from botocore.exceptions import ClientError
 
-        while not self._stop.wait(self.ttl_s / 3):
-            try:
-                r = self._client.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(), IfMatch=self._etag)
-                self._etag = r["ETag"]
-            except ClientError as e:
-                if _precondition_failed(e) or e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                    self._lost = f"the lease object {self.key} was replaced or deleted by someone else"
-                    return
-                log.warning("could not renew the lease on %s (%s); retrying", self.uri, e)
-            except Exception as e:  # network: keep trying while the lease has not expired
-                log.warning("could not renew the lease on %s (%s); retrying", self.uri, e)
+        try:
+            r = self._client.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(), IfMatch=self._etag)
+            self._etag = r["ETag"]
+        except ClientError as e:
+            if precondition_failed(e) or e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                self._lost = f"the lease object {self.key} was replaced or deleted by someone else"
+                return False
+            log.warning("could not renew the lease on %s (%s); retrying", self.uri, e)
+        except Exception as e:  # network: keep trying while the lease has not expired
+            log.warning("could not renew the lease on %s (%s); retrying", self.uri, e)
+        return True
 
     def check(self) -> None:
         if self._lost:

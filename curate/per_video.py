@@ -86,7 +86,6 @@ def process_input(uri: str, probe_p: ProbeParams, cuts_p: CutsParams, clips_p: C
     from curate.video import probe_input
 
     rec = InputRecord(uri, deadline=time.time() + timeout_s if timeout_s else None)
-    rows: list[dict] = []
     try:
         steps = (("probe", lambda: probe_input(rec, probe_p)), ("cuts", lambda: find_cuts(rec, cuts_p, probe_p.min_frames)),
                  ("clips", lambda: make_clips(rec, clips_p, store)))  # fmt: skip
@@ -94,11 +93,9 @@ def process_input(uri: str, probe_p: ProbeParams, cuts_p: CutsParams, clips_p: C
             if rec.quarantine:
                 break
             t0 = time.perf_counter()
-            out = step()
+            out = step()  # the last step's result is the clip rows
             rec.seconds[name] = time.perf_counter() - t0
-            rows = out or rows
-        if rec.quarantine:
-            rows = []
+        rows = [] if rec.quarantine else out
     finally:
         release(uri)  # the local copy of a remote input ends with its input
     return _table(uri, rec.summary(rows), rows, rec.video_id)

@@ -364,14 +364,14 @@ class OutputStore:
         elif self.uri.startswith("s3://"):
             from botocore.exceptions import ClientError
 
-            from curate.lease import _precondition_failed, s3_client, split_s3
+            from curate.lease import precondition_failed, s3_client, split_s3
 
             bucket, _ = split_s3(self.uri)
             key = final[len(bucket) + 1:]
             try:
                 s3_client(self.uri).put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
             except ClientError as e:
-                if _precondition_failed(e):
+                if precondition_failed(e):
                     raise AlreadyExists(self.uri_of(*parts)) from None
                 raise
         else:

@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import shutil
+import select
 import signal
 import subprocess
 import sys
@@ -417,17 +418,23 @@ def test_a_killed_driver_leaves_no_ray_process_behind(tmp_path, three_shots, slo
             pass
     seen.update(_descendants(proc.pid, _table()))
     assert any("raylet" in Path(f"/proc/{p}/cmdline").read_text(errors="replace") for p in seen if Path(f"/proc/{p}").exists())
+    now = _table()
+    fds = {}  # a pidfd turns readable when its process exits: wait on that, not on a clock
+    for p, started in seen.items():
+        if p in now and now[p][1] == started:
+            try:
+                fds[os.pidfd_open(p)] = Path(f"/proc/{p}/cmdline").read_text(errors="replace")[:80]
+            except ProcessLookupError:
+                pass
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    deadline = time.monotonic() + 30
-    alive = seen
-    while time.monotonic() < deadline:
-        now = _table()
-        alive = {p: s for p, s in seen.items() if p in now and now[p][1] == s}
-        if not alive:
-            break
-        time.sleep(0.2)
-    assert not alive, [Path(f"/proc/{p}/cmdline").read_text(errors="replace")[:80] for p in alive]
+    pending, deadline = set(fds), time.monotonic() + 30
+    while pending and time.monotonic() < deadline:
+        ready, _, _ = select.select(list(pending), [], [], deadline - time.monotonic())
+        pending -= set(ready)
+    for fd in fds:
+        os.close(fd)
+    assert not pending, [fds[fd] for fd in pending]
 
 
 @pytest.mark.slow
