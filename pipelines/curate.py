@@ -77,11 +77,32 @@ def build_stages(cfg: PipelineConfig, out: str, skip: set[str] = frozenset()) ->
     return specs
 
 
+def timed(stage, batch: pa.Table) -> pa.Table:
+    """Call a stage and charge its seconds to the batch's rows (evenly), in the internal
+    `_seconds` column; the driver sums them per input into the manifest's stage_seconds. The
+    per-video stage times its own steps (probe, cuts, clips) inside the video record."""
+    t0 = time.perf_counter()
+    out = stage(batch)
+    if stage.name == VideoStage.name or out.num_rows == 0:
+        return out
+    share = (time.perf_counter() - t0) / out.num_rows
+    old = out.column(schema.SECONDS).to_pylist() if schema.SECONDS in out.column_names else [None] * out.num_rows
+    new = []
+    for o in old:
+        d = json.loads(o) if o else {}
+        d[stage.name] = d.get(stage.name, 0.0) + share
+        new.append(json.dumps(d))
+    col = pa.array(new, pa.string())
+    if schema.SECONDS in out.column_names:
+        return out.set_column(out.column_names.index(schema.SECONDS), schema.SECONDS, col)
+    return out.append_column(schema.SECONDS, col)
+
+
 def _apply_stage(batch: pa.Table, stage_cls: type, args: tuple) -> pa.Table:
     """Ray task body for a stateless stage: construction and setup are cheap, so per batch."""
     stage = stage_cls(*args)
     stage.setup()
-    return stage(batch)
+    return timed(stage, batch)
 
 
 def actor_class(cls: type, args: tuple) -> type:
@@ -93,7 +114,7 @@ def actor_class(cls: type, args: tuple) -> type:
             self.stage.setup()
 
         def __call__(self, batch: pa.Table) -> pa.Table:
-            return self.stage(batch)
+            return timed(self.stage, batch)
 
     StageActor.__name__ = StageActor.__qualname__ = cls.__name__  # how Ray names the operator
     return StageActor
@@ -151,7 +172,7 @@ def _batches_local(uris: list[str], specs: list[StageSpec]) -> Iterable[pa.Table
     for uri in uris:
         table = pa.table({schema.SOURCE_URI: pa.array([uri], pa.string())})
         for s in stages:
-            table = s(table)
+            table = timed(s, table)
         yield table
 
 
@@ -244,7 +265,13 @@ def _complete_videos(batch: pa.Table, pending: dict[str, list[pa.Table]]):
         meta = json.loads(metas[index[u][0]])
         have = sum(t.num_rows for t in pending[u])
         if have >= max(1, meta["clips"]):
-            rows = pa.concat_tables(pending.pop(u))
+            rows = pa.concat_tables(pending.pop(u), promote_options="default")
+            if schema.SECONDS in rows.column_names:
+                seconds = meta.setdefault("stage_seconds", {})
+                for d in rows.column(schema.SECONDS).to_pylist():
+                    for k, v in json.loads(d or "{}").items():
+                        seconds[k] = seconds.get(k, 0.0) + v
+                rows = rows.drop_columns([schema.SECONDS])
             if meta["clips"]:
                 rows = rows.drop_columns([schema.VIDEO_META])
             yield u, rows, meta
