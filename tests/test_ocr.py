@@ -1,0 +1,138 @@
+"""The OCR truth set: real frames with and without text, and text rendered onto real frames at
+several sizes and contrasts, each with its expected answer, run through both backends; and
+Data-Juicer's measured ratios reproduced with CRAFT and their method."""
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from curate import schema
+from curate.sample import SamplePlan, decode_frames
+from scoring.ocr import OcrParams, OcrScorer, stroke_density, summed_area_ratio, union_area_ratio
+
+TESTDATA = Path(__file__).parent / "data"
+CUP, CREDITS = str(TESTDATA / "opencv__cup.mp4"), str(TESTDATA / "pyscenedetect__testvideo.mp4")
+BACKENDS = ["rapidocr", "easyocr"]
+
+
+def frames_of(path: str, wanted: list[int], max_side: int = 640) -> dict[int, np.ndarray]:
+    """Frames as the sample step hands them to the scorer (RGB, long side at most max_side)."""
+    frames, _ = decode_frames(path, set(wanted), ["pyav"])
+    out = {}
+    for k, f in frames.items():
+        size = SamplePlan("ocr", max_side=max_side).size_for(f.shape[1], f.shape[0])
+        out[k] = f if size == (f.shape[1], f.shape[0]) else cv2.resize(f, size, interpolation=cv2.INTER_AREA)
+    return out
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def scorer(request):
+    s = OcrScorer(OcrParams(backend=request.param))
+    s.setup()
+    return s
+
+
+def ratio(scorer, frame) -> tuple[float, str]:
+    r = scorer.score(frame[None])
+    return r[schema.OCR_AREA_RATIO], r[schema.OCR_TEXT]
+
+
+def render(frame: np.ndarray, text: str, height_frac: float, ink: tuple, band: tuple | None) -> tuple[np.ndarray, float]:
+    """`text` drawn with its cap height at `height_frac` of the frame, optionally on a band; returns
+    the frame and the area ratio of the ink's bounding box."""
+    out = frame.copy()
+    h, w = out.shape[:2]
+    scale = cv2.getFontScaleFromHeight(cv2.FONT_HERSHEY_SIMPLEX, int(height_frac * h), 2)
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 2)
+    x, y = (w - tw) // 2, int(0.8 * h)
+    if band is not None:
+        cv2.rectangle(out, (x - th // 2, y - th - th // 2), (x + tw + th // 2, y + base + th // 4), band, -1)
+    mask = np.zeros((h, w), np.uint8)
+    cv2.putText(mask, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, 255, 2, cv2.LINE_AA)
+    out[mask > 0] = ink
+    ys, xs = np.nonzero(mask)
+    return out, (np.ptp(xs) + 1) * (np.ptp(ys) + 1) / (w * h)
+
+
+def test_no_text_is_invented_on_real_textless_frames(scorer):
+    """The cup clip: a hand, a cup, a wall; rapidocr's detector alone boxes 0.37 to 0.80 of these
+    frames as text (bench/ocr.py). Every one of them must come out (almost) empty."""
+    for k, f in frames_of(CUP, [0, 40, 80, 120, 160, 200]).items():
+        r, text = ratio(scorer, f)
+        assert r <= 0.02, (scorer.params.backend, k, r, text)
+
+
+def test_real_credit_line(scorer):
+    """One line of real text (rows 605-642 of 720) on photos: found, of about its true size."""
+    for k, f in frames_of(CREDITS, [200, 400]).items():
+        r, text = ratio(scorer, f)
+        # the line is 37/720 of the height and 0.8 of the width (two text blocks): about 0.04 of
+        # the frame in ink, a little more in boxes
+        assert 0.03 < r < 0.08, (scorer.params.backend, k, r)
+        assert "Castellano" in text or "bcastell" in text, (scorer.params.backend, text)
+
+
+@pytest.mark.parametrize("words, height_frac, ink, band", [
+    ("CURATE 2026 clips", 0.04, (255, 255, 255), (0, 0, 0)),  # subtitle size, white on a black band
+    ("CURATE 2026 clips", 0.08, (20, 20, 20), None),  # title size, dark ink straight on the photo
+    ("CURATE 26", 0.15, (220, 30, 0), None),  # a big red caption across the hand and the wall
+    ("CURATE 2026 clips", 0.08, (150, 150, 150), (110, 110, 110)),  # low contrast: grey on grey
+])  # fmt: skip
+def test_rendered_text_on_a_real_frame(scorer, words, height_frac, ink, band):
+    frame = frames_of(CUP, [100])[100]
+    text_frame, ink_ratio = render(frame, words, height_frac, ink, band)
+    r, text = ratio(scorer, text_frame)
+    # detector boxes add a margin around the ink; never less than half of it, never many times it
+    assert 0.5 * ink_ratio <= r <= 2.5 * ink_ratio + 0.005, (scorer.params.backend, r, ink_ratio)
+    assert "CURATE" in text.upper(), (scorer.params.backend, text)
+
+
+def test_the_gate_passes_text_and_skips_flat_frames():
+    flat = np.full((360, 640, 3), 128, np.uint8)
+    fade = (frames_of(CUP, [100])[100] * 0.05).astype(np.uint8)  # a fade to black
+    assert stroke_density(flat) == 0.0 and stroke_density(fade) < 0.1
+    text_frame, _ = render(flat, "a small subtitle line", 0.03, (255, 255, 255), None)
+    assert stroke_density(text_frame) >= 0.1
+    credits = frames_of(CREDITS, [200])[200]
+    assert stroke_density(credits) >= 0.1
+
+
+def test_area_ratio_union_and_sum():
+    a = np.array([[0, 0], [10, 0], [10, 10], [0, 10]], np.float32)
+    b = a + np.array([5, 0], np.float32)
+    assert union_area_ratio([a, b], 100, 10) == pytest.approx(0.15, abs=0.011)  # rasterised: edges count
+    assert summed_area_ratio([a, b], 100, 10) == pytest.approx(0.2)  # exact: overlap counted twice
+
+
+def test_easyocr_reproduces_data_juicers_ratios(shared_data, truth):
+    """Data-Juicer's video_ocr_area_ratio_filter tests (EasyOCR's CRAFT, detection only, frames at
+    t=0, duration/2 and the end, summed box areas, mean over frames) on three real clips."""
+    params = OcrParams(backend="easyocr", positions=(0.0, 0.5, 1.0), reduce="mean", area="sum", verify=False,
+                       gate=False, recognize=False, det_limit_side=2560, max_side=4096)  # fmt: skip
+    s = OcrScorer(params)
+    s.setup()
+    got = {}
+    for i in (1, 2, 3):
+        name = f"datajuicer__video{i}.mp4"
+        path = str(shared_data / "videos" / name)
+        n = truth[name]["frames"]
+        frames = frames_of(path, SamplePlan("ocr", positions=params.positions).indices(n, 24.0), 4096)
+        got[i] = s.score(np.stack([frames[k] for k in sorted(frames)]))[schema.OCR_AREA_RATIO]
+    assert got[1] == pytest.approx(0.067, abs=0.01)
+    assert got[2] == pytest.approx(0.288, abs=0.01)
+    assert got[3] == pytest.approx(0.075, abs=0.01)
+    # what their filters assert: video1 below 0.07, video3 within [0.07, 0.1], video2 above it
+    assert got[1] < 0.07 <= got[3] <= 0.1 < got[2]
+
+
+def test_easyocr_weights_come_from_the_package_and_never_download(monkeypatch, tmp_path):
+    from curate.models import MissingModelError
+    from scoring.ocr import easyocr_model_dir, load_easyocr
+
+    import easyocr_en_models
+
+    assert easyocr_model_dir(None) == easyocr_en_models.model_dir()
+    with pytest.raises(MissingModelError, match="craft_mlt_25k.pth"):
+        load_easyocr(str(tmp_path), ["en"])
