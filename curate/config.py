@@ -34,6 +34,8 @@ class AdaptiveDetectorParams(Strict):
     threshold: float = 3.0  # adaptive_threshold in PySceneDetect
     min_content_val: float = 15.0
     window_width: int = Field(2, ge=1)
+    luma_only: bool = Field(False, description="brightness changes only: finds cuts between shots of one "
+                            "colour scheme (two slides, one room) that the hue/saturation average dilutes")
 
 
 class ThresholdDetectorParams(Strict):
@@ -61,11 +63,14 @@ def _default_levels() -> list[FpsLevel]:
     # SVD runs cut detection "in a cascaded manner at three different FPS levels": the native
     # rate finds hard cuts to the frame; lower rates see slow fades and dissolves as one big jump.
     # The adaptive detector with a low floor catches changes on static content (slides, titles)
-    # that a fixed threshold misses. Tuned on ../shared/data (bench/cuts.py prints the F1).
+    # that a fixed threshold misses; its luma-only twin catches a cut between two shots of one
+    # colour scheme (a white wall, then the same wall a minute later), which the hue/saturation
+    # average dilutes below both. Tuned on ../shared/data (bench/cuts.py prints the F1).
     return [
         FpsLevel(
             fps=None,
-            detectors=[ContentDetectorParams(), AdaptiveDetectorParams(threshold=12.0, min_content_val=4.0)],
+            detectors=[ContentDetectorParams(), AdaptiveDetectorParams(threshold=12.0, min_content_val=4.0),
+                       AdaptiveDetectorParams(threshold=12.0, min_content_val=8.0, luma_only=True)],
         ),
         FpsLevel(fps=4.0, detectors=[ContentDetectorParams(threshold=50.0)]),
         FpsLevel(fps=1.0, detectors=[ContentDetectorParams(threshold=80.0)]),
@@ -81,6 +86,12 @@ class CutsParams(Strict):
     )
     decode_threads: int = Field(0, ge=0, description="ffmpeg decoder threads; 0 = automatic")
     fast_decode: bool = Field(True, description="skip the deblocking filter when decoding for cuts")
+    flash_frames: int = Field(
+        4, ge=0, le=12, description="a change that reverts within this many frames (a camera flash, a "
+        "strobe, lightning, muzzle fire) is not a cut; 0 turns the flash filter off")
+    flash_ratio: float = Field(
+        0.4, gt=0, lt=1, description="... reverts: the frames either side of it differ by at most this "
+        "share of the jump itself")
 
 
 class ClipsParams(Strict):

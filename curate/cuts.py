@@ -46,6 +46,7 @@ def make_detector(p: DetectorParams, min_scene_len: int):
             min_scene_len=min_scene_len,
             min_content_val=p.min_content_val,
             window_width=p.window_width,
+            luma_only=p.luma_only,
         )
     if isinstance(p, ThresholdDetectorParams):
         return ThresholdDetector(threshold=p.threshold, min_scene_len=min_scene_len, fade_bias=p.fade_bias)
@@ -94,9 +95,13 @@ def detect_cuts(path: str, info: VideoInfo, params: CutsParams, deadline_s: floa
         dets = [make_detector(d, min_len) for d in lv.detectors]
         levels.append(_Level(name, stride, level_fps, dets))
 
-    # Per-frame mean absolute luma change: the cheap signal used to place low-level cuts exactly.
-    diffs: list[float] = [0.0]
-    prev_luma: np.ndarray | None = None
+    # Per-frame mean absolute luma change against each of the last `lags` frames: lag 1 places
+    # low-level cuts exactly; the longer lags tell a flash (the picture comes back) from a cut.
+    # The flash filter also compares contrast-normalised frames, so two dark frames of a fade
+    # through black (alike in raw luma, different pictures) are not taken for the same picture.
+    lags = params.flash_frames + 1
+    dists: list[np.ndarray] = [np.full((2, lags), np.inf, np.float32)]
+    recent: list[tuple[np.ndarray, np.ndarray]] = []  # the last `lags` (luma, normalised luma)
     index = 0
     # Skipping the in-loop deblocking filter makes H.264/HEVC decoding ~25% cheaper; its effect
     # is invisible at analysis size, and decoding is most of this stage's cost.
@@ -105,9 +110,15 @@ def detect_cuts(path: str, info: VideoInfo, params: CutsParams, deadline_s: floa
     for chunk in frames:
         luma = cv2.cvtColor(chunk.reshape(-1, width, 3), cv2.COLOR_BGR2GRAY).reshape(len(chunk), height, width)
         for j in range(len(chunk)):
-            if prev_luma is not None:
-                diffs.append(float(cv2.absdiff(luma[j], prev_luma).mean()))
-            prev_luma = luma[j]
+            norm = luma[j].astype(np.float32)
+            norm = (norm - norm.mean()) / max(float(norm.std()), 1.0)
+            if recent:
+                d = np.full((2, lags), np.inf, np.float32)
+                for k, (old, old_norm) in enumerate(reversed(recent)):
+                    d[0, k] = cv2.absdiff(luma[j], old).mean()
+                    d[1, k] = cv2.absdiff(norm, old_norm).mean()
+                dists.append(d)
+            recent = (recent + [(luma[j], norm)])[-lags:]
             frame = chunk[j]
             for level in levels:
                 if index % level.stride == 0:
@@ -117,14 +128,20 @@ def detect_cuts(path: str, info: VideoInfo, params: CutsParams, deadline_s: floa
     for level in levels:
         level.finish()
 
-    diff_arr = np.asarray(diffs[:n_frames], dtype=np.float64)
+    dist_arr = np.stack(dists[:n_frames]) if n_frames else np.zeros((0, 2, lags), np.float32)
+    diff_arr = dist_arr[:, 0, 0].astype(np.float64) if n_frames else np.zeros(0)
+    if n_frames:
+        diff_arr[0] = 0.0
     candidates: list[tuple[int, int, float]] = []  # (frame, precision rank, strength)
     by_level: dict[str, list[int]] = {}
+    flashes: set[int] = set()
     for rank, level in enumerate(sorted(levels, key=lambda lv: lv.stride)):
         placed = []
         for j in level.found:
             f = _refine(j * level.stride, level.stride, diff_arr)
-            if 0 < f < n_frames:
+            if 0 < f < n_frames and is_flash(f, dist_arr, params.flash_frames, params.flash_ratio):
+                flashes.add(f)
+            elif 0 < f < n_frames:
                 placed.append(f)
         by_level[level.name] = sorted(set(placed))
         candidates += [(f, level.stride, float(diff_arr[f])) for f in by_level[level.name]]
@@ -132,7 +149,41 @@ def detect_cuts(path: str, info: VideoInfo, params: CutsParams, deadline_s: floa
     tol = max(1, int(round(params.merge_tolerance_s * native)))
     min_len = max(1, int(round(params.min_scene_len_s * native)))
     cuts = _union(candidates, tol, min_len, n_frames)
+    if flashes:
+        by_level["flash"] = sorted(flashes)  # what the flash filter removed, for analysis
     return CutResult(cuts=cuts, n_frames=n_frames, by_level=by_level, seconds=time.perf_counter() - t0)
+
+
+# Contrast-normalised frames of one shot a few frames apart differ by about 0.2-0.5 (unit std);
+# two unrelated pictures by about 1.1 (the mean |x - y| of two independent unit normals).
+ALIKE_NORMALISED = 0.6
+
+
+def is_flash(f: int, dist: np.ndarray, flash_frames: int, ratio: float) -> bool:
+    """Whether the change into frame `f` reverts: some frame before it (i < f) and some frame
+    from `f` on (j >= f), at most `flash_frames` frames apart in between, show the same picture
+    (raw luma within `ratio` of the jump at f, and alike once contrast-normalised), while the
+    frames between them stood out from it. A cut changes the picture for good; a flash, a strobe
+    or a few frames of lightning leave the frames either side of them alike. (PySceneDetect's
+    flash filter only holds cuts back by min_scene_len, so a flash still cuts: #35, #217 there.)
+
+    `dist[t, 0, k]` / `dist[t, 1, k]`: raw / normalised mean |luma| difference of frame t and t-k-1."""
+    if flash_frames <= 0 or f <= 0 or f >= len(dist):
+        return False
+    jump = float(dist[f, 0, 0])
+    if not np.isfinite(jump) or jump <= 0:
+        return False
+    for i in range(max(0, f - flash_frames), f):
+        for j in range(f, min(len(dist), i + flash_frames + 2)):
+            lag = j - i - 1
+            if lag < 1 or dist[j, 0, lag] > ratio * jump or dist[j, 1, lag] > ALIKE_NORMALISED:
+                continue
+            # ... and the frames between stood out from frame i (not so in a hard cut between two
+            # alike shots: the frames before the cut are frame i's own shot)
+            excursion = max(float(dist[m, 0, m - i - 1]) for m in range(i + 1, j))
+            if excursion >= 0.5 * jump and excursion >= 2.5 * float(dist[j, 0, lag]):
+                return True
+    return False
 
 
 def _refine(frame: int, stride: int, diffs: np.ndarray) -> int:

@@ -1,8 +1,12 @@
+from pathlib import Path
+
+import cv2
+import numpy as np
 import pytest
 
 from curate.config import CutsParams
 from curate.cuts import detect_cuts
-from curate.synth import Scene, make_video
+from curate.synth import Scene, encode, make_video
 from curate.evaluate import CutScore, score_cuts, truth_ignore_zones
 from curate.video import probe
 from tests.conftest import DATA
@@ -80,3 +84,34 @@ def test_score_cuts_counts():
     s = score_cuts([10, 52, 99, 300], [10, 50, 200], tolerance=2, ignore=[(95, 105)])
     assert (s.tp, s.fp, s.fn, s.ignored) == (2, 1, 1, 1)
     assert s.f1 == pytest.approx(2 / 3)
+
+
+def real_frames(path: str, size=(320, 240)) -> np.ndarray:
+    import av
+
+    with av.open(path) as c:
+        return np.stack([cv2.resize(f.to_ndarray(format="bgr24"), size, interpolation=cv2.INTER_AREA) for f in c.decode(video=0)])
+
+
+@pytest.fixture(scope="module")
+def flashes_in_a_real_shot(tmp_path_factory):
+    """The real cup clip: two shots of the same source (frames 0-79, then 140-216: same wall, same
+    hand, the cup elsewhere) joined by a hard cut at 80, with three flashes inside the first shot:
+    one white frame, a two-frame press flash, a three-frame lightning ramp."""
+    frames = real_frames(str(Path(__file__).parent / "data" / "opencv__cup.mp4"))
+    a, b = frames[0:80].astype(np.float32), frames[140:217]
+    a[15] = 255
+    a[35:37] = a[35:37] * 0.3 + 200
+    for k, w in zip(range(55, 58), (0.5, 0.9, 0.6)):
+        a[k] = a[k] * (1 - w) + 255 * w
+    path = str(tmp_path_factory.mktemp("flash") / "cup_flashes.mp4")
+    encode(path, np.concatenate([np.clip(a, 0, 255).astype(np.uint8), b]), 26.777)
+    return path
+
+
+def test_flashes_inside_a_real_shot_are_not_cuts(flashes_in_a_real_shot):
+    result = cuts_of(flashes_in_a_real_shot)
+    assert result.cuts == [80], result.by_level  # the cut between two shots of one source stays
+    assert result.by_level["flash"]  # what the filter removed is on record
+    off = cuts_of(flashes_in_a_real_shot, CutsParams(flash_frames=0))
+    assert len(off.cuts) > 1  # without the filter the flashes cut the shot (what it fixes)
