@@ -10,6 +10,7 @@ cuts closer than `merge_tolerance_s` are one cut, and the most precise level win
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
@@ -83,7 +84,19 @@ class _Level:
 
 
 def detect_cuts(path: str, info: VideoInfo, params: CutsParams, deadline_s: float | None = None) -> CutResult:
+    """Cuts of one video from a single scaled decode: the classical cascade, TransNetV2 on every
+    frame, or the hybrid (TransNetV2 judges the cascade's proposals on windows around them)."""
     t0 = time.perf_counter()
+    model = stream = spool = None
+    if params.detector != "classical":
+        from curate import transnet
+
+        model = transnet.load_model(params.transnet_device)
+        if params.detector == "transnetv2":
+            stream = transnet.Stream(model, params.transnet_batch)
+        else:  # the 48x27 frames go to disk, read back around the proposals: memory stays flat
+            spool = tempfile.TemporaryFile()
+    use_levels = params.detector != "transnetv2"
     width, height = scaled_size(info.coded_width, info.coded_height, params.analysis_size)
     native = info.fps
     levels: list[_Level] = []
@@ -120,13 +133,21 @@ def detect_cuts(path: str, info: VideoInfo, params: CutsParams, deadline_s: floa
                 dists.append(d)
             recent = (recent + [(luma[j], norm)])[-lags:]
             frame = chunk[j]
-            for level in levels:
-                if index % level.stride == 0:
-                    level.feed(frame)
+            if model is not None:
+                thumb = transnet.thumbnail(frame)
+                if stream is not None:
+                    stream.push(thumb)
+                else:
+                    spool.write(np.ascontiguousarray(thumb).tobytes())
+            if use_levels:
+                for level in levels:
+                    if index % level.stride == 0:
+                        level.feed(frame)
             index += 1
     n_frames = index
-    for level in levels:
-        level.finish()
+    if use_levels:
+        for level in levels:
+            level.finish()
 
     dist_arr = np.stack(dists[:n_frames]) if n_frames else np.zeros((0, 2, lags), np.float32)
     diff_arr = dist_arr[:, 0, 0].astype(np.float64) if n_frames else np.zeros(0)
@@ -148,10 +169,67 @@ def detect_cuts(path: str, info: VideoInfo, params: CutsParams, deadline_s: floa
 
     tol = max(1, int(round(params.merge_tolerance_s * native)))
     min_len = max(1, int(round(params.min_scene_len_s * native)))
-    cuts = _union(candidates, tol, min_len, n_frames)
     if flashes:
         by_level["flash"] = sorted(flashes)  # what the flash filter removed, for analysis
+    if stream is not None:  # transnetv2: every frame scored while decoding
+        found = [_place(c, diff_arr) for c in transnet.cuts_from(stream.finish(), params.transnet_threshold)]
+        by_level["transnetv2"] = found
+        cuts = _union([(f, 1, float(diff_arr[f])) for f in found if 0 < f < n_frames], tol, min_len, n_frames)
+    elif spool is not None:  # hybrid: the network judges the proposals
+        with spool:
+            cuts = _hybrid(candidates, flashes, diff_arr, spool, model, params, tol, min_len, n_frames, by_level)
+    else:
+        cuts = _union(candidates, tol, min_len, n_frames)
     return CutResult(cuts=cuts, n_frames=n_frames, by_level=by_level, seconds=time.perf_counter() - t0)
+
+
+def _place(cut: int, diffs: np.ndarray, reach: int = 1) -> int:
+    """TransNetV2 marks the frames of a transition; a hard cut is placed on the frame of the
+    largest luma change next to where the marked run ends (it marks either side of a hard cut)."""
+    lo, hi = max(1, cut - reach - 1), min(len(diffs), cut + reach + 1)
+    return lo + int(np.argmax(diffs[lo:hi])) if hi > lo else cut
+
+
+def proposals(candidates, flashes: set[int], diffs: np.ndarray, flash_frames: int) -> list[int]:
+    """What the hybrid shows the network: every level's cut, and every frame whose luma change
+    stands far out of its surroundings (high recall, so the network can find what the thresholds
+    missed, such as a text-only slide change), except where the flash filter has spoken."""
+    out = {f for f, _, _ in candidates}
+    if len(diffs) > 2:
+        pad = np.pad(diffs, 12, mode="edge")
+        local = np.median(np.lib.stride_tricks.sliding_window_view(pad, 25), axis=1)
+        out |= {int(f) for f in np.nonzero((diffs >= 4.0 * np.maximum(local, 0.5)) & (diffs >= 3.0))[0] if f > 0}
+    near_flash = {f + d for f in flashes for d in range(-flash_frames - 1, flash_frames + 2)}
+    return sorted(out - near_flash)
+
+
+def _hybrid(candidates, flashes, diffs, spool, model, params: CutsParams, tol, min_len, n_frames, by_level) -> list[int]:
+    from curate import transnet
+
+    props = proposals(candidates, flashes, diffs, params.flash_frames)
+    by_level["proposed"] = props
+    if not props:
+        return []
+    w, h = transnet.SIZE
+    frames = np.memmap(spool, dtype=np.uint8, mode="r", shape=(n_frames, h, w, 3)) if n_frames else None
+    ranges: list[list[int]] = []
+    for f in props:  # the frames around each proposal, overlapping stretches merged
+        lo, hi = max(0, f - tol - 2), min(n_frames, f + tol + 3)
+        if ranges and lo <= ranges[-1][1]:
+            ranges[-1][1] = max(ranges[-1][1], hi)
+        else:
+            ranges.append([lo, hi])
+    probs = transnet.predict_ranges(model, lambda a, b: np.asarray(frames[a:b]), n_frames, ranges, params.transnet_batch)
+    strength = {f: (stride, s) for f, stride, s in candidates}
+    kept = []
+    for f in props:
+        near = [k for k in range(f - 2, f + 3) if probs.get(k, 0.0) > params.transnet_threshold]
+        if not near:
+            continue
+        stride, s = strength.get(f, (1, float(diffs[f])))
+        kept.append((f, stride, s))
+    by_level["hybrid"] = sorted(f for f, _, _ in kept)
+    return _union(kept, tol, min_len, n_frames)
 
 
 # Contrast-normalised frames of one shot a few frames apart differ by about 0.2-0.5 (unit std);

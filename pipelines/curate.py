@@ -213,6 +213,10 @@ def _run_locked(cfg: PipelineConfig, inputs: list[str], store: OutputStore, leas
     skipped = len(inputs) - len(todo)
     # Missing weights: fail now (before any work), or skip optional stages loudly.
     skip_stages, skip_reasons = preflight(model_stages(cfg))
+    if cfg.cuts.detector != "classical":
+        from curate.transnet import check_available
+
+        check_available()
     stages = build_stages(cfg, store.uri, skip_stages)
     finished = 0
     if on_progress:
