@@ -62,6 +62,60 @@ def pyscenedetect_cli(path: str) -> tuple[float, list[int]]:
     return s, [f for f in starts if f > 0]
 
 
+DETECTORS = ["classical", "hybrid", "transnetv2", "psd-content", "psd-adaptive", "transnet-package"]
+
+
+def run_detector(kind: str, path: str) -> list[int]:
+    """Cut frames (first frame of each new shot) of one detector on one file."""
+    if kind in ("classical", "transnetv2", "hybrid"):
+        from curate.config import CutsParams
+        from curate.cuts import detect_cuts
+        from curate.video import probe
+
+        return detect_cuts(path, probe(path), CutsParams(detector=kind)).cuts
+    if kind.startswith("psd-"):
+        import scenedetect
+        from scenedetect.detectors import AdaptiveDetector, ContentDetector
+
+        det = ContentDetector() if kind == "psd-content" else AdaptiveDetector()
+        return [s[0].frame_num for s in scenedetect.detect(path, det)][1:]
+    # the reference package on 48x27 frames from PyAV (its predict_video needs an ffmpeg on PATH)
+    import av
+    import numpy as np
+    import torch
+
+    from curate.transnet import load_model
+
+    with av.open(path) as c:
+        frames = np.stack([f.to_ndarray(format="rgb24", width=48, height=27) for f in c.decode(video=0)])
+    model = load_model("cpu")
+    single, _ = model.predict_frames(torch.from_numpy(frames), quiet=True)
+    return [int(x) for x in model.predictions_to_scenes(single.numpy())[1:, 0]]
+
+
+def accuracy(sets: dict[str, tuple[Path, dict]], detectors: list[str]) -> None:
+    """P/R/F1 at +-2 frames and frames/s of every detector on every set, beside a bare ffmpeg decode."""
+    from curate.evaluate import CutScore, score_cuts, truth_ignore_zones
+    from curate.video import ffmpeg_exe
+
+    for set_name, (folder, truth) in sets.items():
+        frames = sum(t["frames"] for t in truth.values())
+        s_ff = sum(timed([ffmpeg_exe(), "-nostdin", "-v", "error", "-i", str(folder / n), "-map", "0:v:0", "-f", "null", "-"])[0]
+                   for n in truth)  # fmt: skip
+        print(f"\n{set_name}: {len(truth)} videos, {frames} frames, {sum(len(t['cuts']) for t in truth.values())} cuts; "
+              f"bare ffmpeg decode {frames / s_ff:.0f} frames/s")  # fmt: skip
+        print(f"{'detector':18s} {'P':>6s} {'R':>6s} {'F1':>6s} {'tp':>4s} {'fp':>4s} {'fn':>4s} {'frames/s':>9s} {'x decode':>8s}")
+        for kind in detectors:
+            total, secs = CutScore(0, 0, 0, 0), 0.0
+            for name, t in truth.items():
+                t0 = time.perf_counter()
+                cuts = run_detector(kind, str(folder / name))
+                secs += time.perf_counter() - t0
+                total = total + score_cuts(cuts, t["cuts"], 2, truth_ignore_zones(t))
+            print(f"{kind:18s} {total.precision:6.3f} {total.recall:6.3f} {total.f1:6.3f} {total.tp:4d} {total.fp:4d} "
+                  f"{total.fn:4d} {frames / secs:9.0f} {secs / s_ff:8.2f}")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     from curate.evaluate import CutScore, score_cuts, truth_ignore_zones
     from curate.video import ffmpeg_exe
@@ -69,7 +123,22 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--videos", nargs="*", help="names from ../shared/data/truth.json (default: all)")
     ap.add_argument("--repeat", type=int, default=1)
+    ap.add_argument("--accuracy", action="store_true", help="P/R/F1 and speed of every detector mode and peer "
+                    "on the splice set (bench/splice.py) and ../shared/data, instead of the speed table")
+    ap.add_argument("--splice", default=None, help="splice set folder (built there if it has no truth.json)")
+    ap.add_argument("--detectors", nargs="*", default=DETECTORS)
     args = ap.parse_args(argv)
+    if args.accuracy:
+        from bench.splice import build
+
+        folder = Path(args.splice or tempfile.mkdtemp(prefix="splice-"))
+        if not (folder / "truth.json").is_file():
+            build(str(folder))
+        sets = {"splice set": (folder, json.loads((folder / "truth.json").read_text())),
+                "../shared/data": (SHARED / "videos", json.loads((SHARED / "truth.json").read_text()))}  # fmt: skip
+        accuracy(sets, args.detectors)
+        print(f"machine: {os.cpu_count()} CPUs, python {sys.version.split()[0]}")
+        return 0
     if not (SHARED / "truth.json").is_file():
         print(f"needs the real videos in {SHARED}")
         return 1

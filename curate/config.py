@@ -92,7 +92,9 @@ class CutsParams(Strict):
         0.5, ge=0.0, description="cuts from different levels closer than this are one cut"
     )
     decode_threads: int = Field(0, ge=0, description="ffmpeg decoder threads; 0 = automatic")
-    fast_decode: bool = Field(True, description="skip the deblocking filter when decoding for cuts")
+    fast_decode: bool = Field(True, description="skip the deblocking filter of non-reference frames when "
+                              "decoding for cuts (reference frames keep it: skipping it there drifts the "
+                              "picture over a GOP and the next keyframe looks like a cut)")
     flash_frames: int = Field(
         4, ge=0, le=12, description="a change that reverts within this many frames (a camera flash, a "
         "strobe, lightning, muzzle fire) is not a cut; 0 turns the flash filter off")

@@ -116,9 +116,10 @@ def detect_cuts(path: str, info: VideoInfo, params: CutsParams, deadline_s: floa
     dists: list[np.ndarray] = [np.full((2, lags), np.inf, np.float32)]
     recent: list[tuple[np.ndarray, np.ndarray]] = []  # the last `lags` (luma, normalised luma)
     index = 0
-    # Skipping the in-loop deblocking filter makes H.264/HEVC decoding ~25% cheaper; its effect
-    # is invisible at analysis size, and decoding is most of this stage's cost.
-    fast = ("-skip_loop_filter", "all") if params.fast_decode else ()
+    # Skipping the in-loop deblocking filter makes H.264/HEVC decoding cheaper, but only on frames
+    # nothing refers to: skipped on reference frames, the error accumulates over a GOP and resets at
+    # the next keyframe, which on a still slide is a jump big enough to cut (the splice set showed it).
+    fast = ("-skip_loop_filter", "noref") if params.fast_decode else ()
     frames = iter_frames(path, width, height, threads=params.decode_threads, deadline_s=deadline_s, extra_input_args=fast)
     for chunk in frames:
         luma = cv2.cvtColor(chunk.reshape(-1, width, 3), cv2.COLOR_BGR2GRAY).reshape(len(chunk), height, width)
