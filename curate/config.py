@@ -92,12 +92,15 @@ class CutsParams(Strict):
         0.5, ge=0.0, description="cuts from different levels closer than this are one cut"
     )
     decode_threads: int = Field(0, ge=0, description="ffmpeg decoder threads; 0 = automatic")
-    fast_decode: bool = Field(True, description="skip the deblocking filter of non-reference frames when "
-                              "decoding for cuts (reference frames keep it: skipping it there drifts the "
-                              "picture over a GOP and the next keyframe looks like a cut)")
+    fast_decode: bool = Field(True, description="skip the deblocking filter when decoding for cuts (the "
+                              "drift it causes over a GOP is ruled out by min_changed)")
     flash_frames: int = Field(
         4, ge=0, le=12, description="a change that reverts within this many frames (a camera flash, a "
         "strobe, lightning, muzzle fire) is not a cut; 0 turns the flash filter off")
+    min_changed: float = Field(
+        0.02, ge=0, lt=1, description="a cut must change this share of the pixels strongly between the "
+        "frames its level compared (a colour channel by 30+): on still slides and photos a keyframe's compression pop (mean change under 1 "
+        "level, no pixel past 30) triggers the sensitive detectors; every real cut measured changes 8%+")
     flash_ratio: float = Field(
         0.4, gt=0, lt=1, description="... reverts: the frames either side of it differ by at most this "
         "share of the jump itself")

@@ -108,31 +108,18 @@ def detect_cuts(path: str, info: VideoInfo, params: CutsParams, deadline_s: floa
         dets = [make_detector(d, min_len) for d in lv.detectors]
         levels.append(_Level(name, stride, level_fps, dets))
 
-    # Per-frame mean absolute luma change against each of the last `lags` frames: lag 1 places
-    # low-level cuts exactly; the longer lags tell a flash (the picture comes back) from a cut.
-    # The flash filter also compares contrast-normalised frames, so two dark frames of a fade
-    # through black (alike in raw luma, different pictures) are not taken for the same picture.
-    lags = params.flash_frames + 1
-    dists: list[np.ndarray] = [np.full((2, lags), np.inf, np.float32)]
-    recent: list[tuple[np.ndarray, np.ndarray]] = []  # the last `lags` (luma, normalised luma)
+    signals = _Signals(params.flash_frames + 1, [lv.stride for lv in levels])
     index = 0
-    # Skipping the in-loop deblocking filter makes H.264/HEVC decoding cheaper, but only on frames
-    # nothing refers to: skipped on reference frames, the error accumulates over a GOP and resets at
-    # the next keyframe, which on a still slide is a jump big enough to cut (the splice set showed it).
-    fast = ("-skip_loop_filter", "noref") if params.fast_decode else ()
+    # Skipping the in-loop deblocking filter makes H.264/HEVC decoding ~20% cheaper. The error it
+    # leaves accumulates over a GOP and resets at the next keyframe: on a still slide that pop is
+    # big enough for the sensitive detectors, and `min_changed` is what rules it out (no pixel of a
+    # pop changes by STRONG_CHANGE; every real cut measured changes 8% of them or more).
+    fast = ("-skip_loop_filter", "all") if params.fast_decode else ()
     frames = iter_frames(path, width, height, threads=params.decode_threads, deadline_s=deadline_s, extra_input_args=fast)
     for chunk in frames:
         luma = cv2.cvtColor(chunk.reshape(-1, width, 3), cv2.COLOR_BGR2GRAY).reshape(len(chunk), height, width)
+        signals.add(chunk, luma)
         for j in range(len(chunk)):
-            norm = luma[j].astype(np.float32)
-            norm = (norm - norm.mean()) / max(float(norm.std()), 1.0)
-            if recent:
-                d = np.full((2, lags), np.inf, np.float32)
-                for k, (old, old_norm) in enumerate(reversed(recent)):
-                    d[0, k] = cv2.absdiff(luma[j], old).mean()
-                    d[1, k] = cv2.absdiff(norm, old_norm).mean()
-                dists.append(d)
-            recent = (recent + [(luma[j], norm)])[-lags:]
             frame = chunk[j]
             if model is not None:
                 thumb = transnet.thumbnail(frame)
@@ -150,20 +137,26 @@ def detect_cuts(path: str, info: VideoInfo, params: CutsParams, deadline_s: floa
         for level in levels:
             level.finish()
 
-    dist_arr = np.stack(dists[:n_frames]) if n_frames else np.zeros((0, 2, lags), np.float32)
-    diff_arr = dist_arr[:, 0, 0].astype(np.float64) if n_frames else np.zeros(0)
+    dist_arr, changed = signals.result(n_frames)
+    diff_arr = dist_arr[:, 0, 0].astype(np.float64)
     if n_frames:
         diff_arr[0] = 0.0
     candidates: list[tuple[int, int, float]] = []  # (frame, precision rank, strength)
     by_level: dict[str, list[int]] = {}
     flashes: set[int] = set()
+    weak: set[int] = set()
     for rank, level in enumerate(sorted(levels, key=lambda lv: lv.stride)):
         placed = []
         for j in level.found:
             f = _refine(j * level.stride, level.stride, diff_arr)
-            if 0 < f < n_frames and is_flash(f, dist_arr, params.flash_frames, params.flash_ratio):
+            if not 0 < f < n_frames:
+                continue
+            if is_flash(f, dist_arr, params.flash_frames, params.flash_ratio):
                 flashes.add(f)
-            elif 0 < f < n_frames:
+            elif changed[level.stride][j * level.stride] < params.min_changed and (
+                    level.stride > 1 or dist_arr[f, 0, -1] < POP_SPAN):
+                weak.add(f)  # nothing in the picture changed strongly: a keyframe pop, noise
+            else:
                 placed.append(f)
         by_level[level.name] = sorted(set(placed))
         candidates += [(f, level.stride, float(diff_arr[f])) for f in by_level[level.name]]
@@ -172,13 +165,15 @@ def detect_cuts(path: str, info: VideoInfo, params: CutsParams, deadline_s: floa
     min_len = max(1, int(round(params.min_scene_len_s * native)))
     if flashes:
         by_level["flash"] = sorted(flashes)  # what the flash filter removed, for analysis
+    if weak:
+        by_level["weak"] = sorted(weak)
     if stream is not None:  # transnetv2: every frame scored while decoding
         found = [_place(c, diff_arr) for c in transnet.cuts_from(stream.finish(), params.transnet_threshold)]
         by_level["transnetv2"] = found
         cuts = _union([(f, 1, float(diff_arr[f])) for f in found if 0 < f < n_frames], tol, min_len, n_frames)
     elif spool is not None:  # hybrid: the network judges the proposals
         with spool:
-            cuts = _hybrid(candidates, flashes, diff_arr, spool, model, params, tol, min_len, n_frames, by_level)
+            cuts = _hybrid(candidates, flashes, dist_arr, spool, model, params, tol, min_len, n_frames, by_level)
     else:
         cuts = _union(candidates, tol, min_len, n_frames)
     return CutResult(cuts=cuts, n_frames=n_frames, by_level=by_level, seconds=time.perf_counter() - t0)
@@ -192,9 +187,9 @@ def _place(cut: int, diffs: np.ndarray, reach: int = 1) -> int:
 
 
 def proposals(candidates, flashes: set[int], diffs: np.ndarray, flash_frames: int) -> list[int]:
-    """What the hybrid shows the network: every level's cut, and every frame whose luma change
-    stands far out of its surroundings (high recall, so the network can find what the thresholds
-    missed, such as a text-only slide change), except where the flash filter has spoken."""
+    """High-recall proposals: every level's cut, and every frame whose luma change stands far out
+    of its surroundings (what the thresholds may have missed), except where the flash filter
+    has spoken."""
     out = {f for f, _, _ in candidates}
     if len(diffs) > 2:
         pad = np.pad(diffs, 12, mode="edge")
@@ -204,38 +199,45 @@ def proposals(candidates, flashes: set[int], diffs: np.ndarray, flash_frames: in
     return sorted(out - near_flash)
 
 
-def _hybrid(candidates, flashes, diffs, spool, model, params: CutsParams, tol, min_len, n_frames, by_level) -> list[int]:
+def _hybrid(candidates, flashes, dist, spool, model, params: CutsParams, tol, min_len, n_frames, by_level) -> list[int]:
+    """The cascade's cuts stand; TransNetV2 decides the proposals its thresholds turned down
+    (a cut between two shots of one source, a weak change), on windows around them only.
+
+    It never vetoes a cut of the cascade: at 48x27 it cannot see a text-only slide change (it
+    gives the slide changes of a real talk 0.003 to 0.37), and flashes and keyframe pops are
+    already ruled out by what they physically are (`is_flash`, `min_changed`)."""
     from curate import transnet
 
-    props = proposals(candidates, flashes, diffs, params.flash_frames)
+    diffs = dist[:, 0, 0].astype(np.float64)
+    found = {f for f, _, _ in candidates}
+    props = [f for f in proposals(candidates, flashes, diffs, params.flash_frames)
+             if not any(abs(f - c) <= tol for c in found)]  # fmt: skip
     by_level["proposed"] = props
-    if not props:
-        return []
-    w, h = transnet.SIZE
-    frames = np.memmap(spool, dtype=np.uint8, mode="r", shape=(n_frames, h, w, 3)) if n_frames else None
-    ranges: list[list[int]] = []
-    for f in props:  # the frames around each proposal, overlapping stretches merged
-        lo, hi = max(0, f - tol - 2), min(n_frames, f + tol + 3)
-        if ranges and lo <= ranges[-1][1]:
-            ranges[-1][1] = max(ranges[-1][1], hi)
-        else:
-            ranges.append([lo, hi])
-    probs = transnet.predict_ranges(model, lambda a, b: np.asarray(frames[a:b]), n_frames, ranges, params.transnet_batch)
-    strength = {f: (stride, s) for f, stride, s in candidates}
-    kept = []
-    for f in props:
-        near = [k for k in range(f - 2, f + 3) if probs.get(k, 0.0) > params.transnet_threshold]
-        if not near:
-            continue
-        stride, s = strength.get(f, (1, float(diffs[f])))
-        kept.append((f, stride, s))
-    by_level["hybrid"] = sorted(f for f, _, _ in kept)
+    kept = list(candidates)
+    if props:
+        w, h = transnet.SIZE
+        frames = np.memmap(spool, dtype=np.uint8, mode="r", shape=(n_frames, h, w, 3))
+        ranges: list[list[int]] = []
+        for f in props:  # the frames around each proposal, overlapping stretches merged
+            lo, hi = max(0, f - 2), min(n_frames, f + 3)
+            if ranges and lo <= ranges[-1][1]:
+                ranges[-1][1] = max(ranges[-1][1], hi)
+            else:
+                ranges.append([lo, hi])
+        probs = transnet.predict_ranges(model, lambda a, b: np.asarray(frames[a:b]), n_frames, ranges, params.transnet_batch)
+        confirmed = [f for f in props if max(probs.get(k, 0.0) for k in range(f - 2, f + 3)) > params.transnet_threshold]
+        by_level["hybrid"] = confirmed
+        kept += [(f, 1, float(diffs[f])) for f in confirmed]
     return _union(kept, tol, min_len, n_frames)
 
 
 # Contrast-normalised frames of one shot a few frames apart differ by about 0.2-0.5 (unit std);
 # two unrelated pictures by about 1.1 (the mean |x - y| of two independent unit normals).
 ALIKE_NORMALISED = 0.6
+STRONG_CHANGE = 30  # a change of a colour channel (0-255) no compression noise or flicker makes
+# ... and a native-rate change that is weak frame to frame is still a transition when the picture
+# moved on by this much (mean |luma|) over the last few frames: the middle of a fade, not a pop
+POP_SPAN = 3.0
 
 
 def is_flash(f: int, dist: np.ndarray, flash_frames: int, ratio: float) -> bool:
@@ -263,6 +265,73 @@ def is_flash(f: int, dist: np.ndarray, flash_frames: int, ratio: float) -> bool:
             if excursion >= 0.5 * jump and excursion >= 2.5 * float(dist[j, 0, lag]):
                 return True
     return False
+
+
+class _Signals:
+    """Per-frame change signals, a decoded chunk at a time (vectorised over the chunk):
+    - `dist[t, 0, k]`: mean |luma| difference of frame t and frame t-k-1 (lag 1, at analysis size,
+      places low-rate cuts exactly; the longer lags, at half that size, tell a flash, where the
+      picture comes back, from a cut);
+    - `dist[t, 1, k]`: the same on contrast-normalised luma, so the two dark frames either side of
+      the black middle of a fade (alike in raw luma, different pictures) are not the same picture;
+    - `changed[s][t]`: the share of pixels a colour channel of which changed by STRONG_CHANGE or
+      more since frame t-s, for each level's stride s, at the frames that level sees (zero for a
+      keyframe's compression pop on a still slide; NaN where not computed).
+    Memory: the last max(lags, stride) frames, and a few floats per frame."""
+
+    def __init__(self, lags: int, strides: list[int]):
+        self.lags, self.strides = lags, sorted(set(strides) | {1})
+        self.tail: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+        self.dist: list[np.ndarray] = []
+        self.changed: dict[int, list[np.ndarray]] = {s: [] for s in self.strides}
+        self.seen = 0  # frames before this chunk
+
+    def add(self, bgr: np.ndarray, luma: np.ndarray) -> None:
+        n, h, w = luma.shape
+        half = (max(1, w // 2), max(1, h // 2))
+        small = np.stack([cv2.resize(f, half, interpolation=cv2.INTER_AREA) for f in luma]).reshape(n, -1)
+        flat = small.astype(np.float32)
+        norm = (flat - flat.mean(1, keepdims=True)) / np.maximum(flat.std(1, keepdims=True), 1.0)
+        if self.tail is None:
+            t, all_s, all_n, all_l, all_b = 0, small, norm, luma, bgr
+        else:
+            t = len(self.tail[0])
+            all_s, all_n = np.concatenate([self.tail[0], small]), np.concatenate([self.tail[1], norm])
+            all_l, all_b = np.concatenate([self.tail[2], luma]), np.concatenate([self.tail[3], bgr])
+        dist = np.full((n, 2, self.lags), np.inf, np.float32)
+        for k in range(1, self.lags + 1):
+            first = max(0, k - t)  # the frames of this chunk that have a frame k before them
+            if first >= n:
+                continue
+            a, b = slice(t + first, t + n), slice(t + first - k, t + n - k)
+            size = all_s.shape[1]
+            dist[first:, 0, k - 1] = cv2.absdiff(all_s[a], all_s[b]).sum(1, dtype=np.uint32) / size
+            dist[first:, 1, k - 1] = cv2.absdiff(all_n[a], all_n[b]).sum(1) / size
+        m = len(all_l) - 1  # consecutive pairs available, the newest n (or n-1 at the start) are ours
+        if m > 0:
+            got = min(n, m)
+            cur_l, prev_l = all_l[-got:], all_l[-got - 1:-1]
+            dist[n - got:, 0, 0] = cv2.absdiff(cur_l.reshape(-1, w), prev_l.reshape(-1, w)).reshape(got, -1).sum(1, dtype=np.uint32) / (h * w)
+        for s in self.strides:
+            changed = np.full(n, np.nan, np.float32)
+            # this chunk's frames that a level of stride s sees and that have a frame s before them
+            idx = [i for i in range(n) if (self.seen + i) % s == 0 and len(all_b) - n + i - s >= 0]
+            if idx:
+                cur = all_b[[len(all_b) - n + i for i in idx]]
+                prev = all_b[[len(all_b) - n + i - s for i in idx]]
+                d = cv2.absdiff(cur.reshape(-1, w * 3), prev.reshape(-1, w * 3)).reshape(len(idx), h * w, 3)
+                strong = np.maximum(np.maximum(d[..., 0], d[..., 1]), d[..., 2]) >= STRONG_CHANGE
+                changed[idx] = np.count_nonzero(strong, axis=1) / (h * w)
+            self.changed[s].append(changed)
+        self.dist.append(dist)
+        self.seen += n
+        keep = min(self.lags, len(all_s))
+        self.tail = (all_s[-keep:], all_n[-keep:], all_l[-1:], all_b[-max(self.strides):])
+
+    def result(self, n_frames: int) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+        if not self.dist:
+            return np.zeros((0, 2, self.lags), np.float32), {s: np.zeros(0, np.float32) for s in self.strides}
+        return np.concatenate(self.dist)[:n_frames], {s: np.concatenate(c)[:n_frames] for s, c in self.changed.items()}
 
 
 def _refine(frame: int, stride: int, diffs: np.ndarray) -> int:
