@@ -24,7 +24,10 @@ ROOT = Path(__file__).parents[1]
 
 
 def lint(root: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([shutil.which("lint-imports") or "lint-imports", "--config", str(ROOT / "pyproject.toml")],
+    # the one installed beside this interpreter (a venv's), else the one on PATH
+    beside = Path(sys.executable).parent / "lint-imports"
+    exe = str(beside) if beside.is_file() else shutil.which("lint-imports") or "lint-imports"
+    return subprocess.run([exe, "--config", str(ROOT / "pyproject.toml")],
                           cwd=root, capture_output=True, text=True, env={"PYTHONPATH": str(root), "PATH": ""})  # fmt: skip
 
 
@@ -76,7 +79,7 @@ def toy():
 @pytest.mark.parametrize("executor", ["local", "ray"])
 def test_a_scorer_added_in_one_place_runs_locally_and_on_ray(tmp_path, toy, three_shots, executor, request):
     if executor == "ray":
-        import cloudpickle
+        from ray import cloudpickle  # Ray's own copy: what its workers unpickle with
 
         request.getfixturevalue("ray_session")
         cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray workers cannot import tests/

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -20,10 +21,15 @@ def test_the_wheel_runs_the_demo_from_another_directory(tmp_path):
                     str(ROOT)], check=True, capture_output=True)  # fmt: skip
     (wheel,) = wheels.glob("curate-*.whl")
     venv = tmp_path / "venv"
-    # the dependencies come from this interpreter's site-packages (no downloads); curate itself only
-    # from the wheel, which the venv's own site-packages puts ahead of any source checkout
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
-    subprocess.run([venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-deps", str(wheel)], check=True,
+    # the dependencies come from this environment's site-packages (no downloads), listed in a .pth
+    # (--system-site-packages would see the base interpreter's, not a venv's); curate itself only
+    # from the wheel, which the venv's own site-packages puts ahead of them. Plain path lines: the
+    # .pth files in those directories (an editable install of curate) are not processed.
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    site = next((venv / "lib").glob("python*/site-packages"))
+    paths = dict.fromkeys([sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]])
+    (site / "_curate_test_deps.pth").write_text("\n".join(paths) + "\n")
+    subprocess.run([venv / "bin" / "python", "-m", "pip", "install", "-q", "--no-deps", "--ignore-installed", str(wheel)], check=True,
                    capture_output=True)  # fmt: skip
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

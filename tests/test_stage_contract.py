@@ -68,7 +68,7 @@ class Counting(StageBase):
 
 
 def test_the_ray_wiring_sets_an_actor_up_once(ray_session):
-    import cloudpickle
+    from ray import cloudpickle  # Ray's own copy: what its workers unpickle with
     import ray
 
     cloudpickle.register_pickle_by_value(__import__(__name__))  # Ray workers cannot import tests/
