@@ -145,7 +145,7 @@ def detect_cuts(path: str, info: VideoInfo, params: CutsParams, deadline_s: floa
     by_level: dict[str, list[int]] = {}
     flashes: set[int] = set()
     weak: set[int] = set()
-    for rank, level in enumerate(sorted(levels, key=lambda lv: lv.stride)):
+    for level in sorted(levels, key=lambda lv: lv.stride):
         placed = []
         for j in level.found:
             f = _refine(j * level.stride, level.stride, diff_arr)
@@ -299,13 +299,14 @@ class _Signals:
             all_s, all_n = np.concatenate([self.tail[0], small]), np.concatenate([self.tail[1], norm])
             all_l, all_b = np.concatenate([self.tail[2], luma]), np.concatenate([self.tail[3], bgr])
         dist = np.full((n, 2, self.lags), np.inf, np.float32)
+        size = all_s.shape[1]
         for k in range(1, self.lags + 1):
             first = max(0, k - t)  # the frames of this chunk that have a frame k before them
             if first >= n:
                 continue
             a, b = slice(t + first, t + n), slice(t + first - k, t + n - k)
-            size = all_s.shape[1]
-            dist[first:, 0, k - 1] = cv2.absdiff(all_s[a], all_s[b]).sum(1, dtype=np.uint32) / size
+            if k > 1:  # lag 1 in raw luma is taken at full analysis size below
+                dist[first:, 0, k - 1] = cv2.absdiff(all_s[a], all_s[b]).sum(1, dtype=np.uint32) / size
             dist[first:, 1, k - 1] = cv2.absdiff(all_n[a], all_n[b]).sum(1) / size
         m = len(all_l) - 1  # consecutive pairs available, the newest n (or n-1 at the start) are ours
         if m > 0:

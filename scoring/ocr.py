@@ -87,12 +87,10 @@ def box_shape(box: np.ndarray) -> tuple[float, float]:
 def doubtful(box: np.ndarray, width: int, height: int) -> bool:
     """A box the detector alone cannot vouch for: thicker than a tenth of the frame's short side and
     holding at most about three glyphs (length / thickness: glyphs are roughly as wide as tall), or
-    covering a fifth of the frame. Only these need reading before they count (`plausible_text`)."""
+    covering a fifth of the frame. Only these need reading before they count (`plausible_text`).
+    (Boxes thicker than 0.6 of the short side never get here: `OcrScorer.detect` drops them.)"""
     length, thickness = box_shape(box)
-    short = min(width, height)
-    if thickness > 0.6 * short:
-        return True
-    return (thickness > 0.1 * short and length / max(thickness, 1.0) < 3.5) or length * thickness > 0.2 * width * height
+    return (thickness > 0.1 * min(width, height) and length / max(thickness, 1.0) < 3.5) or length * thickness > 0.2 * width * height
 
 
 def plausible_text(box: np.ndarray, text: str, score: float, width: int, height: int) -> bool:
@@ -217,12 +215,13 @@ class OcrScorer(StageBase):
         h, w = rgb.shape[:2]
         if self.params.gate and not text_likely(rgb):
             return [], []
-        boxes = [b for b in self._engine.detect(rgb) if box_shape(b)[1] <= 0.6 * min(w, h)]
-        to_read = [i for i, b in enumerate(boxes) if self.params.recognize or (self.params.verify and doubtful(b, w, h))]
+        boxes = [b for b in self._engine.detect(rgb) if box_shape(b)[1] <= 0.6 * min(w, h)]  # never a line
+        check = [self.params.verify and doubtful(b, w, h) for b in boxes]
+        to_read = [i for i in range(len(boxes)) if self.params.recognize or check[i]]
         read = dict(zip(to_read, self._engine.read(rgb, [boxes[i] for i in to_read]))) if to_read else {}
         keep, texts = [], []
         for i, b in enumerate(boxes):
-            if self.params.verify and doubtful(b, w, h) and not plausible_text(b, *read[i], w, h):
+            if check[i] and not plausible_text(b, *read[i], w, h):
                 continue
             keep.append(b)
             if i in read and read[i][1] >= self.params.min_score and read[i][0].strip():
@@ -230,10 +229,10 @@ class OcrScorer(StageBase):
         return keep, texts
 
     def score(self, frames: np.ndarray) -> dict:
+        area = union_area_ratio if self.params.area == "union" else summed_area_ratio
         ratios, texts = [], []
         for f in frames:
             boxes, strings = self.detect(f)
-            area = union_area_ratio if self.params.area == "union" else summed_area_ratio
             ratios.append(area(boxes, f.shape[1], f.shape[0]))
             texts += [s for s in strings if s not in texts]
         ratio = max(ratios) if self.params.reduce == "max" else float(np.mean(ratios))
