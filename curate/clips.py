@@ -15,11 +15,17 @@ cannot promise that (non-H.264 source, odd frame size, non-4:2:0, rotation), and
 from __future__ import annotations
 
 import errno
+import math
 import os
+import shutil
 import subprocess
 import tempfile
+import threading
+import time
 from bisect import bisect_right
 from dataclasses import dataclass
+
+import numpy as np
 
 from curate.config import ClipsParams
 from curate.video import VideoInfo, ffmpeg_exe
@@ -191,6 +197,238 @@ def _extract_smart(ff: list[str], src: str, tmp: str, info: VideoInfo, span: Cli
     return "smart"
 
 
+# --- one decode per input: every clip (and every scorer's frames) from one ffmpeg process -----
+
+KEEP_EPS = 1e-9  # the frame-dropping rule below runs in Python and in ffmpeg's select: same doubles
+GROUP_CLIPS = 64  # clips per ffmpeg process: bounds the select expressions evaluated on every frame
+GROUP_GAP_S = 60.0  # a gap this long between two clips is seeked over instead of decoded
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """How an input's clips are stored: size, rate, and the share of frames kept."""
+
+    width: int
+    height: int
+    fps: float
+    rate: float | None  # kept frames per source frame when max_fps drops frames (None: all kept)
+    scaled: bool
+
+
+def geometry(info: VideoInfo, params: ClipsParams) -> Geometry:
+    """The stored clip size: the source's (cropped to even sides for H.264 4:2:0), or scaled down
+    to `short_side` / `max_side` with the aspect kept, never up; the rate capped at `max_fps`."""
+    w, h = info.width, info.height
+    scale = 1.0
+    if params.short_side:
+        scale = min(1.0, params.short_side / min(w, h))
+    elif params.max_side:
+        scale = min(1.0, params.max_side / max(w, h))
+    even_w, even_h = w - w % 2, h - h % 2
+    if scale < 1.0:
+        out_w = min(even_w, max(2, 2 * round(w * scale / 2)))
+        out_h = min(even_h, max(2, 2 * round(h * scale / 2)))
+    else:
+        out_w, out_h = even_w, even_h
+    rate, fps = None, info.fps
+    if params.max_fps and info.fps > params.max_fps * (1 + 1e-6):
+        rate, fps = params.max_fps / info.fps, params.max_fps
+    return Geometry(out_w, out_h, fps, rate, (out_w, out_h) != (even_w, even_h))
+
+
+def kept_frames(span: ClipSpan, rate: float | None) -> list[int]:
+    """The source frames of `span` a clip stores: frame n is kept when it starts a new cell of a
+    grid of 1/rate source frames from the span start (even spacing, the first frame always kept).
+    `_keep_expr` is the same rule for ffmpeg."""
+    if rate is None:
+        return list(range(span.start, span.end))
+    cell = [math.floor((n - span.start) * rate + KEEP_EPS) for n in range(span.start - 1, span.end)]
+    return [span.start + i for i in range(span.end - span.start) if cell[i + 1] > cell[i]]
+
+
+def kept_count(span: ClipSpan, rate: float | None) -> int:
+    n = span.end - span.start
+    return n if rate is None else math.floor((n - 1) * rate + KEEP_EPS) + 1
+
+
+def _keep_expr(a: int, b: int, rate: float | None) -> str:
+    """ffmpeg select expression for the kept frames of [a, b) (n counts decoded frames)."""
+    if rate is None:
+        return f"between(n,{a},{b - 1})"
+    r = repr(rate)
+    return f"between(n,{a},{b - 1})*gt(floor((n-{a})*{r}+{KEEP_EPS}),floor((n-{a}-1)*{r}+{KEEP_EPS}))"
+
+
+def _any_of(terms: list[str]) -> str:
+    """The sum of `terms` as a balanced tree: ffmpeg's expression parser refuses a flat chain of
+    more than 100 terms, and a balanced one stays log-deep however many clips or samples."""
+    if not terms:
+        return "0"
+    if len(terms) == 1:
+        return terms[0]
+    mid = len(terms) // 2
+    return f"({_any_of(terms[:mid])}+{_any_of(terms[mid:])})"
+
+
+@dataclass
+class ClipFile:
+    """One clip of a one-pass extraction: its file (in the work dir), or why there is none, and the
+    scorers' frames packed (curate.sample.pack_plans) when any were asked for."""
+
+    path: str | None = None
+    error: Exception | None = None
+    sample: bytes | None = None
+
+
+def groups(info: VideoInfo, spans: list[ClipSpan]) -> list[list[int]]:
+    """Span indices per ffmpeg process: at most GROUP_CLIPS, split where a long gap is cheaper to seek."""
+    out: list[list[int]] = []
+    for i, span in enumerate(spans):
+        gap = info.frame_times[span.start] - info.frame_times[spans[i - 1].end - 1] if i else 0.0
+        if not out or len(out[-1]) >= GROUP_CLIPS or gap > GROUP_GAP_S:
+            out.append([])
+        out[-1].append(i)
+    return out
+
+
+def extract_video(src: str, info: VideoInfo, spans: list[ClipSpan], params: ClipsParams, workdir: str,
+                  plans: list | None = None, deadline: float | None = None) -> list[ClipFile]:
+    """Every clip of one input in one decode: per group of clips, one ffmpeg process decodes the
+    range once, drops the frames between clips (and those `max_fps` drops), scales, and encodes
+    one stream whose keyframes are forced onto the clip starts, which the segment muxer splits
+    into one mp4 per clip (each a closed GOP from its first frame: frame-accurate by
+    construction). When scorers ask for frames (`plans`), a second output of the same decode
+    carries exactly those frames, at the stored size, as raw RGB on a pipe. Nothing is decoded
+    twice and no process seeks per clip."""
+    geo = geometry(info, params)
+    results = [ClipFile() for _ in spans]
+    for gi, members in enumerate(groups(info, spans)):
+        left = None if deadline is None else deadline - time.time()
+        try:
+            if left is not None and left <= 0:
+                raise ExtractError("ffmpeg timed out: time budget spent")
+            _extract_group(src, info, [spans[i] for i in members], [results[i] for i in members], geo, params,
+                           os.path.join(workdir, f"g{gi:05d}"), plans or [], left)  # fmt: skip
+        except (ExtractError, OSError) as e:
+            for i in members:
+                if results[i].path is None and results[i].error is None:
+                    results[i].error = e
+    return results
+
+
+def _extract_group(src: str, info: VideoInfo, spans: list[ClipSpan], results: list[ClipFile], geo: Geometry,
+                   params: ClipsParams, workdir: str, plans: list, timeout: float | None) -> None:
+    from curate.sample import pack_plans
+
+    os.makedirs(workdir, exist_ok=True)
+    s0 = spans[0].start
+    counts = [kept_count(sp, geo.rate) for sp in spans]
+    starts = [sum(counts[:k]) for k in range(len(spans))]  # each clip's first frame in the encoded stream
+    keep = _any_of([_keep_expr(sp.start - s0, sp.end - s0, geo.rate) for sp in spans])
+    setpts = "PTS-STARTPTS" if geo.rate is None else f"N/({geo.fps!r}*TB)"
+    size = f"scale={geo.width}:{geo.height}:flags=area" if geo.scaled else f"crop={geo.width}:{geo.height}"
+    # yuv420p pinned before the split: the encode gets exactly the scaled pixels and the scorers
+    # the same pixels in RGB (left open, ffmpeg may scale straight to RGB and convert back)
+    chain = f"[0:v]select='{keep}',setpts={setpts},{size},format=yuv420p"
+    # which stored frames each scorer wants, per clip (indices within the clip, as the sample stage
+    # computes them on the clip file) and where they are in this process's output
+    per_plan = [{p.name: p.indices(n, geo.fps) for p in plans} for n in counts]
+    wanted = [sorted(set().union(*pp.values())) if pp else [] for pp in per_plan]
+    sample_at = [(k, j) for k in range(len(spans)) for j in wanted[k]]
+    if sample_at:
+        pick = _any_of([f"eq(n,{starts[k] + j})" for k, j in sample_at])
+        graph = f"{chain},split=2[e][s0];[s0]select='{pick}',format=rgb24[s]"
+    else:
+        graph = f"{chain}[e]"
+    force = _any_of([f"eq(n,{x})" for x in starts])
+    out = [
+        "-map", "[e]", "-an", "-sn", "-dn", "-map_metadata", "-1", "-fps_mode", "passthrough",
+        "-c:v", "libx264", "-preset", params.preset, "-crf", str(params.crf), "-pix_fmt", "yuv420p",
+        "-force_key_frames", f"expr:{force}", "-forced-idr", "1",
+    ]  # fmt: skip
+    if len(spans) > 1:
+        out += ["-f", "segment", "-segment_frames", ",".join(map(str, starts[1:])), "-reset_timestamps", "1",
+                "-segment_format", "mp4", "-segment_format_options", "movflags=+faststart",
+                os.path.join(workdir, "%05d.mp4")]  # fmt: skip
+    else:
+        out += ["-movflags", "+faststart", "-f", "mp4", os.path.join(workdir, "00000.mp4")]
+    if sample_at:
+        out += ["-map", "[s]", "-fps_mode", "passthrough", "-f", "rawvideo", "pipe:1"]
+    cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-y", *_seek_args(info, s0), "-i", src,
+           "-filter_complex", graph, *out]  # fmt: skip
+
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE if sample_at else subprocess.DEVNULL,
+                                stderr=err)  # fmt: skip
+        expired = threading.Event()
+
+        def _expire() -> None:
+            expired.set()
+            proc.kill()
+
+        timer = threading.Timer(max(0.0, timeout), _expire) if timeout is not None else None
+        if timer:
+            timer.start()
+        try:
+            if sample_at:  # read while ffmpeg writes (it would block on a full pipe); pack clip by clip
+                frame_bytes = geo.width * geo.height * 3
+                got: dict[int, np.ndarray] = {}
+                for n, (k, j) in enumerate(sample_at):
+                    buf = _read_exact(proc.stdout, frame_bytes)
+                    if buf is None:
+                        break
+                    got[j] = np.frombuffer(buf, np.uint8).reshape(geo.height, geo.width, 3)
+                    if n + 1 == len(sample_at) or sample_at[n + 1][0] != k:
+                        results[k].sample = pack_plans(plans, per_plan[k], got)
+                        got = {}
+                proc.stdout.read()  # anything past what was asked: drain so ffmpeg can finish
+            rc = proc.wait()
+        finally:
+            if timer:
+                timer.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if rc != 0:
+            if expired.is_set():
+                raise ExtractError(f"ffmpeg timed out after {timeout:.0f}s")
+            err.seek(0)
+            msg = err.read().decode("utf-8", "replace").strip().splitlines()
+            raise ExtractError(f"ffmpeg exited {rc}: {' | '.join(msg[-3:])}")
+    for k, res in enumerate(results):
+        path = os.path.join(workdir, f"{k:05d}.mp4")
+        frames = _frames_in(path)
+        if frames == counts[k]:
+            res.path = path
+        else:
+            res.error = ExtractError(f"the clip has {frames} frames, {counts[k]} planned (the stream ended early?)")
+
+
+def _read_exact(stream, n: int) -> bytes | None:
+    chunks, have = [], 0
+    while have < n:
+        b = stream.read(n - have)
+        if not b:
+            return None
+        chunks.append(b)
+        have += len(b)
+    return b"".join(chunks)
+
+
+def _frames_in(path: str) -> int:
+    """Frames in an mp4 we wrote, from its index (no decode); 0 when there is no such file."""
+    import av
+
+    if not os.path.exists(path):
+        return 0
+    try:
+        with av.open(path) as c:
+            s = c.streams.video[0]
+            return s.frames or sum(1 for p in c.demux(s) if p.size)
+    except (av.FFmpegError, IndexError):
+        return 0
+
+
 # --- step 3 of an input (curate.per_video): clip rows and files ---------------------------------
 
 
@@ -202,12 +440,13 @@ def clip_id(video_id: str, start: int, end: int) -> str:
     return f"{video_id}-{start:07d}-{end:07d}"
 
 
-def make_clips(rec, params: ClipsParams, store) -> list[dict]:
-    """Step 3 of an input (curate.per_video): plan the clips, write their files, return their rows.
+def make_clips(rec, params: ClipsParams, store, plans: list | None = None) -> list[dict]:
+    """Step 3 of an input (curate.per_video): plan the clips, write their files, return their rows
+    (with the scorers' frames for `plans`, when the extraction decoded them).
     A clip whose file cannot be written is not a row (counted in `rec.failed_clips`); a transient
     failure (a full disk) quarantines the input for the next run to retry."""
     try:
-        return _clips(rec, params, store)
+        return _clips(rec, params, store, plans or [])
     except _Timeout as e:
         rec.set_quarantine(schema.Q_TIMEOUT, f"clips: {e}")
     except _Transient as e:
@@ -217,13 +456,14 @@ def make_clips(rec, params: ClipsParams, store) -> list[dict]:
     return []
 
 
-def _clips(rec, params: ClipsParams, store) -> list[dict]:
+def _clips(rec, params: ClipsParams, store, plans: list) -> list[dict]:
     info, n_frames, uri = rec.info, rec.n_frames, rec.uri
     spans, rec.short_scenes_dropped, rec.held_frames_dropped = plan_clips(info, rec.cuts, n_frames, params)
     rec.scenes = len(rec.cuts) + 1
     mode = effective_mode(info, params.mode)
-    out_w = info.width - (info.width % 2 if mode != "copy" else 0)
-    out_h = info.height - (info.height % 2 if mode != "copy" else 0)
+    geo = geometry(info, params)
+    if mode == "copy":  # a stream copy keeps the source's frames, odd sizes included
+        geo = Geometry(info.width, info.height, info.fps, None, False)
     times = info.frame_times
     frame_dur = info.duration_s - times[-1]
 
@@ -234,30 +474,75 @@ def _clips(rec, params: ClipsParams, store) -> list[dict]:
     vid = rec.video_id
     for index, span in enumerate(spans):
         start = copy_start(info, span.start) if mode == "copy" else span.start
-        cid = clip_id(vid, start, span.end)
-        row = {
-            schema.CLIP_ID: cid, schema.VIDEO_ID: vid, schema.SOURCE_URI: uri,
+        rows.append({
+            schema.CLIP_ID: clip_id(vid, start, span.end), schema.VIDEO_ID: vid, schema.SOURCE_URI: uri,
             schema.CLIP_URI: None, schema.CLIP_INDEX: index, schema.START_FRAME: start,
             schema.END_FRAME: span.end, schema.START_S: t(start), schema.END_S: t(span.end),
-            schema.DURATION_S: t(span.end) - t(start), schema.FPS: info.fps,
-            schema.WIDTH: out_w, schema.HEIGHT: out_h, schema.CODEC: info.codec,
-            schema.CLIP_MODE: mode, schema.ERRORS: [],
-        }  # fmt: skip
-        if params.extract:
-            left = rec.remaining_s()
-            if left is not None and left <= 0:
-                raise _Timeout("time budget spent during extraction")
+            schema.DURATION_S: t(span.end) - t(start), schema.FPS: geo.fps,
+            schema.WIDTH: geo.width, schema.HEIGHT: geo.height,
+            schema.NUM_FRAMES: kept_count(ClipSpan(start, span.end), geo.rate),
+            schema.SOURCE_FPS: info.fps, schema.SOURCE_WIDTH: info.width, schema.SOURCE_HEIGHT: info.height,
+            schema.CODEC: info.codec, schema.CLIP_MODE: mode, schema.ERRORS: [],
+        })  # fmt: skip
+    if not params.extract or not rows:
+        return rows
+    if mode == "exact":
+        return _one_pass(rec, spans, rows, params, store, plans)
+    kept = []
+    for span, row in zip(spans, rows):
+        left = rec.remaining_s()
+        if left is not None and left <= 0:
+            raise _Timeout("time budget spent during extraction")
+        try:
+            row[schema.CLIP_URI], row[schema.CLIP_MODE] = extract_clip(store, rec.local, info, span, vid, row[schema.CLIP_ID], params, left)
+        except (ExtractError, OSError) as e:
+            _failed(rec, row[schema.CLIP_ID], e)
+            continue
+        kept.append(row)
+    return kept
+
+
+def _failed(rec, cid: str, e: Exception) -> None:
+    if "timed out" in str(e):
+        raise _Timeout(str(e)) from None
+    if is_transient(e):  # the whole input again on the next run, not a hole in it now
+        raise _Transient(f"{cid}: {e}") from None
+    rec.failed_clips.append(f"{cid}: {e}"[:500])  # no file, so not a clip: counted, not a row
+
+
+def _one_pass(rec, spans: list[ClipSpan], rows: list[dict], params: ClipsParams, store, plans: list) -> list[dict]:
+    """All clips of the input from one decode (extract_video), moved into OUT under their names."""
+    vid = rec.video_id
+    if store.local:  # beside the clips, so each is a rename; a killed run's leftovers are swept
+        os.makedirs(store.path("clips", vid), exist_ok=True)
+        work = tempfile.mkdtemp(prefix=SEG_PREFIX, dir=store.path("clips", vid))
+    else:
+        work = tempfile.mkdtemp(prefix="curate-clips-")
+    try:
+        files = extract_video(rec.local, rec.info, spans, params, work, plans, rec.deadline)
+        kept = []
+        for row, f in zip(rows, files):
+            rel = ("clips", vid, f"{row[schema.CLIP_ID]}.mp4")
             try:
-                row[schema.CLIP_URI], row[schema.CLIP_MODE] = extract_clip(store, rec.local, info, span, vid, cid, params, left)
+                if f.error is not None:
+                    raise f.error
+                if store.local:
+                    os.replace(f.path, store.path(*rel))
+                else:
+                    store.put_file(f.path, *rel)
             except (ExtractError, OSError) as e:
-                if "timed out" in str(e):
-                    raise _Timeout(str(e)) from None
-                if is_transient(e):  # the whole input again on the next run, not a hole in it now
-                    raise _Transient(f"{cid}: {e}") from None
-                rec.failed_clips.append(f"{cid}: {e}"[:500])  # no file, so not a clip: counted, not a row
+                _failed(rec, row[schema.CLIP_ID], e)
                 continue
-        rows.append(row)
-    return rows
+            row[schema.CLIP_URI] = store.uri_of(*rel)
+            if f.sample is not None:
+                row[schema.SAMPLES] = f.sample
+            kept.append(row)
+        return kept
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+SEG_PREFIX = ".seg-"  # work dirs of a one-pass extraction inside OUT/clips/<video>/
 
 
 def extract_clip(store, local: str, info: VideoInfo, span: ClipSpan, vid: str, cid: str, params: ClipsParams,

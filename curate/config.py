@@ -115,12 +115,25 @@ class ClipsParams(Strict):
                     "veryslow", "placebo"] = "veryfast"  # x264's presets: anything else fails every clip
     trim_s: float = Field(0.0, ge=0.0, description="dropped at each scene boundary (transitions)")
     extract: bool = Field(True, description="write clip files; off = rows only (dry run)")
+    # Training resolution, applied in the extraction encode (never upscaled, aspect kept, even sizes).
+    short_side: int | None = Field(None, ge=16, description="store clips with this short side (null: source size)")
+    max_side: int | None = Field(None, ge=16, description="... or with at most this long side")
+    max_fps: float | None = Field(None, gt=0, description="drop frames evenly down to this rate (null: source rate)")
 
     @model_validator(mode="after")
     def _order(self) -> "ClipsParams":
         if self.max_s < self.min_s:
             raise ValueError(f"clips.max_s ({self.max_s}) must be >= clips.min_s ({self.min_s})")
+        if self.short_side and self.max_side:
+            raise ValueError("clips.short_side and clips.max_side: set one of them")
+        if self.mode != "exact" and self.resizes:
+            raise ValueError(f"clips.mode {self.mode!r} copies the source's pixels, so it cannot change their size or "
+                             "rate (clips.short_side / max_side / max_fps): use mode: exact")
         return self
+
+    @property
+    def resizes(self) -> bool:
+        return bool(self.short_side or self.max_side or self.max_fps)
 
 
 class ShardsParams(Strict):

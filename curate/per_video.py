@@ -80,9 +80,10 @@ class InputRecord:
 
 
 def process_input(uri: str, probe_p: ProbeParams, cuts_p: CutsParams, clips_p: ClipsParams, store,
-                  timeout_s: float | None) -> pa.Table:
+                  timeout_s: float | None, plans: tuple = ()) -> pa.Table:
     """Probe, cut and clip one input: its clip rows, or one marker row when it has none, each
-    carrying the summary (schema.VIDEO_META) so the committer learns the input is finished."""
+    carrying the summary (schema.VIDEO_META) so the committer learns the input is finished, and
+    the frames the scorers asked for (`plans`) where the extraction decoded them."""
     from curate.clips import make_clips
     from curate.cuts import find_cuts
     from curate.storage import release
@@ -91,7 +92,7 @@ def process_input(uri: str, probe_p: ProbeParams, cuts_p: CutsParams, clips_p: C
     rec = InputRecord(uri, deadline=time.time() + timeout_s if timeout_s else None)
     try:
         steps = (("probe", lambda: probe_input(rec, probe_p)), ("cuts", lambda: find_cuts(rec, cuts_p, probe_p.min_frames)),
-                 ("clips", lambda: make_clips(rec, clips_p, store)))  # fmt: skip
+                 ("clips", lambda: make_clips(rec, clips_p, store, list(plans))))  # fmt: skip
         for name, step in steps:
             if rec.quarantine:
                 break
@@ -109,7 +110,7 @@ def _table(uri: str, summary: dict, rows: list[dict], video_id: str | None) -> p
     rows = rows or [{schema.SOURCE_URI: uri, schema.VIDEO_ID: video_id or ""}]
     for r in rows:
         r[schema.VIDEO_META] = packed
-    fields = [*schema.CLIP_SCHEMA, pa.field(schema.VIDEO_META, pa.string())]
+    fields = [*schema.CLIP_SCHEMA, pa.field(schema.VIDEO_META, pa.string()), pa.field(schema.SAMPLES, pa.binary())]
     relaxed = pa.schema([pa.field(f.name, f.type) for f in fields])  # marker rows have null ids
     return pa.Table.from_pylist(rows, schema=relaxed)
 
@@ -134,12 +135,13 @@ class VideoStage(_stage.StageBase):
     output_columns: ClassVar[tuple[str, ...]] = (
         schema.CLIP_ID, schema.VIDEO_ID, schema.SOURCE_URI, schema.CLIP_URI, schema.CLIP_INDEX,
         schema.START_FRAME, schema.END_FRAME, schema.START_S, schema.END_S, schema.DURATION_S,
-        schema.FPS, schema.WIDTH, schema.HEIGHT, schema.CODEC, schema.CLIP_MODE, schema.ERRORS,
+        schema.FPS, schema.WIDTH, schema.HEIGHT, schema.NUM_FRAMES, schema.SOURCE_FPS, schema.SOURCE_WIDTH,
+        schema.SOURCE_HEIGHT, schema.CODEC, schema.CLIP_MODE, schema.ERRORS,
     )  # fmt: skip
 
     def __init__(self, probe: ProbeParams, cuts: CutsParams, clips: ClipsParams, out: str, timeout_s: float,
-                 isolate: bool = True):
-        self.args = (probe, cuts, clips, out, timeout_s)
+                 isolate: bool = True, plans: tuple = ()):
+        self.args = (probe, cuts, clips, out, timeout_s, tuple(plans))
         self.timeout_s = timeout_s
         self.isolate = isolate
         self.store = None
@@ -155,8 +157,8 @@ class VideoStage(_stage.StageBase):
             if self.isolate:
                 tables.append(self._isolated(uri))
             else:
-                probe, cuts, clips, _, timeout_s = self.args
-                tables.append(process_input(uri, probe, cuts, clips, self.store, timeout_s))
+                probe, cuts, clips, _, timeout_s, plans = self.args
+                tables.append(process_input(uri, probe, cuts, clips, self.store, timeout_s, plans))
         fault("worker")  # crash tests: the worker dies with its batch done but not delivered
         return pa.concat_tables(tables)
 
@@ -208,8 +210,8 @@ def _child(args: tuple, uri: str, workdir: str, env: dict, conn) -> None:
     try:
         from curate.storage import OutputStore
 
-        probe, cuts, clips, out, timeout_s = args
-        table = process_input(uri, probe, cuts, clips, OutputStore(out), timeout_s)
+        probe, cuts, clips, out, timeout_s, plans = args
+        table = process_input(uri, probe, cuts, clips, OutputStore(out), timeout_s, plans)
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, table.schema) as w:
             w.write_table(table)

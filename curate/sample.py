@@ -9,7 +9,6 @@ loaded without pickle). No scorer opens a video file.
 from __future__ import annotations
 
 import io
-import time
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -133,6 +132,31 @@ def pack(arrays: dict[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
+def pack_plans(plans: list[SamplePlan], per_plan: dict[str, list[int]], frames: dict[int, np.ndarray]) -> bytes:
+    """One clip's sample: per plan, its frames (from `frames`, index -> RGB at the stored clip size)
+    resized to the plan's size, and their indices. The sample stage and the extraction decode
+    (curate.clips) both pack with this, so a scorer cannot tell which one fed it."""
+    import cv2
+
+    arrays: dict[str, np.ndarray] = {}
+    for plan in plans:
+        idx = [k for k in per_plan[plan.name] if k in frames]
+        if not idx:
+            continue
+        h, w = frames[idx[0]].shape[:2]
+        size = plan.size_for(w, h)
+        resized = [frames[k] if size == (w, h) else cv2.resize(frames[k], size, interpolation=cv2.INTER_AREA) for k in idx]
+        arrays[plan.name] = np.stack(resized)
+        arrays[f"{plan.name}__idx"] = np.asarray(idx, np.int64)
+    return pack(arrays)
+
+
+def clip_frames(row: dict) -> int:
+    """Frames in a row's clip file (rows written before `num_frames` existed: the source range)."""
+    n = row.get(schema.NUM_FRAMES)
+    return n if n is not None else row[schema.END_FRAME] - row[schema.START_FRAME]
+
+
 def unpack(blob: bytes | None, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
     """The arrays of a packed sample (only `keys`, when given: a scorer reads its own frames)."""
     if not blob:
@@ -164,19 +188,19 @@ class SampleStage(_stage.StageBase):
         pass
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        import cv2
-
         from curate.storage import localize, release
 
         blobs: list[bytes | None] = []
         errors = batch.column(schema.ERRORS).to_pylist() if schema.ERRORS in batch.column_names else [None] * batch.num_rows
-        seconds = 0.0
-        for i, row in enumerate(batch.select([schema.CLIP_URI, schema.START_FRAME, schema.END_FRAME, schema.FPS]).to_pylist()):
-            t0 = time.perf_counter()
-            if not row[schema.CLIP_URI]:
-                blobs.append(None)
+        # rows the extraction decode already sampled (curate.clips.extract_video) keep their frames
+        have = batch.column(schema.SAMPLES).to_pylist() if schema.SAMPLES in batch.column_names else [None] * batch.num_rows
+        cols = [c for c in (schema.CLIP_URI, schema.START_FRAME, schema.END_FRAME, schema.FPS, schema.NUM_FRAMES)
+                if c in batch.column_names]
+        for i, row in enumerate(batch.select(cols).to_pylist()):
+            if have[i] is not None or not row[schema.CLIP_URI]:
+                blobs.append(have[i])
                 continue
-            n = row[schema.END_FRAME] - row[schema.START_FRAME]
+            n = clip_frames(row)
             per_plan = {p.name: p.indices(n, row[schema.FPS]) for p in self.wanted}
             wanted = set().union(*per_plan.values()) if per_plan else set()
             try:
@@ -189,18 +213,7 @@ class SampleStage(_stage.StageBase):
                 errors[i] = _stage.add_error(errors[i], self.name, f"{type(e).__name__}: {e}")
                 blobs.append(None)
                 continue
-            arrays: dict[str, np.ndarray] = {}
-            for plan in self.wanted:
-                idx = [k for k in per_plan[plan.name] if k in frames]
-                if not idx:
-                    continue
-                h, w = frames[idx[0]].shape[:2]
-                size = plan.size_for(w, h)
-                resized = [frames[k] if size == (w, h) else cv2.resize(frames[k], size, interpolation=cv2.INTER_AREA) for k in idx]
-                arrays[plan.name] = np.stack(resized)
-                arrays[f"{plan.name}__idx"] = np.asarray(idx, np.int64)
-            blobs.append(pack(arrays))
-            seconds += time.perf_counter() - t0
+            blobs.append(pack_plans(self.wanted, per_plan, frames))
         batch = batch.set_column(batch.column_names.index(schema.ERRORS), schema.ERRORS, pa.array(errors, pa.list_(pa.string())))
         col = pa.array(blobs, pa.binary())
         if schema.SAMPLES in batch.column_names:

@@ -19,9 +19,13 @@ END_FRAME = "end_frame"  # exclusive
 START_S = "start_s"
 END_S = "end_s"
 DURATION_S = "duration_s"
-FPS = "fps"
-WIDTH = "width"
+FPS = "fps"  # of the stored clip (curate.clips: a clip may be stored at a lower rate ...
+WIDTH = "width"  # ... and size than its source)
 HEIGHT = "height"
+NUM_FRAMES = "num_frames"  # frames in the clip file (end_frame - start_frame unless max_fps dropped some)
+SOURCE_FPS = "source_fps"
+SOURCE_WIDTH = "source_width"
+SOURCE_HEIGHT = "source_height"
 CODEC = "codec"  # codec of the source video
 CLIP_MODE = "clip_mode"  # extraction mode actually used: copy | exact | smart
 ERRORS = "errors"
@@ -40,6 +44,10 @@ CLIP_FIELDS: list[pa.Field] = [
     pa.field(FPS, pa.float64()),
     pa.field(WIDTH, pa.int32()),
     pa.field(HEIGHT, pa.int32()),
+    pa.field(NUM_FRAMES, pa.int64()),
+    pa.field(SOURCE_FPS, pa.float64()),
+    pa.field(SOURCE_WIDTH, pa.int32()),
+    pa.field(SOURCE_HEIGHT, pa.int32()),
     pa.field(CODEC, pa.string()),
     pa.field(CLIP_MODE, pa.string()),
     pa.field(ERRORS, pa.list_(pa.string())),

@@ -48,6 +48,8 @@ MANIFEST_FILE = "manifest.json"
 MARKER_FILE = "_curate"  # written when a run first claims OUT: "this directory is curate's"
 PART_RE = re.compile(r"^part-\d{6}(-[0-9a-f]{8})?\.parquet$")
 COMMIT_RE = re.compile(r"^commit-\d{6}\.json$")
+RESCORE = "rescore"  # commit kinds: one rescored part ...
+RESCORE_DONE = "rescore_done"  # ... and the end of a rescore (its config is OUT's from then on)
 CLIP_RE = re.compile(r"^[0-9a-f]{16}-\d{7}-\d{7}\.mp4$|^\.[0-9a-f]{16}-\d{7}-\d{7}\.mp4\.part$")
 
 
@@ -118,6 +120,7 @@ class Committer:
         self._next_commit = 0
         self.done_sources: set[str] = set()
         self.done_video_ids: dict[str, str] = {}  # video_id -> first source_uri
+        self.also_accept: set[str] = set()  # a rescore in progress: the hash it rescores from
 
     # -- recovery ----------------------------------------------------------------------------
     def recover(self) -> set[str]:
@@ -127,8 +130,13 @@ class Committer:
         ever: set[str] = set()
         records = [(name, json.loads(self.store.read_bytes(COMMITS, name))) for name in names]
         removed = {p for _, rec in records for p in rec.get("removes", [])}
+        accepted = self.accepted_hashes([rec for _, rec in records])
         for name, rec in records:
-            if rec["config_hash"] != self.config_hash:
+            if rec["config_hash"] not in accepted:
+                if rec.get("kind", "").startswith("rescore"):
+                    raise ConfigMismatch(
+                        f"{self.store.uri} was rescored (`curate rescore`) to config hash {rec['config_hash']}, this "
+                        f"run's is {self.config_hash}: run with the config in its manifest.json, or finish that rescore")
                 raise ConfigMismatch(
                     f"{self.store.uri} was written with config hash {rec['config_hash']}, this run's is "
                     f"{self.config_hash}: resume with the same config, or write to a new OUT"
@@ -162,6 +170,19 @@ class Committer:
                 self.done_video_ids.setdefault(v["video_id"], v["source_uri"])
         return set(self.done_sources)
 
+    def accepted_hashes(self, records: list[dict]) -> set[str]:
+        """This writer's config hash, and the hashes a finished `curate rescore` turned into it
+        (transitively): rows written under those configs now carry this config's scores."""
+        accepted = {self.config_hash, *self.also_accept}
+        grew = True
+        while grew:
+            grew = False
+            for rec in records:
+                if rec.get("kind") == RESCORE_DONE and rec["config_hash"] in accepted and rec["from_hash"] not in accepted:
+                    accepted.add(rec["from_hash"])
+                    grew = True
+        return accepted
+
     def committed_clip_uris(self) -> set[str]:
         uris: set[str] = set()
         for part in self.live_parts:
@@ -184,6 +205,7 @@ class Committer:
                     removed += 1
         if self.store.local and os.path.isdir(self.store.path(CLIPS)):
             for d in os.listdir(self.store.path(CLIPS)):
+                _remove_seg_dirs(self.store.path(CLIPS, d))
                 try:
                     os.rmdir(self.store.path(CLIPS, d))  # only empty ones go
                 except OSError:
@@ -228,10 +250,11 @@ class Committer:
             parts.append(name)
         return parts
 
-    def _commit(self, parts: list[str], videos: list[dict], removes: list[str] = ()) -> None:
+    def _commit(self, parts: list[str], videos: list[dict], removes: list[str] = (), **extra: Any) -> None:
         rec = {"config_hash": self.config_hash, "time": time.time(), "parts": parts, "videos": videos}
         if removes:
             rec["removes"] = list(removes)
+        rec.update(extra)
         if self.lease is not None:
             self.lease.check()  # a writer that lost OUT stops before its commit point
         _fault("before_record")
@@ -262,6 +285,15 @@ class Committer:
         parts = self._write_parts(pa.concat_tables(self._pending_rows) if self._pending_rows else pa.table({}))
         self._commit(parts, [v.__dict__ for v in self._pending_videos])
         self._pending_rows, self._pending_videos, self._pending_count = [], [], 0
+
+    def replace_part(self, old: str, table: pa.Table, **extra: Any) -> None:
+        """One committed part replaced by its rescored rows, atomically (one commit of its own)."""
+        _fault("before_parts")
+        self._commit(self._write_parts(schema.conform(table)), [], removes=[old], **extra)
+
+    def mark(self, **extra: Any) -> None:
+        """A commit with no parts and no videos: a fact about OUT (a finished rescore)."""
+        self._commit([], [], **extra)
 
     def compact(self) -> None:
         """Merge the parts smaller than max_rows (frequent commits leave many) into full ones."""
@@ -373,3 +405,31 @@ def read_shards(out: str) -> pa.Table:
     return pa.concat_tables(
         [pq.read_table(store.path(SHARDS, p), filesystem=store.fs) for p in parts], promote_options="default"
     )
+
+
+SEG_DIR_RE = re.compile(r"^\.seg-[A-Za-z0-9_]+$")  # curate.clips.SEG_PREFIX + mkdtemp's suffix
+SEG_FILE_RE = re.compile(r"^g\d{5}$|^\d{5}\.mp4$")
+
+
+def _remove_seg_dirs(video_dir: str) -> None:
+    """The work dirs a killed one-pass extraction left (only curate's names, and only its files)."""
+    if not os.path.isdir(video_dir):
+        return
+    for name in os.listdir(video_dir):
+        top = os.path.join(video_dir, name)
+        if not (SEG_DIR_RE.match(name) and os.path.isdir(top)):
+            continue
+        for root, dirs, files in os.walk(top, topdown=False):
+            for f in files:
+                if SEG_FILE_RE.match(f):
+                    os.unlink(os.path.join(root, f))
+            for d in dirs:
+                if SEG_FILE_RE.match(d):
+                    try:
+                        os.rmdir(os.path.join(root, d))
+                    except OSError:
+                        pass
+        try:
+            os.rmdir(top)
+        except OSError:
+            pass

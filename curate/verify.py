@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from curate import schema
 from curate.shards import CLIP_RE, CLIPS, COMMIT_RE, COMMITS, MANIFEST_FILE, QUARANTINE_FILE, SHARDS, TMP
+from curate.sample import clip_frames
 from curate.storage import OutputStore
 
 
@@ -96,7 +97,7 @@ def verify(out: str, deep: bool = False) -> Report:
             continue
         named.add(uri)
         rep.checked_files += 1
-        want = (r[schema.END_FRAME] - r[schema.START_FRAME], r[schema.WIDTH], r[schema.HEIGHT])
+        want = (clip_frames(r), r[schema.WIDTH], r[schema.HEIGHT])
         if store.local:
             if not os.path.isfile(uri):
                 bad(f"clip file {uri} is missing")

@@ -145,6 +145,51 @@ def run_cmd(
     _run(config, inputs, out, sets, ray_address, force)
 
 
+@app.command("rescore")
+def rescore_cmd(
+    out: str = typer.Argument(..., help="a curate OUT (directory or URI) that a run has finished once"),
+    sets: list[str] = typer.Option([], "--set", help="scorer settings: --set scorers.ocr.backend=easyocr"),
+    named: list[str] = typer.Option([], "--scorer", help="recompute this scorer even if its settings did not change; repeatable"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="attach to a running Ray cluster"),
+) -> None:
+    """Add or recompute scorer columns on OUT from its clip files (no new cuts or clips);
+    resumable, exactly-once. Scorers that are new, changed, or named with --scorer run; one
+    switched off (--set scorers.X.enabled=false) gets null columns."""
+    from curate.config import ConfigError
+    from curate.lease import LeaseHeld, LeaseLost
+    from curate.models import MissingModelError
+    from curate.shards import ConfigMismatch
+    from curate.storage import OutError, display
+    from pipelines.rescore import RescoreError, rescore
+
+    if ray_address:
+        sets = [*sets, f"ray.address={ray_address}"]
+    _log_to_console()
+    _filter_native_stderr()
+    with _progress() as progress:
+        task = progress.add_task("rescoring parts", total=None)
+
+        def on_progress(done: int, total: int) -> None:
+            progress.update(task, total=total, completed=done)
+
+        try:
+            result = rescore(out, sets, named, on_progress=on_progress)
+        except (ConfigError, RescoreError, ConfigMismatch, MissingModelError, OutError, LeaseHeld, LeaseLost) as e:
+            _fail(display(str(e)))
+        except OSError as e:
+            _fail(f"{display(str(e))} -- every part rescored before this is committed; run the same command again "
+                  "to resume", code=1)
+    if not result.scorers and not result.cleared:
+        console.print("nothing to rescore: no scorer is new, changed or named (--scorer NAME recomputes one)")
+        return
+    what = ", ".join(result.scorers) or "none"
+    console.print(f"[green]done[/green]: recomputed {what}"
+                  + (f"; cleared {', '.join(result.cleared)}" if result.cleared else "")
+                  + f" on {result.rows} clips in {result.parts_done} parts"
+                  + (f" ({result.parts_skipped} parts already rescored)" if result.parts_skipped else "")
+                  + f" -> {escape(display(result.out))}")
+
+
 @app.command("verify")
 def verify_cmd(
     out: str = typer.Argument(..., help="a curate OUT (directory or URI)"),

@@ -68,10 +68,12 @@ class StageSpec:
 
 
 def build_stages(cfg: PipelineConfig, out: str, skip: set[str] = frozenset()) -> list[StageSpec]:
-    specs = [StageSpec(VideoStage, (cfg.probe, cfg.cuts, cfg.clips, out, cfg.input_timeout_s, cfg.watchdog))]
-    scorers = enabled_scorers(cfg, skip)
-    if scorers and cfg.clips.extract:
-        plans = [plan for cls, params in scorers for plan in cls.plans(params)]
+    scorers = enabled_scorers(cfg, skip) if cfg.clips.extract else []
+    plans = [plan for cls, params in scorers for plan in cls.plans(params)]
+    # the extraction decode hands the scorers their frames where it decodes (mode exact); the
+    # sample step decodes only the clips it did not sample (copy, smart)
+    specs = [StageSpec(VideoStage, (cfg.probe, cfg.cuts, cfg.clips, out, cfg.input_timeout_s, cfg.watchdog, tuple(plans)))]
+    if scorers:
         specs.append(StageSpec(SampleStage, (cfg.sample, plans), cfg.sample))  # one decode for all scorers
         specs += [StageSpec(cls, (params,), params) for cls, params in scorers]
     return specs

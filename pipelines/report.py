@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate import schema
+from curate.sample import clip_frames
 
 SCORE_COLUMNS = [f.name for f in schema.SCORE_FIELDS if pa.types.is_floating(f.type)] + [schema.DURATION_S]
 
@@ -30,14 +31,14 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _thumb(uri: str, start: int, end: int, width: int = 116) -> str | None:
+def _thumb(uri: str, frames: int, width: int = 116) -> str | None:
     """JPEG data URI of the clip's middle frame (None when it cannot be read)."""
     import cv2
 
     from curate.sample import decode_frames
 
     try:
-        frames, _ = decode_frames(uri, {max(0, (end - start) // 2)}, ["opencv", "pyav"])
+        frames, _ = decode_frames(uri, {max(0, frames // 2)}, ["opencv", "pyav"])
     except Exception:  # noqa: BLE001 - a thumbnail is never worth failing the report
         return None
     (rgb,) = frames.values()
@@ -135,7 +136,7 @@ def build_report(out: str, rules_path: str | None = None) -> str:
             r = ordered[min(len(ordered) - 1, int((d + 0.5) / 10 * len(ordered)))]
             key = r[schema.CLIP_ID]
             if key not in thumbs:
-                thumbs[key] = _thumb(r[schema.CLIP_URI], r[schema.START_FRAME], r[schema.END_FRAME])
+                thumbs[key] = _thumb(r[schema.CLIP_URI], clip_frames(r))
             if thumbs[key]:
                 strip.append(f"<figure><img alt='{html.escape(key)}' src='{thumbs[key]}'><figcaption>d{d}: {r[col]:.4g}</figcaption></figure>")
         parts.append(f"<div class='score'><img alt='{col} histogram' src='{_png(fig)}'><div class='strip'>{''.join(strip)}</div></div>")

@@ -16,6 +16,7 @@ def load_rows(data: str | Path) -> list[dict]:
     import pyarrow.parquet as pq
 
     from curate import schema
+    from curate.sample import clip_frames
 
     p = Path(data)
     if not p.exists():
@@ -42,7 +43,7 @@ def load_rows(data: str | Path) -> list[dict]:
         if caption is None:  # an OUT or a subset without a chosen caption: the best available one
             caption = next((r[c] for c in (schema.CAPTION_LLM, schema.CAPTION_COCA, schema.CAPTION_VBLIP) if r.get(c)), "")
         out.append({"clip_id": r[schema.CLIP_ID], "caption": caption or "", "uri": r.get(schema.CLIP_URI),
-                    "member": r.get("member"), "n": r[schema.END_FRAME] - r[schema.START_FRAME], "fps": r[schema.FPS]})  # fmt: skip
+                    "member": r.get("member"), "n": clip_frames(r), "fps": r[schema.FPS]})  # fmt: skip
     if not out:
         raise DataError(f"--data {data}: no clips with a clip file ({len(rows)} rows): nothing to train or evaluate on")
     return sorted(out, key=lambda r: r["clip_id"])  # a stable order, whatever the source order

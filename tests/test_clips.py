@@ -1,4 +1,5 @@
 import av
+import cv2
 import numpy as np
 import pytest
 
@@ -111,3 +112,97 @@ def test_rotated_source_clip_is_upright(tmp_path, shared_data):
     extract(path, str(tmp_path / "c.mp4"), info, ClipSpan(0, 24), ClipsParams(mode="smart"))
     out = decode(str(tmp_path / "c.mp4"))
     assert out[0].shape[:2] == (info.height, info.width) == (1280, 544)
+
+
+# --- one decode per input (clips.extract_video) ------------------------------------------------
+
+
+def _check_frames(src_frames: list[np.ndarray], clip_frames: list[np.ndarray], kept: list[int]) -> int:
+    """Every stored frame is the source frame the plan says (the source scaled to the clip's size,
+    best match among its neighbours); frames identical to a neighbour (a still) prove nothing and
+    are not counted. Returns how many frames were checked."""
+
+    h, w = clip_frames[0].shape[:2]
+    small = {}
+
+    def at(i: int) -> np.ndarray:
+        if i not in small:
+            f = src_frames[i].astype(np.uint8)
+            small[i] = f.astype(np.int16) if f.shape[:2] == (h, w) else cv2.resize(f, (w, h), interpolation=cv2.INTER_AREA).astype(np.int16)
+        return small[i]
+
+    checked = 0
+    for j, src_i in enumerate(kept):
+        near = [i for i in range(src_i - 3, src_i + 4) if 0 <= i < len(src_frames)]
+        d = {i: np.abs(clip_frames[j] - at(i)).mean() for i in near}
+        others = [d[i] for i in near if i != src_i and np.abs(at(i) - at(src_i)).mean() > 0.5]
+        if len(others) < len(near) - 1:
+            continue  # a neighbour looks the same: nothing to tell apart
+        assert d[src_i] < min(others), f"stored frame {j} should be source frame {src_i}: {d}"
+        checked += 1
+    return checked
+
+
+@pytest.mark.parametrize("kw", [{}, {"short_side": 96}, {"max_side": 200, "max_fps": 10.0}])
+def test_one_pass_clips_are_frame_accurate(tmp_path, three_shots, kw):
+    from curate.clips import extract_video, geometry, kept_frames
+    from curate.sample import SamplePlan, unpack
+
+    info = probe(three_shots.path)
+    ref = decode(three_shots.path)
+    spans = [ClipSpan(5, 60), ClipSpan(100, 150), ClipSpan(170, 270), ClipSpan(271, 288)]  # a gap, and touching
+    params = ClipsParams(**kw)
+    geo = geometry(info, params)
+    plans = [SamplePlan("flow", fps=2.0, min_frames=2, short_side=16), SamplePlan("mid", positions=(0.5,))]
+    files = extract_video(three_shots.path, info, spans, params, str(tmp_path), plans)
+    checked = 0
+    for span, f in zip(spans, files):
+        assert f.error is None and f.path
+        out = decode(f.path)
+        kept = kept_frames(span, geo.rate)
+        assert len(out) == len(kept) and out[0].shape[:2] == (geo.height, geo.width)
+        assert keyframe_flags(f.path)[0]
+        checked += _check_frames(ref, out, kept)
+        # the scorers' frames come from the same decode: the stored frames at the plan's indices
+        sample = unpack(f.sample)
+        mid = int(sample["mid__idx"][0])
+        assert mid == (len(kept) - 1) // 2 or mid == len(kept) // 2
+        d = [np.abs(sample["mid"][0].astype(np.int16) - out[k]).mean() for k in (mid - 1, mid, mid + 1)]
+        assert d[1] < min(d[0], d[2]) or span.start == 100  # that very frame (the static shot: any)
+        assert list(sample["flow__idx"]) == SamplePlan("flow", fps=2.0, min_frames=2).indices(len(kept), geo.fps)
+        assert sample["flow"].shape[1] == 16
+    assert checked > 100 * (geo.rate or 1.0)
+    if kw.get("max_fps"):
+        assert geo.fps == 10.0 and len(decode(files[2].path)) == 42  # 100 frames at 24 fps -> 10 fps
+
+
+def test_one_pass_real_videos_frame_accurate(tmp_path, shared_data):
+    """Real footage: VFR with dropped frames, a rotated phone video, an AVI (MPEG-4 part 2), at
+    source size (scaled, slow real motion is below what a comparison can tell apart from the
+    scaler's own differences: the synthetic pan above covers scaling)."""
+    from curate.clips import extract_video, geometry, kept_frames
+
+    for name, kw in [("pyscenedetect__goldeneye-vfr-drop3.mp4", {}), ("pyscenedetect__issue-134-rotate.mp4", {}),
+                     ("opencv__vtest.avi", {"max_fps": 4.0})]:  # fmt: skip
+        path = str(shared_data / "videos" / name)
+        info = probe(path)
+        ref = decode(path)
+        n = info.n_frames
+        spans = [ClipSpan(a, min(n, a + 40)) for a in range(7, n - 20, 53)]
+        params = ClipsParams(**kw)
+        geo = geometry(info, params)
+        files = extract_video(path, info, spans, params, str(tmp_path / name))
+        if info.rotation:  # PyAV hands the stored (unrotated) frames; the clips are upright
+            assert (geo.width < geo.height) == (info.width < info.height) and ref[0].shape[0] < ref[0].shape[1]
+            first = decode(files[0].path)[0]
+            k = min((1, 3), key=lambda k: np.abs(
+                cv2.resize(np.rot90(ref[7], k).astype(np.uint8), first.shape[1::-1]).astype(np.int16) - first).mean())
+            ref = [np.ascontiguousarray(np.rot90(f, k)) for f in ref]
+        checked = 0
+        for span, f in zip(spans, files):
+            assert f.error is None, f.error
+            out = decode(f.path)
+            kept = kept_frames(span, geo.rate)
+            assert len(out) == len(kept), name
+            checked += _check_frames(ref, out, kept)
+        assert checked >= len(spans) * 5, name
