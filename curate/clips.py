@@ -202,6 +202,7 @@ def _extract_smart(ff: list[str], src: str, tmp: str, info: VideoInfo, span: Cli
 KEEP_EPS = 1e-9  # the frame-dropping rule below runs in Python and in ffmpeg's select: same doubles
 GROUP_CLIPS = 64  # clips per ffmpeg process: bounds the select expressions evaluated on every frame
 GROUP_GAP_S = 60.0  # a gap this long between two clips is seeked over instead of decoded
+SAMPLE_BUDGET_BYTES = 128 << 20  # scorers' frames carried per input (see extract_video)
 
 
 @dataclass(frozen=True)
@@ -302,13 +303,18 @@ def extract_video(src: str, info: VideoInfo, spans: list[ClipSpan], params: Clip
     twice and no process seeks per clip."""
     geo = geometry(info, params)
     results = [ClipFile() for _ in spans]
+    carried = 0
     for gi, members in enumerate(groups(info, spans)):
         left = None if deadline is None else deadline - time.time()
+        # The samples travel with the input's rows: past a budget (a very long input) the rest of
+        # its clips are sampled by the sample step instead, so memory stays flat in video length.
+        group_plans = (plans or []) if carried < SAMPLE_BUDGET_BYTES else []
         try:
             if left is not None and left <= 0:
                 raise ExtractError("ffmpeg timed out: time budget spent")
             _extract_group(src, info, [spans[i] for i in members], [results[i] for i in members], geo, params,
-                           os.path.join(workdir, f"g{gi:05d}"), plans or [], left)  # fmt: skip
+                           os.path.join(workdir, f"g{gi:05d}"), group_plans, left)  # fmt: skip
+            carried += sum(len(results[i].sample or b"") for i in members)
         except (ExtractError, OSError) as e:
             for i in members:
                 if results[i].path is None and results[i].error is None:

@@ -206,3 +206,28 @@ def test_one_pass_real_videos_frame_accurate(tmp_path, shared_data):
             assert len(out) == len(kept), name
             checked += _check_frames(ref, out, kept)
         assert checked >= len(spans) * 5, name
+
+
+def test_samples_carried_within_a_budget_then_left_to_the_sample_step(tmp_path, three_shots, monkeypatch):
+    """A very long input does not carry all its clips' frames in memory: past the budget its
+    later clips come without samples, and the sample step decodes exactly those."""
+    import pyarrow as pa
+
+    from curate import clips, schema
+    from curate.clips import extract_video
+    from curate.sample import SampleParams, SamplePlan, SampleStage, unpack
+
+    monkeypatch.setattr(clips, "GROUP_CLIPS", 2)
+    monkeypatch.setattr(clips, "SAMPLE_BUDGET_BYTES", 1)
+    info = probe(three_shots.path)
+    spans = [ClipSpan(a, a + 30) for a in (0, 40, 100, 170, 220)]
+    plan = SamplePlan("mid", positions=(0.5,), max_side=64)
+    files = extract_video(three_shots.path, info, spans, ClipsParams(), str(tmp_path), [plan])
+    assert [f.sample is not None for f in files] == [True, True, False, False, False]
+    rows = pa.table({schema.CLIP_URI: [f.path for f in files], schema.START_FRAME: [s.start for s in spans],
+                     schema.END_FRAME: [s.end for s in spans], schema.FPS: [24.0] * 5, schema.ERRORS: [[]] * 5,
+                     schema.SAMPLES: pa.array([f.sample for f in files], pa.binary())})  # fmt: skip
+    out = SampleStage(SampleParams(), [plan])(rows)
+    blobs = out.column(schema.SAMPLES).to_pylist()
+    assert blobs[:2] == [files[0].sample, files[1].sample]  # kept, not decoded again
+    assert all(unpack(b)["mid"].shape == (1, 48, 64, 3) for b in blobs)

@@ -66,3 +66,15 @@ def test_recipes_are_named_or_given_as_paths(tmp_path):
     assert load_config(str(mine)).name == "mine"
     with pytest.raises(ConfigError, match="nor a recipe of that name; recipes: demo, subsets/demo_clean, svd"):
         load_config("svdd")
+
+
+def test_copy_and_smart_cannot_resize():
+    from curate.config import ConfigError, load_config
+
+    for mode in ("copy", "smart"):
+        with pytest.raises(ConfigError, match="use mode: exact"):
+            load_config(None, [f"clips.mode={mode}", "clips.short_side=320"])
+    with pytest.raises(ConfigError, match="set one of them"):
+        load_config(None, ["clips.short_side=320", "clips.max_side=640"])
+    cfg = load_config(None, ["clips.short_side=320", "clips.max_fps=12"])
+    assert cfg.clips.resizes and load_config("svd").clips.short_side == 576
