@@ -68,6 +68,8 @@ AESTHETIC_SCORE = "aesthetic_score"  # LAION-style MLP head on the image embeddi
 CAPTION_COCA = "caption_coca"
 CAPTION_VBLIP = "caption_vblip"
 CAPTION_LLM = "caption_llm"
+PHASH = "phash"  # 64-bit DCT hash (pHash) of the clip's mean frame (scoring/phash.py)
+PHASH_FRAMES = "phash_frames"  # pHashes of the mean frame, then each sampled frame, each under curate.dedup.CROPS
 
 SCORE_FIELDS: list[pa.Field] = [
     pa.field(FLOW_MEAN, pa.float32()),
@@ -84,6 +86,8 @@ SCORE_FIELDS: list[pa.Field] = [
     pa.field(CAPTION_COCA, pa.string()),
     pa.field(CAPTION_VBLIP, pa.string()),
     pa.field(CAPTION_LLM, pa.string()),
+    pa.field(PHASH, pa.uint64()),
+    pa.field(PHASH_FRAMES, pa.list_(pa.uint64())),
 ]
 
 CLIP_SCHEMA = pa.schema(CLIP_FIELDS + SCORE_FIELDS)

@@ -175,3 +175,45 @@ def captioned_clips(directory: str, n: int, kind: str = "clean", seed: int = 0, 
         rows.append({"clip_id": f"{kind}-{seed}-{k:04d}", "clip_uri": path, "start_frame": 0, "end_frame": len(frames),
                      "fps": fps, "duration_s": len(frames) / fps, "caption": f"a {colour} texture moving {direction}"})  # fmt: skip
     return rows
+
+
+# Near-duplicate variants of a clip, as web re-uploads make them (curate/dedup.py's truth set).
+VARIANTS: dict[str, tuple[float, list[str]]] = {  # name -> (start shift in s, ffmpeg video filters / options)
+    "base": (0.0, []),
+    "crf": (0.0, ["-crf", "38"]),  # a heavy re-encode
+    "half": (0.0, ["-vf", "scale=trunc(iw/4)*2:trunc(ih/4)*2"]),
+    "double": (0.0, ["-vf", "scale=iw*2:ih*2"]),
+    "crop": (0.0, ["-vf", "crop=trunc(iw*0.46)*2:trunc(ih*0.46)*2"]),  # 8% off, centred
+    "crop_corner": (0.0, ["-vf", "crop=trunc(iw*0.47)*2:trunc(ih*0.47)*2:0:0"]),  # 6% off the right and bottom
+    "logo": (0.0, ["-vf", "drawbox=x=iw*0.74:y=ih*0.05:w=iw*0.22:h=ih*0.14:color=white@0.85:t=fill,"
+                          "drawbox=x=iw*0.76:y=ih*0.08:w=iw*0.18:h=ih*0.08:color=red@0.9:t=fill"]),
+    "trim_later": (0.5, []),
+    "trim_earlier": (-0.5, []),
+}
+
+
+def near_duplicates(source: str, start_s: float, seconds: float, directory: str, tag: str,
+                    max_side: int = 480) -> list[str]:
+    """Write every VARIANTS entry of the clip [start_s, start_s + seconds) of `source` (a real
+    video) into `directory` as `<tag>__<variant>.mp4`; returns the paths. The base is scaled to
+    at most `max_side` first, as a stored training clip would be."""
+    import os
+
+    os.makedirs(directory, exist_ok=True)
+    paths = []
+    fit = f"scale='if(gt(iw,ih),min({max_side},iw),-2)':'if(gt(iw,ih),-2,min({max_side},ih))'"
+    for name, (shift, opts) in VARIANTS.items():
+        start = max(0.0, start_s + shift)
+        opts = list(opts)
+        if "-vf" in opts:
+            i = opts.index("-vf")
+            opts[i + 1] = f"{fit},setsar=1,{opts[i + 1]}"
+        else:
+            opts = ["-vf", f"{fit},setsar=1", *opts]
+        crf = [] if "-crf" in opts else ["-crf", "20"]
+        path = os.path.join(directory, f"{tag}__{name}.mp4")
+        subprocess.run([ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-ss", f"{start:.3f}", "-i", source, "-t", f"{seconds:.3f}",
+                        "-map", "0:v:0", "-an", *opts, "-c:v", "libx264", "-preset", "veryfast", *crf, "-pix_fmt", "yuv420p",
+                        path], check=True, capture_output=True)  # fmt: skip
+        paths.append(path)
+    return paths

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -190,6 +191,42 @@ def rescore_cmd(
                   + f" -> {escape(display(result.out))}")
 
 
+@app.command("dedup")
+def dedup_cmd(
+    outs: list[str] = typer.Argument(..., help="one or several curate OUTs"),
+    dest: Path = typer.Option(..., "-o", "--out", help="directory for dedup.parquet and dedup.json"),
+    sets: list[str] = typer.Option([], "--set", help="a grouping setting: --set max_frames=8 (see pipelines/dedup.py)"),
+    on_ray: bool = typer.Option(False, "--ray", help="one Ray task per LSH table"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="attach to a running Ray cluster (implies --ray)"),
+) -> None:
+    """Group near-duplicate clips over OUTs by their perceptual hashes (and clip embeddings):
+    DIR/dedup.parquet gives each clip its group's representative; `curate select --dedup DIR`
+    keeps one per group."""
+    from curate.config import ConfigError, _set_dotted, format_error, parse_override
+    from pipelines.dedup import DedupError, DedupParams, run_dedup
+
+    try:
+        data: dict = {}
+        for item in sets:
+            key, value = parse_override(item)
+            _set_dotted(data, key, value)
+        try:
+            params = DedupParams.model_validate(data)
+        except ValidationError as e:
+            raise ConfigError(format_error("--set", e)) from None
+        if on_ray or ray_address:
+            _filter_native_stderr()
+        summary = run_dedup(outs, dest, params, "ray" if (on_ray or ray_address) else "local", ray_address)
+    except (ConfigError, DedupError, OSError) as e:
+        _fail(str(e))
+    console.print(f"[green]done[/green]: {summary['clips']} clips ({summary['with_hashes']} hashed, "
+                  f"{summary['with_embeddings']} with embeddings): {summary['groups_with_duplicates']} groups hold "
+                  f"{summary['clips_in_groups']} clips, {summary['removable']} removable -> {escape(str(dest))}")
+    if summary["with_hashes"] < summary["clips"]:
+        console.print(f"[yellow]{summary['clips'] - summary['with_hashes']} clips have no perceptual hash (a run "
+                      "without the phash scorer): `curate rescore OUT --scorer phash` adds it[/yellow]")
+
+
 @app.command("verify")
 def verify_cmd(
     out: str = typer.Argument(..., help="a curate OUT (directory or URI)"),
@@ -285,15 +322,19 @@ def select_cmd(
     drop_bottom: list[str] = typer.Option([], "--drop-bottom", help="COL=PCT: drop the PCT% lowest"),
     drop_top: list[str] = typer.Option([], "--drop-top", help="COL=PCT: drop the PCT% highest"),
     nulls: Optional[str] = typer.Option(None, "--nulls", help="for the flag filters: refuse (default) | drop | keep"),
+    dedup: Optional[str] = typer.Option(None, "--dedup", help="a `curate dedup` output: keep one clip per near-duplicate group"),
+    keep: str = typer.Option("longest", "--keep", help="with --dedup: longest, or a score column (its highest)"),
 ) -> None:
     """Apply thresholds to stored scores: write SUBSET/subset.parquet and SUBSET/funnel.json."""
     from curate.config import ConfigError
-    from pipelines.select import SelectError, load_rules, rules_from_flags, run_select
+    from pipelines.select import DedupRule, SelectError, load_rules, rules_from_flags, run_select
 
     if nulls not in (None, "refuse", "drop", "keep"):
         _fail(f"--nulls {nulls!r}: choose refuse, drop or keep")
     try:
         r = rules_from_flags(load_rules(rules), where, drop_bottom, drop_top, nulls)
+        if dedup:
+            r = r.model_copy(update={"dedup": DedupRule(groups=dedup, keep=keep)})
         funnel = run_select(source, out, r)
     except (ConfigError, SelectError, FileNotFoundError) as e:
         _fail(str(e))

@@ -93,10 +93,11 @@ def plan(old: PipelineConfig, new: PipelineConfig, manifest: dict, named: Iterab
     if unknown:
         raise ConfigError(f"--scorer {sorted(unknown)[0]!r}: no such scorer ({', '.join(scorers())})")
     skipped = set(manifest.get("skipped_stages") or {})
+    known = set(((manifest.get("config") or {}).get("scorers") or {}))  # a scorer newer than OUT is new to it
     run, cleared = [], []
     for name in scorers():
         o, n = getattr(old.scorers, name), getattr(new.scorers, name)
-        if n.enabled and (not o.enabled or o != n or name in skipped or name in named):
+        if n.enabled and (not o.enabled or o != n or name in skipped or name in named or name not in known):
             run.append(name)
         elif o.enabled and not n.enabled:
             cleared.append(name)

@@ -81,8 +81,16 @@ class CaptionMix(Strict):
         return self
 
 
+class DedupRule(Strict):
+    """Keep one clip per near-duplicate group (`curate dedup`), among the clips the filters kept."""
+
+    groups: str = Field(description="a `curate dedup` output directory (or its dedup.parquet)")
+    keep: str = Field("longest", description='"longest", or a score column: the group member with its highest value')
+
+
 class Rules(Strict):
     filters: list[Filter] = Field(default_factory=list)
+    dedup: DedupRule | None = None
     caption: CaptionMix = Field(default_factory=CaptionMix)
 
 
@@ -220,6 +228,13 @@ def select(table: pa.Table, rules: Rules) -> tuple[pa.Table, dict]:
             "kept_clips": int(keep.sum()),
             "kept_hours": _hours(table, keep),
         })  # fmt: skip
+    if rules.dedup is not None:
+        mask, info = dedup_mask(table, keep, rules.dedup)
+        before = keep.copy()
+        keep &= mask
+        steps.append({**info, "alone_removed_clips": int((~mask).sum()), "alone_removed_hours": _hours(table, ~mask),
+                      "removed_clips": int((before & ~mask).sum()), "removed_hours": _hours(table, before & ~mask),
+                      "kept_clips": int(keep.sum()), "kept_hours": _hours(table, keep)})  # fmt: skip
     subset = table.filter(pa.array(keep))
     captions, chosen = choose_captions(subset, rules.caption)
     for name, values in ((CAPTION, captions), (CAPTION_SOURCE, chosen)):
@@ -232,6 +247,47 @@ def select(table: pa.Table, rules: Rules) -> tuple[pa.Table, dict]:
         "captions": {s: chosen.count(s) for s in CAPTION_SOURCES} | {"none": chosen.count(None)},
     }
     return subset, funnel
+
+
+def dedup_mask(table: pa.Table, keep: np.ndarray, rule: DedupRule) -> tuple[np.ndarray, dict]:
+    """True for the clips that stay: every clip outside a group, and per group the kept member
+    (`rule.keep`) among those the filters kept; clips the dedup output does not know stay (and
+    are counted, so a stale dedup output shows)."""
+    from pipelines.dedup import DUP_GROUP, DedupError, read_groups
+
+    try:
+        groups = read_groups(rule.groups)
+    except DedupError as e:
+        raise SelectError(str(e)) from None
+    by_id = dict(zip(groups.column(schema.CLIP_ID).to_pylist(), groups.column(DUP_GROUP).to_pylist()))
+    if rule.keep == "longest":
+        col, label = schema.DURATION_S, "longest"
+    elif rule.keep in table.column_names:
+        col, label = rule.keep, f"highest {rule.keep}"
+    else:
+        raise SelectError(f"dedup keep {rule.keep!r}: not 'longest' nor a column ({', '.join(sorted(table.column_names))})")
+    ids = table.column(schema.CLIP_ID).to_pylist()
+    values = table.column(col).to_pylist()
+    best: dict[str, int] = {}
+    unknown = 0
+    for i, cid in enumerate(ids):
+        g = by_id.get(cid)
+        if g is None:
+            unknown += 1
+            continue
+        if not keep[i]:
+            continue
+        j = best.get(g)
+        key_i = (values[i] is not None, values[i] if values[i] is not None else 0, -i)
+        if j is None or key_i > (values[j] is not None, values[j] if values[j] is not None else 0, -j):
+            best[g] = i
+    mask = np.ones(len(ids), bool)
+    for i, cid in enumerate(ids):
+        g = by_id.get(cid)
+        if g is not None and best.get(g, i) != i and keep[best.get(g, i)]:
+            mask[i] = False
+    return mask, {"filter": f"dedup: one per group ({label})", "threshold": None, "column": col,
+                  "not_in_dedup_output": unknown}  # fmt: skip
 
 
 def rules_from_flags(rules: Rules, where: list[str], drop_bottom: list[str], drop_top: list[str], nulls: str | None) -> Rules:

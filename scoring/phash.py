@@ -1,0 +1,74 @@
+"""Weight-free perceptual hash of a clip, for near-duplicate detection (curate/dedup.py).
+
+`imagehash`'s pHash (Zauner 2010: the 8x8 low-frequency block of a 32x32 DCT of the gray frame,
+thresholded at its median: 64 bits that survive re-encoding, rescaling, small overlays) on a few
+frames the sample step already decodes (small ones: pHash looks at 32x32), and on their mean
+frame. The frame hashes let a trimmed copy match by its best-aligned frames; the mean frame's
+hash is the key the grouping buckets on (a trim of a second barely moves it).
+Each is taken on the full frame and on the five crops of curate.dedup.CROPS (a 4% border off, and
+7% off two sides, each corner): a re-upload cropped by 5-10% lines up with one of them.
+Chosen over PDQ (`pdqhash`, 256 bits) and `perception`'s video hashes by measurement:
+bench/dedup.py and bench/README.md.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from curate import schema
+from curate.params import Strict
+from curate.sample import SamplePlan, frames_for
+from curate.stage import Resources, StageBase, score_each
+
+
+class PHashParams(Strict):
+    enabled: bool = True
+    frames: int = Field(5, ge=1, le=32, description="frames hashed, evenly over the clip")
+    max_side: int = Field(128, ge=32, description="frames are sampled at this long side (pHash reduces to 32x32)")
+
+
+def phash64(rgb: np.ndarray) -> int:
+    """pHash of one RGB frame as an unsigned 64-bit integer (bit 63 = the first DCT cell)."""
+    import imagehash
+    from PIL import Image
+
+    bits = imagehash.phash(Image.fromarray(rgb)).hash.flatten()
+    return int.from_bytes(np.packbits(bits).tobytes(), "big")
+
+
+def crop_hashes(rgb: np.ndarray) -> list[int]:
+    """pHash of the frame under each of curate.dedup.CROPS (the first is the full frame)."""
+    from curate.dedup import CROPS
+
+    h, w = rgb.shape[:2]
+    return [phash64(np.ascontiguousarray(rgb[int(y0 * h):max(int(y0 * h) + 1, int(y1 * h)),
+                                             int(x0 * w):max(int(x0 * w) + 1, int(x1 * w))]))
+            for x0, y0, x1, y1 in CROPS]  # fmt: skip
+
+
+class PHashScorer(StageBase):
+    name: ClassVar[str] = "phash"
+    order: ClassVar[int] = 35
+    Params: ClassVar[type] = PHashParams
+    resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=32)
+    output_columns: ClassVar[tuple[str, ...]] = (schema.PHASH, schema.PHASH_FRAMES)
+
+    def __init__(self, params: PHashParams):
+        self.params = params
+
+    @classmethod
+    def plans(cls, params: PHashParams) -> list[SamplePlan]:
+        n = params.frames
+        return [SamplePlan(cls.name, positions=tuple((k + 0.5) / n for k in range(n)), max_side=params.max_side)]
+
+    def score(self, frames: np.ndarray) -> dict:
+        mean = frames.astype(np.float32).mean(axis=0).round().astype(np.uint8)
+        hashes = [h for f in (mean, *frames) for h in crop_hashes(f)]
+        return {schema.PHASH: hashes[0], schema.PHASH_FRAMES: hashes}
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        return score_each(batch, self.name, frames_for(batch, self.name), self.output_columns, self.score)
