@@ -527,25 +527,31 @@ def _one_pass(rec, spans: list[ClipSpan], rows: list[dict], params: ClipsParams,
     try:
         files = extract_video(rec.local, rec.info, spans, params, work, plans, rec.deadline)
         kept = []
-        for row, f in zip(rows, files):
-            rel = ("clips", vid, f"{row[schema.CLIP_ID]}.mp4")
+        for span, row, f in zip(spans, rows, files):
             try:
-                if f.error is not None:
-                    raise f.error
-                if store.local:
-                    os.replace(f.path, store.path(*rel))
-                else:
-                    store.put_file(f.path, *rel)
+                row[schema.CLIP_URI] = store_clip(store, f, span, vid, row[schema.CLIP_ID])
             except (ExtractError, OSError) as e:
                 _failed(rec, row[schema.CLIP_ID], e)
                 continue
-            row[schema.CLIP_URI] = store.uri_of(*rel)
             if f.sample is not None:
                 row[schema.SAMPLES] = f.sample
             kept.append(row)
         return kept
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def store_clip(store, f: ClipFile, span: ClipSpan, vid: str, cid: str) -> str:
+    """One clip of a one-pass extraction into OUT under its name (a rename on a local disk, an
+    upload to object storage); raises why it has no file."""
+    if f.error is not None:
+        raise f.error
+    rel = ("clips", vid, f"{cid}.mp4")
+    if store.local:
+        os.replace(f.path, store.path(*rel))
+    else:
+        store.put_file(f.path, *rel)
+    return store.uri_of(*rel)
 
 
 SEG_PREFIX = ".seg-"  # work dirs of a one-pass extraction inside OUT/clips/<video>/

@@ -189,44 +189,63 @@ def test_a_file_name_that_is_not_utf8_is_processed_and_kept_faithfully(tmp_path,
 # -- transient failures are retried, failures are not clips ----------------------------------------
 
 
-def test_a_full_disk_during_extraction_is_retried_and_never_a_clip(tmp_path, three_shots, text_video, monkeypatch):
+def _failing(monkeypatch, mode: str, fails) -> None:
+    """Make clip files fail where `fails(span, video_id)` returns an error, in the step each mode
+    writes them with (exact: storing the one-decode pass's files; smart: per-clip extraction)."""
     import curate.clips
 
-    original = curate.clips.extract_clip
+    if mode == "exact":
+        original = curate.clips.store_clip
 
-    def extract(store, local, info, span, vid, cid, params, left):
-        if span.start > 0 and info.n_frames == 288:  # three_shots (12 s), from its 2nd clip on
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return original(store, local, info, span, vid, cid, params, left)
+        def store(store_, f, span, vid, cid):
+            err = fails(span, vid)
+            if err:
+                raise err
+            return original(store_, f, span, vid, cid)
 
+        monkeypatch.setattr(curate.clips, "store_clip", store)
+    else:
+        original_x = curate.clips.extract_clip
+
+        def extract(store_, local, info, span, vid, cid, params, left):
+            err = fails(span, vid)
+            if err:
+                raise err
+            return original_x(store_, local, info, span, vid, cid, params, left)
+
+        monkeypatch.setattr(curate.clips, "extract_clip", extract)
+
+
+def _vid(path: str) -> str:
+    from curate.storage import fingerprint
+
+    return fingerprint(path, os.path.getsize(path))
+
+
+@pytest.mark.parametrize("mode", ["exact", "smart"])
+def test_a_full_disk_during_extraction_is_retried_and_never_a_clip(tmp_path, three_shots, text_video, monkeypatch, mode):
     out = tmp_path / "out"
-    monkeypatch.setattr(curate.clips, "extract_clip", extract)
-    r = run(cfg("watchdog=false"), [three_shots.path, text_video.path], str(out))  # in-process: the patch applies
+    target = _vid(three_shots.path)  # three_shots, from its 2nd clip on
+    _failing(monkeypatch, mode, lambda span, vid: OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)) if vid == target and span.start > 0 else None)
+    r = run(cfg("watchdog=false", f"clips.mode={mode}"), [three_shots.path, text_video.path], str(out))  # in-process: the patch applies
     c = r.manifest["counts"]
     assert (c["clips"], c["to_retry"]) == (len(read_shards(str(out))), 1)
     assert {Path(x["source_uri"]).name for x in read_shards(str(out)).to_pylist()} == {"text.mp4"}
     committed_dirs = {x["video_id"] for x in read_shards(str(out)).to_pylist()}
     assert {p.name for p in (out / "clips").iterdir()} == committed_dirs  # its first clip's file was swept
     monkeypatch.undo()
-    again = run(cfg("watchdog=false"), [three_shots.path, text_video.path], str(out))
+    again = run(cfg("watchdog=false", f"clips.mode={mode}"), [three_shots.path, text_video.path], str(out))
     assert (again.processed, again.skipped) == (1, 1) and again.manifest["counts"]["to_retry"] == 0
     names = [Path(x["source_uri"]).name for x in read_shards(str(out)).to_pylist()]
     assert names.count("three_shots.mp4") == 5 and again.manifest["counts"]["quarantined"] == 0
 
 
-def test_a_clip_that_fails_for_good_is_counted_not_a_row(tmp_path, three_shots, monkeypatch):
-    import curate.clips
+@pytest.mark.parametrize("mode", ["exact", "smart"])
+def test_a_clip_that_fails_for_good_is_counted_not_a_row(tmp_path, three_shots, monkeypatch, mode):
     from curate.clips import ExtractError
 
-    original = curate.clips.extract_clip
-
-    def extract(store, local, info, span, vid, cid, params, left):
-        if span.start == 72:
-            raise ExtractError("ffmpeg exited 1: Invalid data found when processing input")
-        return original(store, local, info, span, vid, cid, params, left)
-
-    monkeypatch.setattr(curate.clips, "extract_clip", extract)
-    r = run(cfg("watchdog=false"), [three_shots.path], str(tmp_path / "out"))
+    _failing(monkeypatch, mode, lambda span, vid: ExtractError("ffmpeg exited 1: Invalid data found") if span.start == 72 else None)
+    r = run(cfg("watchdog=false", f"clips.mode={mode}"), [three_shots.path], str(tmp_path / "out"))
     rows = read_shards(str(tmp_path / "out")).to_pylist()
     assert len(rows) == 4 and all(x["clip_uri"] for x in rows)
     assert (r.manifest["counts"]["clips"], r.manifest["counts"]["failed_clips"]) == (4, 1)
