@@ -377,10 +377,12 @@ def report_cmd(
     out: str = typer.Argument(..., help="a curate OUT"),
     dest: Optional[str] = typer.Option(None, "-o", "--output", help="HTML file (default OUT/report.html)"),
     rules: Optional[str] = typer.Option(None, "--rules", help="RULES.yaml whose thresholds to mark"),
+    dedup: Optional[str] = typer.Option(None, "--dedup", help="a `curate dedup` output: show its largest groups"),
 ) -> None:
     """One self-contained HTML report: score histograms, funnel, decile thumbnails, timings, quarantine."""
     from curate.config import ConfigError
     from curate.shards import MANIFEST_FILE
+    from pipelines.dedup import DedupError
     from pipelines.report import write_report
 
     if not Path(out, MANIFEST_FILE).is_file():
@@ -393,8 +395,8 @@ def report_cmd(
     if dest is not None and Path(dest).is_dir():
         _fail(f"-o {dest}: is a directory; name the HTML file to write")
     try:
-        path = write_report(out, dest, rules)
-    except ConfigError as e:
+        path = write_report(out, dest, rules, dedup)
+    except (ConfigError, DedupError) as e:
         _fail(str(e))
     console.print(f"[green]report[/green] -> {path}")
 

@@ -61,7 +61,33 @@ def _thresholds(table: pa.Table, rules) -> dict[str, list[tuple[str, float]]]:
     return marks
 
 
-def build_report(out: str, rules_path: str | None = None) -> str:
+def _dedup_section(table: pa.Table, dedup: str, groups_shown: int = 5, per_group: int = 8) -> str:
+    """The largest near-duplicate groups of `curate dedup`, one thumbnail row each."""
+    from pipelines.dedup import DUP_DISTANCE, DUP_GROUP, GROUP_SIZE, read_groups
+
+    g = read_groups(dedup)
+    rows = {r[schema.CLIP_ID]: r for r in table.select([schema.CLIP_ID, schema.CLIP_URI, schema.START_FRAME, schema.END_FRAME,
+                                                        schema.NUM_FRAMES]).to_pylist()}  # fmt: skip
+    members: dict[str, list[tuple[float, str]]] = {}
+    for cid, grp, size, dist in zip(g.column(schema.CLIP_ID).to_pylist(), g.column(DUP_GROUP).to_pylist(),
+                                    g.column(GROUP_SIZE).to_pylist(), g.column(DUP_DISTANCE).to_pylist()):  # fmt: skip
+        if grp is not None and size > 1 and cid in rows:
+            members.setdefault(grp, []).append((dist or 0.0, cid))
+    biggest = sorted(members.items(), key=lambda kv: (-len(kv[1]), kv[0]))[:groups_shown]
+    out = [f"<h2>Near-duplicate groups</h2><p>{len(members)} groups with more than one clip in {html.escape(str(dedup))}; "
+           f"the {len(biggest)} largest, representative first, distance to it below each</p>"]  # fmt: skip
+    for grp, mem in biggest:
+        strip = []
+        for dist, cid in sorted(mem)[:per_group]:
+            r = rows[cid]
+            thumb = _thumb(r[schema.CLIP_URI], clip_frames(r)) if r[schema.CLIP_URI] else None
+            if thumb:
+                strip.append(f"<figure><img alt='{html.escape(cid)}' src='{thumb}'><figcaption>{dist:.1f}</figcaption></figure>")
+        out.append(f"<div class='dupgroup'><p>{html.escape(grp)}: {len(mem)} clips</p><div class='strip'>{''.join(strip)}</div></div>")
+    return "".join(out)
+
+
+def build_report(out: str, rules_path: str | None = None, dedup: str | None = None) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -141,6 +167,9 @@ def build_report(out: str, rules_path: str | None = None) -> str:
                 strip.append(f"<figure><img alt='{html.escape(key)}' src='{thumbs[key]}'><figcaption>d{d}: {r[col]:.4g}</figcaption></figure>")
         parts.append(f"<div class='score'><img alt='{col} histogram' src='{_png(fig)}'><div class='strip'>{''.join(strip)}</div></div>")
 
+    if dedup:
+        parts.append(_dedup_section(table, dedup))
+
     # timings and quarantine
     st = manifest.get("stage_seconds", {})
     if st:
@@ -163,9 +192,9 @@ def build_report(out: str, rules_path: str | None = None) -> str:
     return f"<!doctype html><html><head><meta charset='utf-8'><title>curate report</title><style>{style}</style></head><body>{''.join(parts)}</body></html>"
 
 
-def write_report(out: str, dest: str | None = None, rules_path: str | None = None) -> Path:
+def write_report(out: str, dest: str | None = None, rules_path: str | None = None, dedup: str | None = None) -> Path:
     dest_path = Path(dest) if dest else Path(out) / "report.html"
-    text = build_report(out, rules_path)
+    text = build_report(out, rules_path, dedup)
     tmp = dest_path.with_name(f".{dest_path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(dest_path)

@@ -43,7 +43,8 @@ def hashed(paths: list[str]) -> pa.Table:
                      schema.FPS: fps, schema.DURATION_S: n / fps, schema.ERRORS: []})  # fmt: skip
     t = SampleStage(SampleParams(), PHashScorer.plans(PHashParams()))(pa.Table.from_pylist(rows))
     t = PHashScorer(PHashParams())(t)
-    t = schema.conform(t).select([schema.CLIP_ID, schema.DURATION_S, schema.PHASH_FRAMES, schema.CLIP_EMBEDDING])
+    t = schema.conform(t).select([schema.CLIP_ID, schema.DURATION_S, schema.PHASH_FRAMES, schema.CLIP_EMBEDDING,
+                                  schema.CLIP_URI, schema.START_FRAME, schema.END_FRAME])  # fmt: skip
     return t.append_column(OUT_COLUMN, pa.array(["test"] * t.num_rows))
 
 
@@ -164,4 +165,10 @@ def test_dedup_command_select_ray_and_idempotent(tmp_path, small, ray_session):
     assert funnel["filters"][-1]["removed_clips"] == table.num_rows - len(groups)
     res = r.invoke(app, ["select", "-s", str(out), "-o", str(tmp_path / "sub2"), "--dedup", str(tmp_path / "nowhere")])
     assert res.exit_code != 0 and "curate dedup" in res.output
+    # the report shows the largest groups as thumbnail rows
+    res = r.invoke(app, ["report", str(out), "--dedup", str(tmp_path / "d1")])
+    assert res.exit_code == 0, res.output
+    page = (out / "report.html").read_text()
+    section = page.split("<h2>Near-duplicate groups</h2>")[1].split("<h2>")[0]
+    assert section.count("class='dupgroup'") == 5 and section.count("<img") >= 5 * len(VARIANTS) - 5
     assert DATA.exists()
