@@ -3,7 +3,8 @@ connected components; and SemDeDup-style grouping on clip embeddings.
 
 Hashes (scoring/phash.py): per clip, the pHash of its mean frame and of each sampled frame, each
 under CROPS (the full frame and five crops), so a cropped re-upload matches its original on the
-crop that lines up. Two clips are duplicates when
+crop that lines up. Two clips are duplicates when their mean chroma differs by at most `max_color` (pHash sees luma
+only) and
   D = min Hamming(full mean-frame hash of one, any crop of the other's mean frame) <= max_mean, and
   F = symmetric chamfer over the sampled frames (each frame's best match among the other clip's
       frames and crops, averaged) <= max_frames;
@@ -60,8 +61,20 @@ def frame_distance(frames: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarr
     return out
 
 
+_CHROMA = np.array([[-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], np.float32)  # BT.601 Cb, Cr
+
+
+def color_distance(color: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Largest difference of the clips' mean chroma (Cb, Cr of their mean R, G, B; 0..255 scale).
+    Chroma, not RGB: a crop that drops a slide's white border changes its mean brightness by 25
+    levels but its hue by under 5, while test cards of one layout in grey, red and green differ
+    by 17 and more. NaN colours (unknown) count as 0."""
+    ch = color @ _CHROMA.T
+    return np.nan_to_num(np.abs(ch[a] - ch[b]).max(axis=1), nan=0.0)
+
+
 def table_edges(mask: np.ndarray | int, mean: np.ndarray, frames: np.ndarray, max_mean: int, max_frames: float,
-                window: int = 8) -> np.ndarray:
+                window: int = 8, color: np.ndarray | None = None, max_color: float = 255.0) -> np.ndarray:
     """Verified duplicate pairs (m, 2) int64, i < j, found through one LSH table."""
     masked = (mean & np.uint64(mask)).ravel()  # entry e = clip e // N_CROPS, crop e % N_CROPS
     # Sort (key, entry) packed in one uint64 instead of an argsort (2-3x faster at millions): the
@@ -87,6 +100,8 @@ def table_edges(mask: np.ndarray | int, mean: np.ndarray, frames: np.ndarray, ma
     if not len(cand):
         return cand
     ok = mean_distance(mean, cand[:, 0], cand[:, 1]) <= max_mean
+    if color is not None:
+        ok &= color_distance(color, cand[:, 0], cand[:, 1]) <= max_color
     cand = cand[ok]
     ok = frame_distance(frames, cand[:, 0], cand[:, 1]) <= max_frames
     return cand[ok]

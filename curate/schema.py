@@ -70,6 +70,7 @@ CAPTION_VBLIP = "caption_vblip"
 CAPTION_LLM = "caption_llm"
 PHASH = "phash"  # 64-bit DCT hash (pHash) of the clip's mean frame (scoring/phash.py)
 PHASH_FRAMES = "phash_frames"  # pHashes of the mean frame, then each sampled frame, each under curate.dedup.CROPS
+PHASH_COLOR = "phash_color"  # mean R, G, B (0..255) of the sampled frames: the colour pHash (luma) cannot see
 
 SCORE_FIELDS: list[pa.Field] = [
     pa.field(FLOW_MEAN, pa.float32()),
@@ -88,6 +89,7 @@ SCORE_FIELDS: list[pa.Field] = [
     pa.field(CAPTION_LLM, pa.string()),
     pa.field(PHASH, pa.uint64()),
     pa.field(PHASH_FRAMES, pa.list_(pa.uint64())),
+    pa.field(PHASH_COLOR, pa.list_(pa.float32())),
 ]
 
 CLIP_SCHEMA = pa.schema(CLIP_FIELDS + SCORE_FIELDS)

@@ -32,7 +32,7 @@ from curate.params import Strict
 DEDUP_FILE = "dedup.parquet"
 SUMMARY_FILE = "dedup.json"
 DUP_GROUP, GROUP_SIZE, DUP_DISTANCE, DUP_COSINE, OUT_COLUMN = "dup_group", "group_size", "dup_distance", "dup_cosine", "out"
-COLUMNS = [schema.CLIP_ID, schema.DURATION_S, schema.PHASH_FRAMES, schema.CLIP_EMBEDDING]
+COLUMNS = [schema.CLIP_ID, schema.DURATION_S, schema.PHASH_FRAMES, schema.PHASH_COLOR, schema.CLIP_EMBEDDING]
 
 
 class DedupError(ValueError):
@@ -45,6 +45,7 @@ class DedupParams(Strict):
     tables: int = Field(48, ge=1, le=512, description="LSH tables (more: higher recall, slower)")
     bits: int = Field(24, ge=8, le=48, description="bits per LSH key (more: fewer random candidates)")
     window: int = Field(8, ge=1, description="neighbours paired inside one bucket (sorted order)")
+    max_color: float = Field(8.0, ge=0, le=255, description="mean chroma (Cb, Cr) difference at most (levels of 255)")
     max_group: float = Field(10.0, ge=0, le=64, description="a group member's frame distance to its representative at most")
     embedding: bool = Field(True, description="also group by clip_embedding (SemDeDup) where it is filled")
     eps: float = Field(0.03, gt=0, lt=1, description="SemDeDup: duplicates have cosine >= 1 - eps")
@@ -66,13 +67,15 @@ def load(outs: list[str]) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-def hash_arrays(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(rows with hashes, mean (m, N_CROPS), frames (m, K, N_CROPS)); shorter rows padded with
-    their last frame, so padding never makes two clips closer."""
+def hash_arrays(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(rows with hashes, mean (m, N_CROPS), frames (m, K, N_CROPS), colour (m, 3), NaN where
+    unknown); shorter rows padded with their last frame, so padding never makes two clips closer."""
     lists = table.column(schema.PHASH_FRAMES).to_pylist()
+    colors = table.column(schema.PHASH_COLOR).to_pylist() if schema.PHASH_COLOR in table.column_names else [None] * len(lists)
     rows = np.array([i for i, h in enumerate(lists) if h and len(h) >= 2 * N_CROPS and len(h) % N_CROPS == 0], np.int64)
+    color = np.array([colors[i] if colors[i] and len(colors[i]) == 3 else [np.nan] * 3 for i in rows], np.float32).reshape(-1, 3)
     if not len(rows):
-        return rows, np.zeros((0, N_CROPS), np.uint64), np.zeros((0, 1, N_CROPS), np.uint64)
+        return rows, np.zeros((0, N_CROPS), np.uint64), np.zeros((0, 1, N_CROPS), np.uint64), color
     k = max(len(lists[i]) // N_CROPS - 1 for i in rows)
     mean = np.empty((len(rows), N_CROPS), np.uint64)
     frames = np.empty((len(rows), k, N_CROPS), np.uint64)
@@ -82,11 +85,11 @@ def hash_arrays(table: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         f = h[1:]
         frames[r, : len(f)] = f
         frames[r, len(f):] = f[-1]
-    return rows, mean, frames
+    return rows, mean, frames, color
 
 
 def hash_edges(mean: np.ndarray, frames: np.ndarray, p: DedupParams, executor: str = "local",
-               address: str | None = None) -> np.ndarray:
+               address: str | None = None, color: np.ndarray | None = None) -> np.ndarray:
     """Verified duplicate pairs over all LSH tables (indices into mean/frames), sorted, unique."""
     ms = masks(p.tables, p.bits, p.seed)
     if not len(mean):
@@ -97,24 +100,25 @@ def hash_edges(mean: np.ndarray, frames: np.ndarray, p: DedupParams, executor: s
         from pipelines.curate import init_ray
 
         init_ray(address)
-        mref, fref = ray.put(mean), ray.put(frames)
+        mref, fref, cref = ray.put(mean), ray.put(frames), ray.put(color)
         task = ray.remote(num_cpus=1)(_table_task)
-        parts = ray.get([task.remote(int(m), mref, fref, p.max_mean, p.max_frames, p.window) for m in ms])
+        parts = ray.get([task.remote(int(m), mref, fref, p.max_mean, p.max_frames, p.window, cref, p.max_color) for m in ms])
     else:
-        parts = [table_edges(m, mean, frames, p.max_mean, p.max_frames, p.window) for m in ms]
+        parts = [table_edges(m, mean, frames, p.max_mean, p.max_frames, p.window, color, p.max_color) for m in ms]
     edges = np.concatenate(parts) if parts else np.zeros((0, 2), np.int64)
     return np.unique(edges, axis=0) if len(edges) else edges
 
 
-def _table_task(mask: int, mean: np.ndarray, frames: np.ndarray, max_mean: int, max_frames: float, window: int) -> np.ndarray:
-    return table_edges(mask, mean, frames, max_mean, max_frames, window)
+def _table_task(mask: int, mean: np.ndarray, frames: np.ndarray, max_mean: int, max_frames: float, window: int,
+                color: np.ndarray | None, max_color: float) -> np.ndarray:
+    return table_edges(mask, mean, frames, max_mean, max_frames, window, color, max_color)
 
 
 def group(table: pa.Table, p: DedupParams, executor: str = "local", address: str | None = None) -> tuple[pa.Table, dict]:
     n = table.num_rows
     t0 = time.perf_counter()
-    rows, mean, frames = hash_arrays(table)
-    h_edges = hash_edges(mean, frames, p, executor, address)
+    rows, mean, frames, color = hash_arrays(table)
+    h_edges = hash_edges(mean, frames, p, executor, address, color)
     edges = [rows[h_edges]] if len(h_edges) else []
     t_hash = time.perf_counter() - t0
     emb_list = table.column(schema.CLIP_EMBEDDING).to_pylist()

@@ -4,7 +4,9 @@
 thresholded at its median: 64 bits that survive re-encoding, rescaling, small overlays) on a few
 frames the sample step already decodes (small ones: pHash looks at 32x32), and on their mean
 frame. The frame hashes let a trimmed copy match by its best-aligned frames; the mean frame's
-hash is the key the grouping buckets on (a trim of a second barely moves it).
+hash is the key the grouping buckets on (a trim of a second barely moves it). pHash reads luma
+only: two test cards of one layout in red and in green hash alike, so the clip's mean colour is
+kept beside it and checked too.
 Each is taken on the full frame and on the five crops of curate.dedup.CROPS (a 4% border off, and
 7% off two sides, each corner): a re-upload cropped by 5-10% lines up with one of them.
 Chosen over PDQ (`pdqhash`, 256 bits) and `perception`'s video hashes by measurement:
@@ -56,7 +58,7 @@ class PHashScorer(StageBase):
     order: ClassVar[int] = 35
     Params: ClassVar[type] = PHashParams
     resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=32)
-    output_columns: ClassVar[tuple[str, ...]] = (schema.PHASH, schema.PHASH_FRAMES)
+    output_columns: ClassVar[tuple[str, ...]] = (schema.PHASH, schema.PHASH_FRAMES, schema.PHASH_COLOR)
 
     def __init__(self, params: PHashParams):
         self.params = params
@@ -72,7 +74,8 @@ class PHashScorer(StageBase):
         gray = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames])  # ITU-R 601 luma, as PIL's "L"
         mean = gray.astype(np.float32).mean(axis=0).round().astype(np.uint8)
         hashes = [h for f in (mean, *gray) for h in crop_hashes(f)]
-        return {schema.PHASH: hashes[0], schema.PHASH_FRAMES: hashes}
+        color = frames.reshape(-1, 3).mean(axis=0).astype(np.float32).tolist()
+        return {schema.PHASH: hashes[0], schema.PHASH_FRAMES: hashes, schema.PHASH_COLOR: color}
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         return score_each(batch, self.name, frames_for(batch, self.name), self.output_columns, self.score)

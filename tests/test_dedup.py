@@ -43,7 +43,7 @@ def hashed(paths: list[str]) -> pa.Table:
                      schema.FPS: fps, schema.DURATION_S: n / fps, schema.ERRORS: []})  # fmt: skip
     t = SampleStage(SampleParams(), PHashScorer.plans(PHashParams()))(pa.Table.from_pylist(rows))
     t = PHashScorer(PHashParams())(t)
-    t = schema.conform(t).select([schema.CLIP_ID, schema.DURATION_S, schema.PHASH_FRAMES, schema.CLIP_EMBEDDING,
+    t = schema.conform(t).select([schema.CLIP_ID, schema.DURATION_S, schema.PHASH_FRAMES, schema.PHASH_COLOR, schema.CLIP_EMBEDDING,
                                   schema.CLIP_URI, schema.START_FRAME, schema.END_FRAME])  # fmt: skip
     return t.append_column(OUT_COLUMN, pa.array(["test"] * t.num_rows))
 
@@ -93,16 +93,17 @@ def test_lsh_finds_the_groups_all_pairs_would(small):
     """The LSH tables miss no group that comparing every pair finds (on this corpus)."""
     table, _ = small
     p = DedupParams()
-    rows, mean, frames = hash_arrays(table)
+    rows, mean, frames, color = hash_arrays(table)
     n = len(rows)
-    from curate.dedup import components, frame_distance, mean_distance
+    from curate.dedup import color_distance, components, frame_distance, mean_distance
 
     i, j = np.triu_indices(n, 1)
     ok = (mean_distance(mean, i, j) <= p.max_mean) & (frame_distance(frames, i, j) <= p.max_frames)
+    ok &= color_distance(color, i, j) <= p.max_color
     exact = components(n, np.stack([i[ok], j[ok]], axis=1))
     from pipelines.dedup import hash_edges
 
-    lsh = components(n, hash_edges(mean, frames, p))
+    lsh = components(n, hash_edges(mean, frames, p, color=color))
     assert (exact == lsh).all()
     assert len(np.unique(exact)) < n  # there were groups to find
 
@@ -172,3 +173,25 @@ def test_dedup_command_select_ray_and_idempotent(tmp_path, small, ray_session):
     section = page.split("<h2>Near-duplicate groups</h2>")[1].split("<h2>")[0]
     assert section.count("class='dupgroup'") == 5 and section.count("<img") >= 5 * len(VARIANTS) - 5
     assert DATA.exists()
+
+
+def test_same_layout_in_other_colours_is_not_a_duplicate():
+    """pHash reads luma: test cards of one layout in grey, red and green (as in PySceneDetect's
+    counter.mp4) hash alike; their mean colours tell them apart. The same card with noise stays one."""
+    import cv2
+
+    scorer = PHashScorer(PHashParams())
+    rows = []
+    for k, bgr in enumerate([(110, 95, 90), (90, 95, 140), (80, 130, 80), (110, 95, 90)]):
+        frames = np.empty((5, 72, 128, 3), np.uint8)
+        for f in range(5):
+            img = np.full((72, 128, 3), bgr[::-1], np.uint8)
+            cv2.putText(img, f"Frame = {f}", (60, 55), cv2.FONT_HERSHEY_SIMPLEX, 0.35, (255, 255, 255), 1)
+            if k == 3:
+                img = np.clip(img.astype(np.int16) + np.random.default_rng(f).integers(-6, 7, img.shape), 0, 255).astype(np.uint8)
+            frames[f] = img
+        rows.append({schema.CLIP_ID: f"card{k}", schema.DURATION_S: 1.0, **scorer.score(frames)})
+    table = schema.conform(pa.Table.from_pylist(rows, schema=pa.schema([f for f in schema.CLIP_SCHEMA if f.name in rows[0]])))
+    table = table.select([c for c in table.column_names if c in rows[0] or c == schema.CLIP_EMBEDDING])
+    result, _ = group(table.append_column(OUT_COLUMN, pa.array(["t"] * 4)), DedupParams())
+    assert result.column(DUP_GROUP).to_pylist() == ["card0", "card1", "card2", "card0"]
