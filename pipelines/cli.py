@@ -494,6 +494,50 @@ def compare_cmd(
     console.print(f"[green]ranking[/green]: {' > '.join(board['ranking'])} -> {out / 'leaderboard.json'}")
 
 
+@app.command("vote")
+def vote_cmd(
+    cmp: Path = typer.Argument(..., help="a `curate compare` output"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (default: this machine only)"),
+    port: int = typer.Option(8765, "--port", help="port (0: any free one)"),
+) -> None:
+    """Serve a page where people vote which arm's sample video is better (arms hidden, sides
+    random); votes go to CMP/votes.jsonl. `curate rerank CMP` folds them into the leaderboard."""
+    from pipelines.vote import index, serve
+
+    if not (cmp / "arms").is_dir():
+        _fail(f"{cmp}: not a `curate compare` output (no arms/)")
+    files, pairs = index(cmp)
+    if not pairs:
+        _fail(f"{cmp}: no sample videos of two arms with the same prompt and seeds: nothing to vote on")
+    if not 0 <= port <= 65535:
+        _fail(f"--port {port}: not a port number")
+    console.print(f"{len(pairs)} pairs over {len(files)} sample videos")
+    try:
+        serve(cmp, host, port)
+    except OSError as e:
+        _fail(f"cannot listen on {host}:{port}: {e.strerror or e}")
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command("rerank")
+def rerank_cmd(
+    cmp: Path = typer.Argument(..., help="a finished `curate compare` output"),
+    votes: Optional[str] = typer.Option(None, "--votes", help="human votes (default: CMP/votes.jsonl from `curate vote`)"),
+) -> None:
+    """Rank the arms again with the human votes as a judge beside the automatic ones; nothing retrains."""
+    from pipelines.compare import rerank
+
+    if votes is not None and not Path(votes).is_file():
+        _fail(f"--votes {votes}: no such file")
+    try:
+        board = rerank(cmp, votes)
+    except (FileNotFoundError, ValueError, KeyError) as e:
+        _fail(str(e))
+    Console().print((cmp / "leaderboard.md").read_text())
+    console.print(f"[green]ranking[/green]: {' > '.join(board['ranking'])} -> {cmp / 'leaderboard.json'}")
+
+
 models_app = typer.Typer(no_args_is_help=True, help="Model weights a config needs.")
 app.add_typer(models_app, name="models")
 

@@ -102,8 +102,103 @@ def compare(cfg: TrainConfig, arms: dict[str, str], out: str | Path, seeds: list
             arm_cfg.eval.extra_sets = sets
             runs.setdefault(name, []).append(train(arm_cfg, data, out / "arms" / name / f"seed-{seed}"))
     board: dict = {"arms": list(arms), "seeds": seeds, "eval_sets": sets, "metrics": {}, "elo": {}}
+    games_all = _judge(board, runs)
+    return rank(out, board, games_all, votes)
+
+
+def rank(out: Path, board: dict, games_auto: list[tuple[str, str, float]], votes: str | None) -> dict:
+    """The automatic judges' Elo, and the human votes as a judge of their own (win rate with a
+    bootstrap CI over votes, Elo), whether the two agree, and the overall ranking."""
+    arms = board["arms"]
+    board["elo"]["automatic"] = elo(games_auto, list(arms)) if games_auto else {}
+    games_all = list(games_auto)
+    board.pop("human", None)
+    if votes and Path(votes).is_file():
+        vg = [g for g in vote_games(votes) if g[0] in arms and g[1] in arms]
+        if vg:
+            board["elo"]["human_votes"] = elo(vg, list(arms))
+            board["human"] = {"votes": len(vg), "win_rate": vote_win_rates(vg, list(arms))}
+            games_all += vg
+            auto, human = board["elo"]["automatic"], board["elo"]["human_votes"]
+            if auto:
+                pairs = list(itertools.combinations(arms, 2))
+                same = [(auto[a] > auto[b]) == (human[a] > human[b]) for a, b in pairs]
+                board["human"]["agreement"] = {"pairs_same_order": sum(same), "pairs": len(pairs),
+                                               "same_top": max(auto, key=auto.get) == max(human, key=human.get)}  # fmt: skip
+    board["elo"]["overall"] = elo(games_all, list(arms)) if games_all else {}
+    board["ranking"] = sorted(arms, key=lambda a: -board["elo"]["overall"].get(a, 0))
+    (out / "leaderboard.json").write_text(json.dumps(board, indent=2))
+    (out / "leaderboard.md").write_text(markdown(board))
+    return board
+
+
+def vote_win_rates(games: list[tuple[str, str, float]], arms: list[str], n: int = 1000, seed: int = 0) -> dict:
+    """Per arm: the share of its voted games it won (ties half), with a 95% bootstrap interval
+    over the votes."""
+    g = np.array([(arms.index(a), arms.index(b), s) for a, b, s in games], float)
+    idx = np.random.default_rng(seed).integers(0, len(g), size=(n, len(g)))
+    out = {}
+    for k, arm in enumerate(arms):
+        score = np.where(g[:, 0] == k, g[:, 2], np.where(g[:, 1] == k, 1.0 - g[:, 2], np.nan))
+        if np.all(np.isnan(score)):
+            continue
+        boot = np.nanmean(np.where(np.isnan(score[idx]), np.nan, score[idx]), axis=1)
+        out[arm] = {"mean": float(np.nanmean(score)), "ci95": [float(np.nanpercentile(boot, 2.5)), float(np.nanpercentile(boot, 97.5))],
+                    "games": int((~np.isnan(score)).sum())}  # fmt: skip
+    return out
+
+
+def rerank(out: str | Path, votes: str | None = None) -> dict:
+    """Rank a finished compare again (new votes) from its stored evaluations: nothing retrains."""
+    out = Path(out)
+    try:
+        old = json.loads((out / "leaderboard.json").read_text())
+    except (OSError, ValueError):
+        raise FileNotFoundError(f"{out}: no leaderboard.json (not a finished `curate compare` output)") from None
+    runs = {a: [json.loads(p.read_text()) for p in sorted((out / "arms" / a).glob("seed-*/eval.json"))] for a in old["arms"]}
+    board = {k: old[k] for k in ("arms", "seeds", "eval_sets")} | {"metrics": {}, "elo": {}}
+    games = _judge(board, runs)
+    return rank(out, board, games, votes if votes else (str(out / "votes.jsonl") if (out / "votes.jsonl").is_file() else None))
+
+
+def markdown(board: dict) -> str:
+    human = board.get("human")
+    judges = ["Elo (overall)", "Elo (automatic)"] + (["Elo (human votes)", "human win rate [95% CI]"] if human else [])
+    lines = ["| rank | arm | " + " | ".join(judges) + " | " + " | ".join(board["metrics"]) + " |",
+             "|---|---|" + "---|" * (len(judges) + len(board["metrics"]))]  # fmt: skip
+    for i, a in enumerate(board["ranking"], 1):
+        cells = []
+        for m in board["metrics"].values():
+            v = m.get(a)
+            if v is None:
+                cells.append("")
+            elif "ci95" in v:
+                cells.append(f"{v['mean']:.4f} [{v['ci95'][0]:.4f}, {v['ci95'][1]:.4f}]")
+            else:
+                cells.append(f"{v['mean']:.4f}")
+        elo_cells = [f"{board['elo']['overall'].get(a, float('nan')):.1f}", f"{board['elo'].get('automatic', {}).get(a, float('nan')):.1f}"]
+        if human:
+            w = human["win_rate"].get(a)
+            elo_cells += [f"{board['elo']['human_votes'].get(a, float('nan')):.1f}",
+                          f"{w['mean']:.2f} [{w['ci95'][0]:.2f}, {w['ci95'][1]:.2f}]" if w else ""]  # fmt: skip
+        lines.append(f"| {i} | {a} | " + " | ".join(elo_cells) + " | " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n\nLower is better for losses and distances; intervals are paired bootstrap 95% over eval clips.\n"
+    if human:
+        ag = human.get("agreement")
+        text += f"\nHuman votes: {human['votes']} (`curate vote`)"
+        if ag:
+            text += (f"; they order {ag['pairs_same_order']} of {ag['pairs']} arm pairs as the automatic judges do, "
+                     f"and {'agree' if ag['same_top'] else 'disagree'} on the best arm")
+        text += ".\n"
+    return text
+
+
+def _judge(board: dict, runs: dict[str, list[dict]]) -> list[tuple[str, str, float]]:
+    """The automatic judges: per eval set, per-clip losses (bootstrap CI, Elo games), retrieval,
+    sample statistics; fills board["metrics"] and board["elo"], returns the games."""
+    arms = board["arms"]
     games_all: list[tuple[str, str, float]] = []
-    for set_name in sets:
+    for set_name in board["eval_sets"]:
         clips = sorted(set.intersection(*[set(r["eval"][set_name]["per_clip"]) for rs in runs.values() for r in rs]))
         per_arm = {a: np.array([np.mean([r["eval"][set_name]["per_clip"][c] for r in rs]) for c in clips]) for a, rs in runs.items()}
         if not clips:
@@ -121,29 +216,4 @@ def compare(cfg: TrainConfig, arms: dict[str, str], out: str | Path, seeds: list
         for key in (rs[0].get("sample_distances") or {}):
             vals = [r["sample_distances"][key] for r in rs]
             board["metrics"].setdefault(f"samples/{key}", {})[a] = {"mean": float(np.mean(vals)), "seeds": vals}
-    if votes:
-        vg = vote_games(votes)
-        board["elo"]["human_votes"] = elo(vg, list(arms))
-        games_all += vg
-    board["elo"]["overall"] = elo(games_all, list(arms)) if games_all else {}
-    board["ranking"] = sorted(arms, key=lambda a: -board["elo"]["overall"].get(a, 0))
-    (out / "leaderboard.json").write_text(json.dumps(board, indent=2))
-    (out / "leaderboard.md").write_text(markdown(board))
-    return board
-
-
-def markdown(board: dict) -> str:
-    lines = ["| rank | arm | Elo (overall) | " + " | ".join(board["metrics"]) + " |",
-             "|---|---|---|" + "---|" * len(board["metrics"])]  # fmt: skip
-    for i, a in enumerate(board["ranking"], 1):
-        cells = []
-        for m in board["metrics"].values():
-            v = m.get(a)
-            if v is None:
-                cells.append("")
-            elif "ci95" in v:
-                cells.append(f"{v['mean']:.4f} [{v['ci95'][0]:.4f}, {v['ci95'][1]:.4f}]")
-            else:
-                cells.append(f"{v['mean']:.4f}")
-        lines.append(f"| {i} | {a} | {board['elo']['overall'].get(a, float('nan')):.1f} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n\nLower is better for losses and distances; intervals are paired bootstrap 95% over eval clips.\n"
+    return games_all
