@@ -20,7 +20,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 from bisect import bisect_right
 from dataclasses import dataclass
@@ -28,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from curate.config import ClipsParams
-from curate.video import VideoInfo, ffmpeg_exe
+from curate.video import VideoInfo, ffmpeg_exe, ffmpeg_run
 
 
 class ExtractError(Exception):
@@ -363,38 +362,20 @@ def _extract_group(src: str, info: VideoInfo, spans: list[ClipSpan], results: li
     cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-y", *_seek_args(info, s0), "-i", src,
            "-filter_complex", graph, *out]  # fmt: skip
 
-    with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE if sample_at else subprocess.DEVNULL,
-                                stderr=err)  # fmt: skip
-        expired = threading.Event()
-
-        def _expire() -> None:
-            expired.set()
-            proc.kill()
-
-        timer = threading.Timer(max(0.0, timeout), _expire) if timeout is not None else None
-        if timer:
-            timer.start()
-        try:
-            if sample_at:  # read while ffmpeg writes (it would block on a full pipe); pack clip by clip
-                frame_bytes = geo.width * geo.height * 3
-                got: dict[int, np.ndarray] = {}
-                for n, (k, j) in enumerate(sample_at):
-                    buf = _read_exact(proc.stdout, frame_bytes)
-                    if buf is None:
-                        break
-                    got[j] = np.frombuffer(buf, np.uint8).reshape(geo.height, geo.width, 3)
-                    if n + 1 == len(sample_at) or sample_at[n + 1][0] != k:
-                        results[k].sample = pack_plans(plans, per_plan[k], got)
-                        got = {}
-                proc.stdout.read()  # anything past what was asked: drain so ffmpeg can finish
-            rc = proc.wait()
-        finally:
-            if timer:
-                timer.cancel()
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    with ffmpeg_run(cmd, timeout, subprocess.PIPE if sample_at else subprocess.DEVNULL) as (proc, expired, err):
+        if sample_at:  # read while ffmpeg writes (it would block on a full pipe); pack clip by clip
+            frame_bytes = geo.width * geo.height * 3
+            got: dict[int, np.ndarray] = {}
+            for n, (k, j) in enumerate(sample_at):
+                buf = _read_exact(proc.stdout, frame_bytes)
+                if buf is None:
+                    break
+                got[j] = np.frombuffer(buf, np.uint8).reshape(geo.height, geo.width, 3)
+                if n + 1 == len(sample_at) or sample_at[n + 1][0] != k:
+                    results[k].sample = pack_plans(plans, per_plan[k], got)
+                    got = {}
+            proc.stdout.read()  # anything past what was asked: drain so ffmpeg can finish
+        rc = proc.wait()
         if rc != 0:
             if expired.is_set():
                 raise ExtractError(f"ffmpeg timed out after {timeout:.0f}s")

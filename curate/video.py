@@ -14,8 +14,9 @@ import stat
 import subprocess
 import tempfile
 import threading
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Iterator
+from typing import IO, Iterator
 
 import numpy as np
 
@@ -186,6 +187,33 @@ def scaled_size(width: int, height: int, target: int) -> tuple[int, int]:
     return w, h
 
 
+@contextmanager
+def ffmpeg_run(cmd: list[str], timeout: float | None, stdout=subprocess.PIPE) -> Iterator[tuple[subprocess.Popen, threading.Event, IO[bytes]]]:
+    """ffmpeg under a deadline: (the process, set when the deadline killed it, its stderr in a
+    temp file). A timer kills it past `timeout` (None: no limit), so a stuck decode or a full pipe
+    cannot outlive its budget; on leaving, the timer stops and a process still running is killed."""
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=err)
+        expired = threading.Event()
+
+        def _expire() -> None:
+            expired.set()
+            proc.kill()
+
+        timer = threading.Timer(max(0.0, timeout), _expire) if timeout is not None else None
+        if timer:
+            timer.daemon = True
+            timer.start()
+        try:
+            yield proc, expired, err
+        finally:
+            if timer:
+                timer.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
 def iter_frames(
     path: str,
     width: int,
@@ -212,18 +240,7 @@ def iter_frames(
         "-vf", f"scale={width}:{height}:flags=area,format={pix_fmt}",
         "-f", "rawvideo", "pipe:1",
     ]  # fmt: skip
-    with tempfile.TemporaryFile() as errfile:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=errfile, stdin=subprocess.DEVNULL)
-        timed_out = threading.Event()
-
-        def _kill() -> None:
-            timed_out.set()
-            proc.kill()
-
-        timer = threading.Timer(deadline_s, _kill) if deadline_s else None
-        if timer:
-            timer.daemon = True
-            timer.start()
+    with ffmpeg_run(cmd, deadline_s or None) as (proc, timed_out, _):
         # A reader thread keeps ffmpeg decoding ahead while the caller analyses frames: the pipe
         # holds less than one frame, so reading inline would serialise decode and analysis.
         chunks: queue.Queue = queue.Queue(maxsize=4)
@@ -249,9 +266,7 @@ def iter_frames(
                 yield chunk
             proc.wait()
         finally:
-            if timer:
-                timer.cancel()
-            if proc.poll() is None:
+            if proc.poll() is None:  # a caller that stopped early: end the decode before draining
                 proc.kill()
                 proc.wait()
             while reader.is_alive():  # unblock a reader waiting on a full queue

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -202,18 +201,11 @@ def dedup_cmd(
     """Group near-duplicate clips over OUTs by their perceptual hashes (and clip embeddings):
     DIR/dedup.parquet gives each clip its group's representative; `curate select --dedup DIR`
     keeps one per group."""
-    from curate.config import ConfigError, _set_dotted, format_error, parse_override
+    from curate.config import ConfigError, load_model
     from pipelines.dedup import DedupError, DedupParams, run_dedup
 
     try:
-        data: dict = {}
-        for item in sets:
-            key, value = parse_override(item)
-            _set_dotted(data, key, value)
-        try:
-            params = DedupParams.model_validate(data)
-        except ValidationError as e:
-            raise ConfigError(format_error("--set", e)) from None
+        params = load_model(DedupParams, None, sets)
         if on_ray or ray_address:
             _filter_native_stderr()
         summary = run_dedup(outs, dest, params, "ray" if (on_ray or ray_address) else "local", ray_address)

@@ -161,12 +161,13 @@ def group(table: pa.Table, p: DedupParams, executor: str = "local", address: str
         DUP_DISTANCE: pa.array(dist, pa.float32(), mask=np.isnan(dist)),
         DUP_COSINE: pa.array(cos, pa.float32(), mask=np.isnan(cos)),
     })  # fmt: skip
-    dup_rows = int(((size > 1) & assessed).sum())
+    in_groups = (size > 1) & assessed
+    n_groups = len(np.unique(label[in_groups]))
     summary = {
         "clips": n, "with_hashes": int(len(rows)), "with_embeddings": int(len(emb_rows)),
         "hash_pairs": int(len(h_edges)), "embedding_pairs": int(len(s_edges)),
-        "groups_with_duplicates": int(len({label[i] for i in range(n) if size[i] > 1 and assessed[i]})),
-        "clips_in_groups": dup_rows, "removable": int(dup_rows - len({label[i] for i in range(n) if size[i] > 1 and assessed[i]})),
+        "groups_with_duplicates": n_groups, "clips_in_groups": int(in_groups.sum()),
+        "removable": int(in_groups.sum()) - n_groups,
         "hash_seconds": round(t_hash, 3), "params": p.model_dump(mode="json"),
     }  # fmt: skip
     return out.sort_by(schema.CLIP_ID), summary
@@ -186,15 +187,11 @@ def _stars(label: np.ndarray, ids: list[str], pos: np.ndarray, frames: np.ndarra
     while todo:
         group = sorted(todo.pop(), key=lambda i: ids[i])
         r = group[0]
-        rest = group[1:]
-        if pos[r] >= 0:
-            hashed = [i for i in rest if pos[i] >= 0]
-            far = set()
-            if hashed:
-                d = frame_distance(frames, pos[np.array(hashed)], np.full(len(hashed), pos[r]))
-                far = {i for i, x in zip(hashed, d) if x > max_group}
-        else:
-            far = set()
+        hashed = [i for i in group[1:] if pos[i] >= 0] if pos[r] >= 0 else []
+        far = set()
+        if hashed:
+            d = frame_distance(frames, pos[np.array(hashed)], np.full(len(hashed), pos[r]))
+            far = {i for i, x in zip(hashed, d) if x > max_group}
         for i in group:
             if i not in far:
                 rep[i] = r

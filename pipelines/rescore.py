@@ -25,6 +25,7 @@ from typing import Callable, Iterable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import ValidationError
 
 from curate import schema
 from curate.config import ConfigError, PipelineConfig, _set_dotted, format_error, parse_override, pipeline_config_model
@@ -68,8 +69,8 @@ def new_config(out: str, sets: list[str]) -> tuple[PipelineConfig, PipelineConfi
     model = pipeline_config_model()
     try:
         old = model.model_validate(data)
-    except Exception as e:  # noqa: BLE001 - a manifest from another version of curate
-        raise RescoreError(format_error(f"{out}/{MANIFEST_FILE} (config)", e) if hasattr(e, "errors") else str(e)) from None
+    except ValidationError as e:  # a manifest from another version of curate
+        raise RescoreError(format_error(f"{out}/{MANIFEST_FILE} (config)", e)) from None
     data = copy.deepcopy(data)
     for item in sets:
         key, value = parse_override(item)
@@ -79,8 +80,8 @@ def new_config(out: str, sets: list[str]) -> tuple[PipelineConfig, PipelineConfi
         _set_dotted(data, key, value)
     try:
         new = model.model_validate(data)
-    except Exception as e:  # noqa: BLE001
-        raise ConfigError(format_error("--set", e) if hasattr(e, "errors") else str(e)) from None
+    except ValidationError as e:
+        raise ConfigError(format_error("--set", e)) from None
     return old, new, manifest
 
 
