@@ -5,7 +5,8 @@ the frames the OCR plan samples from the stored clip (what the pipeline's scorer
 for the demo recipe) and measures, per frame:
 - the reference: EasyOCR's CRAFT detector (the detector SVD used), detection only, on the same
   frame decoded from the *source* video at source resolution (canvas up to --ref-side), union of
-  its boxes;
+  its boxes; and CRAFT on the frame the scorer sees (`ref_stored`: what the stored clip can show;
+  small text that a 320 px clip no longer resolves is in the first reference only);
 - the raw rapidocr detectors (PP-OCRv4 mobile, PP-OCRv6 small) at 640 and 320, before any rule;
 - the scorer as configured (`--backend`, `--det-model`, defaults otherwise): gate, detector,
   doubtful boxes read;
@@ -91,6 +92,8 @@ def main() -> None:
     ap.add_argument("--ref-side", type=int, default=1280)
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--json", default="ocr_bench.json")
+    ap.add_argument("--reuse", help="a --json of an earlier run on the same OUT: its reference and raw "
+                    "detector figures are taken from there (they do not change with the scorer's rules)")
     a = ap.parse_args()
 
     rows = sorted(read_shards(a.out).to_pylist(), key=lambda r: r[schema.CLIP_ID])[: a.limit or None]
@@ -111,6 +114,7 @@ def main() -> None:
         full, _ = decode_frames(r[schema.CLIP_URI], set(wanted), ["pyav"])
         picked[r[schema.CLIP_ID]] = {k: resize(f, plan) for k, f in sorted(full.items())}
     sources = source_frames(rows, picked)
+    before = {(d["clip"], d["frame"]): d for d in json.loads(Path(a.reuse).read_text())} if a.reuse else {}
     frames_out, score_s = [], 0.0
     for r in rows:
         small = picked[r[schema.CLIP_ID]]
@@ -120,9 +124,14 @@ def main() -> None:
         for k, g in small.items():
             f = sources[r[schema.CLIP_ID], k]
             d = {"clip": r[schema.CLIP_ID], "source": Path(r[schema.SOURCE_URI]).name, "frame": k}
-            d["ref"] = union_area_ratio(reference.detect(f), f.shape[1], f.shape[0])
-            for key, eng in raw.items():
-                d[key] = union_area_ratio(eng.detect(g), g.shape[1], g.shape[0])
+            if (r[schema.CLIP_ID], k) in before:
+                d.update({key: v for key, v in before[r[schema.CLIP_ID], k].items() if key.startswith("ref") or "@" in key})
+            else:
+                d["ref"] = union_area_ratio(reference.detect(f), f.shape[1], f.shape[0])
+                for key, eng in raw.items():
+                    d[key] = union_area_ratio(eng.detect(g), g.shape[1], g.shape[0])
+            if "ref_stored" not in d:  # CRAFT on the frame the scorer sees (what the stored clip can show)
+                d["ref_stored"] = union_area_ratio(reference.detect(g), g.shape[1], g.shape[0])
             boxes, *_ = scorer.detect(g)
             d["scorer"] = union_area_ratio(boxes, g.shape[1], g.shape[0])
             d["density"] = stroke_density(g)
@@ -141,6 +150,20 @@ def summarise(frames: list[dict], decode_s: float, score_s: float, clips: int, b
         err = sorted(abs(d[key] - d["ref"]) for d in text)
         print(f"{key:22s} textless frames over 0.02: {len(over):3d} (max {max((d[key] for d in clean), default=0):.3f}); "
               f"text frames |diff| median {err[len(err) // 2] if err else 0:.3f}, p90 {err[int(0.9 * len(err))] if err else 0:.3f}")  # fmt: skip
+    by_clip: dict[str, list[dict]] = {}
+    for d in frames:
+        by_clip.setdefault(d["clip"], []).append(d)
+    got = {c: max(d["scorer"] for d in ds) for c, ds in by_clip.items()}
+    for key, what in (("ref", "CRAFT at source resolution"), ("ref_stored", "CRAFT on the stored clip's frames")):
+        ref = {c: max(d[key] for d in ds) for c, ds in by_clip.items()}
+        textless = [c for c in by_clip if ref[c] == 0.0]
+        texty = [c for c in by_clip if ref[c] > 0.005]
+        close = [c for c in texty if abs(got[c] - ref[c]) <= 0.02]
+        print(f"clips (max over frames) against {what}: {len(textless)} textless, {sum(got[c] > 0.02 for c in textless)} "
+              f"of them above 0.02 (max {max((got[c] for c in textless), default=0):.3f}); {len(texty)} with text, "
+              f"{len(close)} within 0.02; the others:")  # fmt: skip
+        for c in sorted(set(texty) - set(close), key=lambda c: by_clip[c][0]["source"]):
+            print(f"    {by_clip[c][0]['source']:45s} {c[-15:]}  reference {ref[c]:.3f}  scorer {got[c]:.3f}")
     gated = [d for d in frames if d["density"] < 0.1]
     print(f"gate: skips {len(gated)} of {len(frames)} frames; lowest density of a text frame "
           f"{min((d['density'] for d in text), default=0):.3f}")  # fmt: skip

@@ -214,8 +214,10 @@ def test_curate_demo(tmp_path, ray_session):
     static = [r for r in rows if r["source_uri"].endswith("three_shots.mp4") and r["start_frame"] == 96]
     moving = [r for r in rows if r["source_uri"].endswith("three_shots.mp4") and r["start_frame"] == 0]
     assert static[0][schema.FLOW_MEAN] < 0.01 < moving[0][schema.FLOW_MEAN]
-    texts = [r[schema.OCR_TEXT] for r in rows if r["source_uri"].endswith("static_then_text.mp4")]
-    assert any("SALE" in t for t in texts)
+    # the caption shot has text on screen, the static shot before it none; the demo recipe only
+    # detects (reading is opt-in: ocr.recognize)
+    text = sorted((r["start_frame"], r[schema.OCR_AREA_RATIO], r[schema.OCR_TEXT]) for r in rows if r["source_uri"].endswith("static_then_text.mp4"))
+    assert text[0][1] < 0.005 < text[-1][1] and {t for *_, t in text} == {None}, text
     assert m["scorers"]["flow"]["short_side"] == 16
 
 
