@@ -84,7 +84,7 @@ class CutsParams(Strict):
         "decides on windows around the proposals only")
     transnet_threshold: float = Field(0.5, gt=0, lt=1, description="TransNetV2 transition probability")
     transnet_device: Literal["auto", "cpu", "cuda"] = "auto"
-    transnet_batch: int = Field(4, ge=1, description="100-frame windows per forward pass")
+    transnet_batch: int = Field(4, ge=1, description="windows per forward pass (100 frames; the hybrid's are shorter)")
     levels: list[FpsLevel] = Field(default_factory=_default_levels, min_length=1)
     analysis_size: int = Field(128, ge=16, description="frames are decoded scaled so the longer side is this")
     min_scene_len_s: float = Field(0.5, ge=0.0)

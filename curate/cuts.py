@@ -217,14 +217,7 @@ def _hybrid(candidates, flashes, dist, spool, model, params: CutsParams, tol, mi
     if props:
         w, h = transnet.SIZE
         frames = np.memmap(spool, dtype=np.uint8, mode="r", shape=(n_frames, h, w, 3))
-        ranges: list[list[int]] = []
-        for f in props:  # the frames around each proposal, overlapping stretches merged
-            lo, hi = max(0, f - 2), min(n_frames, f + 3)
-            if ranges and lo <= ranges[-1][1]:
-                ranges[-1][1] = max(ranges[-1][1], hi)
-            else:
-                ranges.append([lo, hi])
-        probs = transnet.predict_ranges(model, lambda a, b: np.asarray(frames[a:b]), n_frames, ranges, params.transnet_batch)
+        probs = transnet.predict_around(model, lambda a, b: np.asarray(frames[a:b]), n_frames, props, 2, params.transnet_batch)
         confirmed = [f for f in props if max(probs.get(k, 0.0) for k in range(f - 2, f + 3)) > params.transnet_threshold]
         by_level["hybrid"] = confirmed
         kept += [(f, 1, float(diffs[f])) for f in confirmed]

@@ -66,10 +66,11 @@ def test_windows_around_frames_agree_with_the_whole_video():
     for f in video:
         stream.push(f)
     whole = stream.finish()
-    part = transnet.predict_ranges(model, lambda a, b: video[a:b], len(video), [(60, 90)])
-    assert set(part) >= set(range(60, 90))
-    # other window alignment, same 25 frames of context: the network barely notices
-    assert max(abs(part[k] - whole[k]) for k in range(60, 90)) < 0.05
+    part = transnet.predict_around(model, lambda a, b: video[a:b], len(video), [0, 3, 62, 120, 198], reach=2)
+    # stretches merged where they touch, clipped at the ends
+    assert set(part) == {*range(0, 6), *range(60, 65), *range(118, 123), *range(196, 200)}
+    # short windows, the same 25 frames of context either side: the network barely notices
+    assert max(abs(part[k] - whole[k]) for k in part) < 0.05
 
 
 @pytest.mark.parametrize("detector", ["transnetv2", "hybrid"])
@@ -87,10 +88,11 @@ def test_flashes_are_not_cuts_and_a_same_source_cut_is(flashes_in_a_real_shot, d
 def test_hybrid_shows_the_network_only_windows(flashes_in_a_real_shot, monkeypatch):  # noqa: F811
     seen = []
     real = transnet._run
-    monkeypatch.setattr(transnet, "_run", lambda model, windows: seen.append(len(windows)) or real(model, windows))
+    monkeypatch.setattr(transnet, "_run", lambda model, windows, *span: seen.append(sum(map(len, windows))) or real(model, windows, *span))
     detect_cuts(flashes_in_a_real_shot, probe(flashes_in_a_real_shot), CutsParams(detector="hybrid"))
-    # 157 frames as a whole video take 4 windows; the proposals around 55-58 and 80 take 2
-    assert 0 < sum(seen) <= 2
+    # 157 frames as a whole video take 4 windows of 100; the proposals around 55-58 and 80 take
+    # two short ones (a stretch of 5-8 frames and 25 of context either side)
+    assert 0 < sum(seen) <= 2 * (8 + 2 * transnet.CONTEXT)
 
 
 @pytest.mark.parametrize("detector", ["transnetv2", "hybrid"])
