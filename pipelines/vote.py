@@ -227,13 +227,17 @@ async function vote(choice) {
   if (!rater) { $("status").textContent = "enter your name first"; $("rater").focus(); return; }
   if (!cur || cur.done || busy) return;
   busy = true; localStorage.setItem("curate-rater", rater);
+  let saved = null;
   try {
     const r = await fetch("/api/vote", {method: "POST", headers: {"Content-Type": "application/json"},
       body: JSON.stringify({pair: cur.pair, token: cur.token, choice: choice, rater: rater})});
     if (!r.ok) { $("status").textContent = "the vote was refused (" + r.status + ")"; return; }
-    const j = await r.json(); $("status").textContent = "saved: " + choice + " (" + j.votes + " votes)";
-    await load();
-  } catch (e) { $("status").textContent = "not saved: the server did not answer"; } finally { busy = false; }
+    const j = await r.json(); saved = "saved: " + choice + " (" + j.votes + " votes)";
+    // "saved" only once the next pair is up: a key pressed before that would be a vote on nothing
+    await load(); $("status").textContent = saved;
+  } catch (e) {
+    $("status").textContent = saved ? saved + "; the next pair did not load (reload the page)" : "not saved: the server did not answer";
+  } finally { busy = false; }
 }
 $("b-left").onclick = () => vote("left"); $("b-right").onclick = () => vote("right");
 $("b-tie").onclick = () => vote("tie"); $("b-skip").onclick = () => vote("skip");
