@@ -132,7 +132,7 @@ def main() -> None:
                     d[key] = union_area_ratio(eng.detect(g), g.shape[1], g.shape[0])
             if "ref_stored" not in d:  # CRAFT on the frame the scorer sees (what the stored clip can show)
                 d["ref_stored"] = union_area_ratio(reference.detect(g), g.shape[1], g.shape[0])
-            boxes, *_ = scorer.detect(g)
+            boxes, _ = scorer.detect(g)
             d["scorer"] = union_area_ratio(boxes, g.shape[1], g.shape[0])
             d["density"] = stroke_density(g)
             frames_out.append(d)

@@ -142,7 +142,7 @@ def vote_win_rates(games: list[tuple[str, str, float]], arms: list[str], n: int 
         score = np.where(g[:, 0] == k, g[:, 2], np.where(g[:, 1] == k, 1.0 - g[:, 2], np.nan))
         if np.all(np.isnan(score)):
             continue
-        boot = np.nanmean(np.where(np.isnan(score[idx]), np.nan, score[idx]), axis=1)
+        boot = np.nanmean(score[idx], axis=1)  # a resample holding none of the arm's games is NaN
         out[arm] = {"mean": float(np.nanmean(score)), "ci95": [float(np.nanpercentile(boot, 2.5)), float(np.nanpercentile(boot, 97.5))],
                     "games": int((~np.isnan(score)).sum())}  # fmt: skip
     return out

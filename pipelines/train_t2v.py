@@ -164,8 +164,8 @@ class Trainer:
         self.sched.step()
         with torch.no_grad():  # the EMA in one multi-tensor op, not a kernel per parameter
             live = dict(self.unet.named_parameters(prefix="unet")) | dict(self.text.named_parameters(prefix="text"))
-            names = [name for name, _ in self.ema.named_parameters()]
-            torch._foreach_lerp_([p for _, p in self.ema.named_parameters()], [live[n] for n in names], 1 - cfg.optim.ema_decay)
+            ema = list(self.ema.named_parameters())
+            torch._foreach_lerp_([p for _, p in ema], [live[n] for n, _ in ema], 1 - cfg.optim.ema_decay)
         self.step += 1
         loss_value, gnorm_value = torch.stack([total.float(), gnorm.float()]).tolist()  # the step's one host sync
         return {"step": self.step, "loss": loss_value, "lr": self.sched.get_last_lr()[0], "grad_norm": gnorm_value,

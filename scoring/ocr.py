@@ -67,15 +67,18 @@ class OcrParams(Strict):
     easyocr_languages: list[str] = Field(default_factory=lambda: ["en"])
 
 
-def union_area_ratio(boxes: list[np.ndarray], width: int, height: int) -> float:
-    if not boxes:
-        return 0.0
+def box_mask(boxes: list[np.ndarray], width: int, height: int) -> np.ndarray:
+    """The boxes rasterised into one 0/1 mask of the frame."""
     import cv2
 
     mask = np.zeros((height, width), np.uint8)
     for b in boxes:  # one call per box: a single fillPoly of overlapping polygons XORs them
         cv2.fillPoly(mask, [np.round(b).astype(np.int32).reshape(-1, 1, 2)], 1)
-    return float(mask.sum()) / float(width * height)
+    return mask
+
+
+def union_area_ratio(boxes: list[np.ndarray], width: int, height: int) -> float:
+    return float(box_mask(boxes, width, height).sum()) / float(width * height) if boxes else 0.0
 
 
 def summed_area_ratio(boxes: list[np.ndarray], width: int, height: int) -> float:
@@ -171,13 +174,8 @@ def covered(box: np.ndarray, others: list[np.ndarray], width: int, height: int) 
     patterned cup read as "OMA" or "HAS"), shaped and read with the same confidence as real
     lettering of that size (a T-shirt's print, read as "oeel"). At half size the detector boxes
     the print again (98-100% of it) and not the cup (0% in 13 of 14 frames, 32% in one)."""
-    import cv2
-
-    mine, theirs = np.zeros((height, width), np.uint8), np.zeros((height, width), np.uint8)
-    cv2.fillPoly(mine, [np.round(box).astype(np.int32).reshape(-1, 1, 2)], 1)
-    for b in others:
-        cv2.fillPoly(theirs, [np.round(b).astype(np.int32).reshape(-1, 1, 2)], 1)
-    return float((mine & theirs).sum()) / max(1.0, float(mine.sum()))
+    mine = box_mask([box], width, height)
+    return float((mine & box_mask(others, width, height)).sum()) / max(1.0, float(mine.sum()))
 
 
 class _RapidOcr:
@@ -258,16 +256,16 @@ class OcrScorer(StageBase):
         if self._engine is None:
             self._engine = (_RapidOcr if self.params.backend == "rapidocr" else _EasyOcr)(self.params)
 
-    def detect(self, rgb: np.ndarray) -> tuple[list[np.ndarray], list[str], list[bool]]:
-        """The text boxes of one frame that can be text (4x2 polygons in pixels), per box the
-        string read in it ("" unless `recognize` read it with at least `min_score`), and per box
-        whether it was doubtful (`doubtful`: counted only once read as plausible text).
+    def detect(self, rgb: np.ndarray) -> tuple[list[np.ndarray], list[str]]:
+        """The text boxes of one frame that can be text (4x2 polygons in pixels), and per box the
+        string read in it ("" unless `recognize` read it with at least `min_score`).
 
-        Detection alone gives the area; a doubtful box counts only once it is read and passes
-        `plausible_text`; with `recognize` off, no other box is read."""
+        Detection alone gives the area; a doubtful box (`doubtful`) counts only once it is read
+        and passes `plausible_text` (and, when big, `covered`); with `recognize` off, no other box
+        is read."""
         h, w = rgb.shape[:2]
         if self.params.gate and not text_likely(rgb):
-            return [], [], []
+            return [], []
         boxes = [b for b in self._engine.detect(rgb) if box_shape(b)[1] <= 0.6 * min(w, h)]  # never a line
         check = [self.params.verify and doubtful(b, w, h) for b in boxes]
         to_read = [i for i in range(len(boxes)) if self.params.recognize or check[i]]
@@ -280,14 +278,14 @@ class OcrScorer(StageBase):
             half = [b * 2 for b in self._engine.detect(cv2.resize(rgb, (w // 2, h // 2), interpolation=cv2.INTER_AREA))]
             kept = [i for i in kept if i not in big or covered(boxes[i], half, w, h) >= 0.5]
         texts = [read[i][0].strip() if i in read and read[i][1] >= self.params.min_score else "" for i in kept]
-        return [boxes[i] for i in kept], texts, [check[i] for i in kept]
+        return [boxes[i] for i in kept], texts
 
     def score(self, frames: np.ndarray) -> dict:
         area = union_area_ratio if self.params.area == "union" else summed_area_ratio
-        found = [self.detect(f) for f in frames]
-        ratios = [area(boxes, f.shape[1], f.shape[0]) for f, (boxes, _, _) in zip(frames, found)]
-        texts: list[str] = []
-        for _, strings, _ in found:
+        ratios, texts = [], []
+        for f in frames:
+            boxes, strings = self.detect(f)
+            ratios.append(area(boxes, f.shape[1], f.shape[0]))
             texts += [t for t in strings if t and t not in texts]
         ratio = max(ratios) if self.params.reduce == "max" else float(np.mean(ratios))
         return {schema.OCR_AREA_RATIO: ratio, schema.OCR_TEXT: " | ".join(texts) if self.params.recognize else None}
