@@ -8,8 +8,12 @@ stage is skipped with one warning, its columns stay null, and the manifest recor
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 import os
+import sys
+import types
 from dataclasses import dataclass
 from typing import Literal
 
@@ -77,10 +81,9 @@ def _check_open_clip(ref: ModelRef) -> ModelStatus:
     if ref.pretrained and (os.path.sep in ref.pretrained or ref.pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))):
         return ModelStatus(ref, False, f"no file at {ref.pretrained}", how)
     try:
-        import open_clip
+        cfg = _open_clip_pretrained_cfg(ref.name, ref.pretrained or "")
     except ImportError:
         return ModelStatus(ref, False, "open_clip is not installed", "pip install 'curate[models]'")
-    cfg = open_clip.get_pretrained_cfg(ref.name, ref.pretrained or "")
     if not cfg:
         return ModelStatus(ref, False, f"open_clip knows no pretrained tag {ref.pretrained!r} for {ref.name}", how)
     hub = cfg.get("hf_hub", "")
@@ -94,6 +97,31 @@ def _check_open_clip(ref: ModelRef) -> ModelStatus:
                 return ModelStatus(ref, True, hit, how)
         return ModelStatus(ref, False, f"{repo_id} is not in the local Hugging Face cache", how)
     return ModelStatus(ref, False, "this tag downloads from a URL; no local copy is known", how)
+
+
+def _open_clip_pretrained_cfg(model: str, tag: str) -> dict:
+    """open_clip's entry for a pretrained tag, read from its own table (open_clip/pretrained.py)
+    without `import open_clip`, whose package import builds every model module: 5.5 s of each
+    run's start on 2 cores, against 1.5 s for the table. The table's module is loaded under a
+    private package name whose path is open_clip's, so its relative imports resolve there; when
+    that fails (a reorganised open_clip), the full import answers."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.origin:
+        raise ImportError("open_clip")
+    try:
+        if _REGISTRY_PACKAGE not in sys.modules:
+            package = types.ModuleType(_REGISTRY_PACKAGE)
+            package.__path__ = [os.path.dirname(spec.origin)]
+            sys.modules[_REGISTRY_PACKAGE] = package
+        table = importlib.import_module(_REGISTRY_PACKAGE + ".pretrained")
+        return table.get_pretrained_cfg(model, tag)
+    except Exception:  # noqa: BLE001 - any layout we do not know: ask open_clip itself
+        import open_clip
+
+        return open_clip.get_pretrained_cfg(model, tag)
+
+
+_REGISTRY_PACKAGE = "_curate_open_clip_table"
 
 
 def resolve_device(device: str) -> str:

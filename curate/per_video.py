@@ -31,6 +31,7 @@ import pyarrow as pa
 from curate import schema
 from curate import stage as _stage
 from curate.config import ClipsParams, CutsParams, ProbeParams
+from curate.clips import SAMPLE_BUDGET_BYTES
 from curate.faults import fault
 from curate.video import VideoInfo
 
@@ -131,7 +132,9 @@ class VideoStage(_stage.StageBase):
 
     name: ClassVar[str] = "video"
     Params: ClassVar[type] = ClipsParams
-    resources: ClassVar[_stage.Resources] = _stage.Resources(num_cpus=1, batch_size=1)
+    # the scorers' frames an input carries with its rows, at most (curate.clips); declaring it
+    # also keeps Ray from fusing this step into a scorer's actor pool (pipelines/curate.py)
+    resources: ClassVar[_stage.Resources] = _stage.Resources(num_cpus=1, batch_size=1, memory=SAMPLE_BUDGET_BYTES)
     output_columns: ClassVar[tuple[str, ...]] = (
         schema.CLIP_ID, schema.VIDEO_ID, schema.SOURCE_URI, schema.CLIP_URI, schema.CLIP_INDEX,
         schema.START_FRAME, schema.END_FRAME, schema.START_S, schema.END_S, schema.DURATION_S,

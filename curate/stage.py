@@ -17,13 +17,19 @@ from pydantic import BaseModel
 from curate import schema
 
 
+AUTO = "auto"
+
+
 @dataclass(frozen=True)
 class Resources:
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     batch_size: int | None = 1
-    # Stateful stages (models) run as an actor pool of this size; None = run as Ray tasks.
-    actors: int | None = None
+    # Stateful stages (models) run as an actor pool of up to this many replicas, or AUTO: as many
+    # as the cluster's free resources allow (Ray Data adds them while input waits); None = tasks.
+    actors: int | str | None = None
+    # Bytes the step holds beyond its worker's baseline, reserved on the node by Ray's scheduler.
+    memory: int | None = None
 
 
 @runtime_checkable

@@ -116,7 +116,7 @@ def _run(config: Optional[Path], inputs: list[str], out: str, sets: list[str], r
 
         try:
             result = run(cfg, uris, out, on_progress=on_progress, force=force)
-        except (ConfigMismatch, MissingModelError, OutNotOurs, OutError, LeaseHeld, LeaseLost) as e:
+        except (ConfigError, ConfigMismatch, MissingModelError, OutNotOurs, OutError, LeaseHeld, LeaseLost) as e:
             _fail(display(str(e)))
         except OSError as e:  # a full disk, a vanished mount: what was committed stays whole
             _fail(f"{display(str(e))} -- everything committed before this is intact; run the same command again "

@@ -19,11 +19,11 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from curate import schema
-from curate.config import PipelineConfig
+from curate.config import ConfigError, PipelineConfig
 from curate import __version__
 from curate.lease import lease_for
 from curate.shards import MARKER_FILE, Committer, OutNotOurs, VideoRecord, ownership_problem
-from curate.stage import check_stage
+from curate.stage import AUTO, check_stage
 from curate.storage import OutputStore, check_out_path
 from curate.per_video import VideoStage
 
@@ -100,11 +100,17 @@ def timed(stage, batch: pa.Table) -> pa.Table:
     return out.append_column(schema.SECONDS, col)
 
 
-def _apply_stage(batch: pa.Table, stage_cls: type, args: tuple) -> pa.Table:
-    """Ray task body for a stateless stage: construction and setup are cheap, so per batch."""
-    stage = stage_cls(*args)
-    stage.setup()
-    return timed(stage, batch)
+def task_function(cls: type, args: tuple) -> Callable[[pa.Table], pa.Table]:
+    """A Ray task body around a stateless stage: construction and setup are cheap, so per batch.
+    Named after the stage, as Ray's plans and stats name the operator."""
+
+    def apply(batch: pa.Table) -> pa.Table:
+        stage = cls(*args)
+        stage.setup()
+        return timed(stage, batch)
+
+    apply.__name__ = apply.__qualname__ = cls.__name__
+    return apply
 
 
 def actor_class(cls: type, args: tuple) -> type:
@@ -141,29 +147,88 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         ray.init(num_cpus=num_cpus, **kwargs)
 
 
+class ResourcesShort(ConfigError):
+    """The scorers' actor pools cannot all start on this Ray cluster: the run would wait forever."""
+
+
+def pool_needs(stages: list[StageSpec], gpus_in_cluster: bool = False) -> dict[str, tuple[float, float]]:
+    """{stage: (CPUs, GPUs)} that each actor pool holds from the start (its first actor)."""
+    need = {}
+    for spec in stages:
+        res = spec.cls.resources_for(spec.params, gpus_in_cluster)
+        if res.actors is not None:
+            need[spec.cls.name] = (res.num_cpus, res.num_gpus)
+    return need
+
+
+def video_tasks_apart(stages: list[StageSpec], cpus: float, gpus: float, gpus_in_cluster: bool = False) -> bool:
+    """Whether the per-video stage gets tasks of its own, beside the scorers' actor pools.
+
+    Ray Data fuses a task step into the actor pool after it when their remote arguments match.
+    The per-video stage (cuts and clips, most of the pass) then runs only in as many processes as
+    that pool holds (a model's one actor), in bundles of the scorer's batch size (measured on the
+    demo: 8 inputs per call, one lane busy; 68 s against 60 s apart). Apart it needs a CPU the
+    pools do not hold; where there is none (a small machine with several model stages), the
+    fused layout is the one that can run. Raises ResourcesShort when the pools alone do not fit:
+    Ray would start some of them and wait forever for the rest."""
+    need = pool_needs(stages, gpus_in_cluster)
+    held_cpu, held_gpu = sum(c for c, _ in need.values()), sum(g for _, g in need.values())
+    if held_cpu > cpus + 1e-9 or held_gpu > gpus + 1e-9:
+        each = ", ".join(f"{name} {c:g} CPU" + (f" + {g:g} GPU" if g else "") for name, (c, g) in need.items())
+        raise ResourcesShort(
+            f"the scorers' actor pools need {held_cpu:g} CPUs and {held_gpu:g} GPUs at once ({each}); this Ray "
+            f"cluster has {cpus:g} CPUs and {gpus:g} GPUs: lower scorers.<stage>.num_cpus, turn a stage off, "
+            "or give Ray more (ray.num_cpus, ray.address)")  # fmt: skip
+    video = next((spec for spec in stages if spec.cls is VideoStage), None)
+    return video is not None and cpus - held_cpu >= video.cls.resources_for(video.params).num_cpus - 1e-9
+
+
+def add_steps(ds, cfg: PipelineConfig, stages: list[StageSpec], gpus_in_cluster: bool = False,
+              video_apart: bool = True):
+    """One Ray Data step per stage on `ds` (lazy: nothing runs until it is iterated); the one
+    place that turns Stage resources into Ray compute (curate run and curate rescore).
+    `video_apart` (video_tasks_apart): the per-video stage's declared memory, which keeps Ray
+    from fusing it into the next pool (ray#54433 gives that advice), is passed on."""
+    from ray.data import ActorPoolStrategy, TaskPoolStrategy
+
+    for spec in stages:
+        res = spec.cls.resources_for(spec.params, gpus_in_cluster)
+        memory = None if spec.cls is VideoStage and not video_apart else res.memory
+        if res.actors is not None:  # stateful (a model, an OCR engine): set up once per actor
+            pool = ActorPoolStrategy(min_size=1, max_size=None if res.actors == AUTO else res.actors)
+            ds = ds.map_batches(
+                actor_class(spec.cls, spec.args), batch_size=res.batch_size, batch_format="pyarrow",
+                num_cpus=res.num_cpus, num_gpus=res.num_gpus, memory=memory, compute=pool,
+            )  # fmt: skip
+        else:
+            ds = ds.map_batches(
+                task_function(spec.cls, spec.args), batch_size=res.batch_size, batch_format="pyarrow",
+                num_cpus=res.num_cpus, num_gpus=res.num_gpus, memory=memory,
+                compute=TaskPoolStrategy(size=cfg.ray.video_concurrency),
+            )  # fmt: skip
+    return ds
+
+
+def build_dataset(cfg: PipelineConfig, uris: list[str], stages: list[StageSpec], cluster: dict[str, float]):
+    """The graph of `curate run` for a cluster of these resources (ray.cluster_resources()):
+    one block per input, then the stages."""
+    import ray
+
+    gpus = cluster.get("GPU", 0.0)
+    apart = video_tasks_apart(stages, cluster.get("CPU", 0.0), gpus, gpus > 0)
+    ds = ray.data.from_items([{schema.SOURCE_URI: u} for u in uris], override_num_blocks=max(1, len(uris)))
+    return add_steps(ds, cfg, stages, gpus > 0, apart)
+
+
 def _batches_ray(cfg: PipelineConfig, uris: list[str], stages: list[StageSpec]) -> Iterable[pa.Table]:
     import ray
-    from ray.data import ActorPoolStrategy, DataContext, TaskPoolStrategy
+    from ray.data import DataContext
 
     logging.getLogger("ray.data").setLevel(logging.ERROR)
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False  # the CLI draws its own rich progress
     ctx.print_on_execution_start = False
-    ds = ray.data.from_items([{schema.SOURCE_URI: u} for u in uris], override_num_blocks=max(1, len(uris)))
-    gpus_in_cluster = ray.cluster_resources().get("GPU", 0) > 0
-    for spec in stages:
-        res = spec.cls.resources_for(spec.params, gpus_in_cluster)
-        if res.actors:  # stateful (a model, an OCR engine): set up once per actor
-            ds = ds.map_batches(
-                actor_class(spec.cls, spec.args), batch_size=res.batch_size, batch_format="pyarrow",
-                num_cpus=res.num_cpus, num_gpus=res.num_gpus, compute=ActorPoolStrategy(min_size=1, max_size=res.actors),
-            )  # fmt: skip
-        else:
-            ds = ds.map_batches(
-                _apply_stage, fn_kwargs={"stage_cls": spec.cls, "args": spec.args}, batch_size=res.batch_size,
-                batch_format="pyarrow", num_cpus=res.num_cpus, num_gpus=res.num_gpus,
-                compute=TaskPoolStrategy(size=cfg.ray.video_concurrency),
-            )  # fmt: skip
+    ds = build_dataset(cfg, uris, stages, ray.cluster_resources())
     yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
 

@@ -32,7 +32,7 @@ from curate.config import ConfigError, PipelineConfig, _set_dotted, format_error
 from curate.lease import lease_for
 from curate.shards import MANIFEST_FILE, RESCORE, RESCORE_DONE, SHARDS, Committer
 from curate.storage import OutputStore, check_out_path
-from pipelines.curate import StageSpec, _apply_stage, actor_class, enabled_scorers, init_ray, model_stages, timed
+from pipelines.curate import StageSpec, add_steps, enabled_scorers, init_ray, model_stages, timed, video_tasks_apart
 
 RESCORE_KEYS = ("scorers", "sample", "executor", "ray", "name")
 PART_COLUMN = "_part"  # in flight: which committed part a row came from ...
@@ -197,10 +197,10 @@ def _scored(cfg: PipelineConfig, parts: list[str], prepare, specs: list[StageSpe
             yield part, pa.concat_tables(batches, promote_options="default") if batches else table
         return
     import ray
-    from ray.data import ActorPoolStrategy, TaskPoolStrategy
-
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
-    gpus = ray.cluster_resources().get("GPU", 0) > 0
+    cluster = ray.cluster_resources()
+    gpus = cluster.get("GPU", 0) > 0
+    video_tasks_apart(specs, cluster.get("CPU", 0.0), cluster.get("GPU", 0.0), gpus)  # raises if the pools cannot start
     tables = {p: prepare(p) for p in parts}
     counts = {p: t.num_rows for p, t in tables.items()}
     for p in [p for p, n in counts.items() if n == 0]:
@@ -209,16 +209,7 @@ def _scored(cfg: PipelineConfig, parts: list[str], prepare, specs: list[StageSpe
         return
     ds = ray.data.from_arrow(list(tables.values()))
     tables.clear()
-    for spec in specs:
-        res = spec.cls.resources_for(spec.params, gpus)
-        if res.actors:
-            ds = ds.map_batches(actor_class(spec.cls, spec.args), batch_size=res.batch_size, batch_format="pyarrow",
-                                num_cpus=res.num_cpus, num_gpus=res.num_gpus,
-                                compute=ActorPoolStrategy(min_size=1, max_size=res.actors))  # fmt: skip
-        else:
-            ds = ds.map_batches(_apply_stage, fn_kwargs={"stage_cls": spec.cls, "args": spec.args},
-                                batch_size=res.batch_size, batch_format="pyarrow", num_cpus=res.num_cpus,
-                                num_gpus=res.num_gpus, compute=TaskPoolStrategy(size=cfg.ray.video_concurrency))  # fmt: skip
+    ds = add_steps(ds, cfg, specs, gpus)
     pending: dict[str, list[pa.Table]] = {}
     for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
         names = batch.column(PART_COLUMN).to_pylist()

@@ -33,7 +33,7 @@ from curate import schema
 from curate.params import Strict
 from curate.sample import SamplePlan, frames_for
 from curate.models import MissingModelError
-from curate.stage import Resources, StageBase, score_each
+from curate.stage import AUTO, Resources, StageBase, score_each
 
 
 class OcrParams(Strict):
@@ -241,7 +241,8 @@ class OcrScorer(StageBase):
     name: ClassVar[str] = "ocr"
     order: ClassVar[int] = 20
     Params: ClassVar[type] = OcrParams
-    resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=8, actors=2)  # holds the OCR engine
+    # holds the OCR engine; one thread per actor, as many actors as the cluster has CPUs to spare
+    resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=8, actors=AUTO)
     output_columns: ClassVar[tuple[str, ...]] = (schema.OCR_AREA_RATIO, schema.OCR_TEXT)
 
     def __init__(self, params: OcrParams):

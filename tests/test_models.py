@@ -1,6 +1,9 @@
 """Model stages with tiny random models loaded through the real loading path; missing weights."""
 
 import json
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pyarrow as pa
@@ -191,3 +194,22 @@ def test_model_stages_as_ray_actor_pools_match_local(tmp_path, tiny_models, thre
     run(load_config(None, ["executor=ray", *sets]), [three_shots.path], str(tmp_path / "ray"))
     key = lambda out: sorted(read_shards(str(out)).drop_columns(["clip_uri"]).to_pylist(), key=lambda r: r["clip_id"])  # noqa: E731
     assert key(tmp_path / "ray") == key(tmp_path / "local")
+
+
+def test_open_clip_tags_resolve_without_importing_open_clip():
+    """The preflight reads open_clip's pretrained table without its 5 s package import, and
+    answers as open_clip does (checked in a fresh interpreter, where nothing imported it yet)."""
+    code = textwrap.dedent("""
+        import json, sys
+        from curate.models import _open_clip_pretrained_cfg
+        tags = [("ViT-L-14", "openai"), ("coca_ViT-L-14", "mscoco_finetuned_laion2B-s13B-b90k"),
+                ("ViT-B-32", "laion2b_s34b_b79k"), ("ViT-B-32", "no_such_tag")]
+        mine = [_open_clip_pretrained_cfg(m, t) for m, t in tags]
+        imported = "open_clip" in sys.modules
+        import open_clip
+        theirs = [open_clip.get_pretrained_cfg(m, t) for m, t in tags]
+        print(json.dumps({"imported": imported, "same": mine == theirs, "hub": mine[0].get("hf_hub")}))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"imported": False, "same": True, "hub": "timm/vit_large_patch14_clip_224.openai/"}

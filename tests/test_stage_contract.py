@@ -77,3 +77,41 @@ def test_the_ray_wiring_sets_an_actor_up_once(ray_session):
                          compute=ray.data.ActorPoolStrategy(min_size=1, max_size=1)).take_all()  # fmt: skip
     assert len(out) == 10
     assert {r["setups"] for r in out} == {1} and len({r["pid"] for r in out}) == 1  # one actor, one setup
+
+
+MODEL_STAGES = ("caption_coca", "caption_vblip", "caption_llm", "clip")
+
+
+@pytest.mark.parametrize("sets, cpus, expect", [
+    ([f"scorers.{n}.enabled=false" for n in MODEL_STAGES], 2, "apart"),  # the demo without weights
+    ([f"scorers.{n}.enabled=false" for n in MODEL_STAGES] + ["scorers.ocr.enabled=false"], 2, "apart"),  # no pools
+    ([f"scorers.{n}.num_cpus=0.25" for n in MODEL_STAGES], 2, "fused"),  # pools hold every CPU
+    ([f"scorers.{n}.num_cpus=0.25" for n in MODEL_STAGES], 8, "apart"),  # a bigger machine
+    ([], 2, "short"),  # four model pools of one CPU each and OCR's on two CPUs: would wait forever
+])  # fmt: skip
+def test_the_per_video_stage_gets_tasks_of_its_own_where_the_cpus_allow(ray_session, capsys, sets, cpus, expect):
+    """Ray Data fuses a task step into the actor pool after it when their remote arguments match:
+    the per-video stage (cuts and clips) then ran only in the OCR actors, 8 inputs per call. The
+    plan Ray optimises keeps it an operator of its own, one input per task, wherever a CPU is
+    left beside the pools; where none is, fused is what can run; where the pools alone do not
+    fit, the run refuses at once instead of waiting forever."""
+    from curate.config import RECIPES, load_config
+    from pipelines.curate import ResourcesShort, build_dataset, build_stages
+
+    cfg = load_config(RECIPES / "demo.yaml", sets)
+    stages = build_stages(cfg, "/nonexistent-out")  # (the model stages' weights are not needed to plan)
+    assert stages[0].cls is VideoStage and VideoStage.resources.batch_size == 1
+    if expect == "short":
+        with pytest.raises(ResourcesShort, match=r"need 5 CPUs .*caption_coca 1 CPU.*this Ray cluster has 2 CPUs"):
+            build_dataset(cfg, ["a.mp4", "b.mp4"], stages, {"CPU": cpus})
+        return
+    capsys.readouterr()
+    build_dataset(cfg, ["a.mp4", "b.mp4"], stages, {"CPU": cpus}).explain()  # lazy: planned, nothing runs
+    physical = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
+    ops = [line.split("[", 1)[1].rstrip("]") for line in physical.splitlines() if "Operator[" in line]
+    if expect == "apart":
+        assert "MapBatches(VideoStage)" in ops, physical  # alone, not "...->MapBatches(OcrScorer)"
+    else:
+        assert any(op.startswith("MapBatches(VideoStage)->") for op in ops), physical
+    if "scorers.ocr.enabled=false" not in sets:
+        assert any(op.endswith("MapBatches(OcrScorer)") for op in ops) and "ActorPoolMapOperator" in physical
