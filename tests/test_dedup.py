@@ -195,3 +195,25 @@ def test_same_layout_in_other_colours_is_not_a_duplicate():
     table = table.select([c for c in table.column_names if c in rows[0] or c == schema.CLIP_EMBEDDING])
     result, _ = group(table.append_column(OUT_COLUMN, pa.array(["t"] * 4)), DedupParams())
     assert result.column(DUP_GROUP).to_pylist() == ["card0", "card1", "card2", "card0"]
+
+
+def test_phash_stack_is_imagehash_bit_for_bit():
+    """The scorer hashes a clip's 36 crops as one stack; the bits must be imagehash's own, on real
+    frames, their crops, and flat and tiny frames (where the DCT's median ties)."""
+    import imagehash
+    from PIL import Image
+
+    from scoring.phash import crops, phash64_many
+
+    grays = []
+    for name in ("opencv__cup.mp4", "pyscenedetect__testvideo.mp4"):
+        with av.open(str(TESTS_DATA / name)) as c:
+            for k, frame in enumerate(c.decode(video=0)):
+                if k % 7 == 0:
+                    gray = frame.to_ndarray(format="gray", width=128, height=72)
+                    grays += crops(gray)
+                if k > 60:
+                    break
+    grays += [np.zeros((72, 128), np.uint8), np.full((72, 128), 200, np.uint8), np.arange(12, dtype=np.uint8).reshape(3, 4)]
+    theirs = [int("".join("1" if b else "0" for b in imagehash.phash(Image.fromarray(g)).hash.flatten()), 2) for g in grays]
+    assert len(grays) > 100 and phash64_many(grays) == theirs
