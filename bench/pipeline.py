@@ -35,6 +35,7 @@ RUNS = [
     ("cuts+clips exact, source size", ["clips.mode=exact", "clips.short_side=null", *NO_SCORERS]),
     ("cuts+clips exact, 320 px", ["clips.mode=exact", "clips.short_side=320", *NO_SCORERS]),
     ("demo recipe (flow, quality, OCR), 320 px", ["clips.mode=exact", "clips.short_side=320"]),
+    ("demo recipe, 320 px, executor local (no Ray)", ["clips.mode=exact", "clips.short_side=320", "executor=local"]),
     ("demo recipe, smart at source size (before)", ["clips.mode=smart", "clips.short_side=null"]),
 ]
 
