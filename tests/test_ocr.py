@@ -158,3 +158,28 @@ def test_the_shipped_detector_is_the_published_file_and_a_bad_name_says_so(tmp_p
         det_model_path("PP-OCRv5")
     with pytest.raises(MissingModelError, match="no detector file"):
         OcrScorer(OcrParams(det_model=str(tmp_path / "det.onnx"))).setup()
+
+
+def test_a_still_clip_is_detected_once_and_a_change_is_not_missed():
+    """`reuse_still`: of a clip's sampled frames, one no 64-px cell of which moved by more than 2
+    gray levels from a frame already detected takes that frame's result (a slide, a title card,
+    a static shot); a subtitle that appears is a change, detected. The ratios are those of
+    detecting every frame."""
+    base = frames_of(CREDITS, [200])[200]
+    noise = np.random.default_rng(0).integers(-1, 2, base.shape)  # re-encoding noise of a still shot
+    still = np.stack([base, np.clip(base.astype(int) + noise, 0, 255).astype(np.uint8), base])
+    subtitled, _ = render(base, "a subtitle that appears", 0.05, (255, 255, 255), (0, 0, 0))
+    changing = np.stack([base, base, subtitled])
+
+    reuse, every = OcrScorer(OcrParams()), OcrScorer(OcrParams(reuse_still=False))
+    reuse.setup()
+    every._engine = reuse._engine  # one engine, counted
+    calls = []
+    detect = reuse._engine.detect
+    reuse._engine.detect = lambda rgb: calls.append(1) or detect(rgb)
+    for clip, detected in ((still, 1), (changing, 2)):
+        calls.clear()
+        got = reuse.score(clip)[schema.OCR_AREA_RATIO]
+        assert len(calls) == detected
+        assert got == pytest.approx(every.score(clip)[schema.OCR_AREA_RATIO], abs=1e-9)
+    assert reuse.score(changing)[schema.OCR_AREA_RATIO] > reuse.score(still)[schema.OCR_AREA_RATIO] + 0.01
