@@ -187,7 +187,14 @@ class PipelineConfig(Strict):
         """Hash of what changes results (not where or how fast it runs)."""
         data = self.model_dump(mode="json", exclude={"ray": True, "executor": True, "name": True, "watchdog": True,
                                                      "shards": {"commit_every_s", "commit_every_videos"}})
+        for section in (data.get("scorers") or {}).values():  # how many replicas, and what each reserves
+            for key in SCHEDULING_KEYS:
+                section.pop(key, None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# a scorer's settings that decide only where and how widely it runs (Ray), not what it writes
+SCHEDULING_KEYS = ("actors", "num_cpus", "num_gpus", "threads")
 
 
 def pipeline_config_model() -> type[PipelineConfig]:

@@ -21,3 +21,5 @@ class ModelParams(Strict):
     batch_size: int = Field(8, ge=1, description="clips per inference batch")
     actors: int = Field(1, ge=1, description="model replicas (Ray actors); one GPU each on a GPU cluster")
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved per replica (Ray)")
+    num_gpus: float = Field(1.0, gt=0, le=1, description="share of a GPU per replica on a GPU cluster (Ray); "
+                            "0.25 lets four model stages share one GPU")

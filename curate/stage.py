@@ -75,7 +75,7 @@ class StageBase:
 
         if isinstance(params, ModelParams):
             gpu = params.device == "cuda" or (params.device == "auto" and gpus_available)
-            return Resources(num_cpus=params.num_cpus, num_gpus=1.0 if gpu else 0.0,
+            return Resources(num_cpus=params.num_cpus, num_gpus=params.num_gpus if gpu else 0.0,
                              batch_size=params.batch_size, actors=params.actors)  # fmt: skip
         return cls.resources
 

@@ -177,7 +177,7 @@ def video_tasks_apart(stages: list[StageSpec], cpus: float, gpus: float, gpus_in
         each = ", ".join(f"{name} {c:g} CPU" + (f" + {g:g} GPU" if g else "") for name, (c, g) in need.items())
         raise ResourcesShort(
             f"the scorers' actor pools need {held_cpu:g} CPUs and {held_gpu:g} GPUs at once ({each}); this Ray "
-            f"cluster has {cpus:g} CPUs and {gpus:g} GPUs: lower scorers.<stage>.num_cpus, turn a stage off, "
+            f"cluster has {cpus:g} CPUs and {gpus:g} GPUs: lower scorers.<stage>.num_cpus (num_gpus), turn a stage off, "
             "or give Ray more (ray.num_cpus, ray.address)")  # fmt: skip
     video = next((spec for spec in stages if spec.cls is VideoStage), None)
     return video is not None and cpus - held_cpu >= video.cls.resources_for(video.params).num_cpus - 1e-9

@@ -42,6 +42,7 @@ def test_hooks_have_defaults_and_resources_come_from_one_place():
     assert Plain.resources_for(p, gpus_available=False) == Resources(num_cpus=0.5, num_gpus=0.0, batch_size=3, actors=2)
     assert Plain.resources_for(p, gpus_available=True).num_gpus == 1.0
     assert Plain.resources_for(p.model_copy(update={"device": "cpu"}), gpus_available=True).num_gpus == 0.0
+    assert Plain.resources_for(p.model_copy(update={"num_gpus": 0.25}), gpus_available=True).num_gpus == 0.25
 
 
 class Counting(StageBase):
@@ -115,3 +116,16 @@ def test_the_per_video_stage_gets_tasks_of_its_own_where_the_cpus_allow(ray_sess
         assert any(op.startswith("MapBatches(VideoStage)->") for op in ops), physical
     if "scorers.ocr.enabled=false" not in sets:
         assert any(op.endswith("MapBatches(OcrScorer)") for op in ops) and "ActorPoolMapOperator" in physical
+
+
+def test_model_pools_that_need_more_gpus_than_there_are_are_refused_and_can_share_one():
+    """On one GPU, four model stages of a whole GPU each would start one pool and wait forever for
+    the rest: refused, naming them; at a quarter of a GPU each they share it."""
+    from curate.config import RECIPES, load_config
+    from pipelines.curate import ResourcesShort, build_stages, video_tasks_apart
+
+    whole = build_stages(load_config(RECIPES / "demo.yaml"), "/nonexistent-out")
+    with pytest.raises(ResourcesShort, match=r"4 GPUs .*caption_coca 1 CPU \+ 1 GPU.*has 16 CPUs and 1 GPUs"):
+        video_tasks_apart(whole, cpus=16, gpus=1, gpus_in_cluster=True)
+    shared = build_stages(load_config(RECIPES / "demo.yaml", [f"scorers.{n}.num_gpus=0.25" for n in MODEL_STAGES]), "/x")
+    assert video_tasks_apart(shared, cpus=16, gpus=1, gpus_in_cluster=True)  # and the per-video stage apart
