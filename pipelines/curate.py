@@ -151,27 +151,16 @@ class ResourcesShort(ConfigError):
     """The scorers' actor pools cannot all start on this Ray cluster: the run would wait forever."""
 
 
-def pool_needs(stages: list[StageSpec], gpus_in_cluster: bool = False) -> dict[str, tuple[float, float]]:
-    """{stage: (CPUs, GPUs)} that each actor pool holds from the start (its first actor)."""
+def check_pools_fit(stages: list[StageSpec], cluster: dict[str, float]) -> float:
+    """The CPUs left beside the scorers' actor pools (each holds its first actor from the start) on
+    a cluster of these resources (ray.cluster_resources()). Raises ResourcesShort when the pools
+    alone do not fit: Ray would start some of them and wait forever for the rest."""
+    cpus, gpus = cluster.get("CPU", 0.0), cluster.get("GPU", 0.0)
     need = {}
     for spec in stages:
-        res = spec.cls.resources_for(spec.params, gpus_in_cluster)
+        res = spec.cls.resources_for(spec.params, gpus > 0)
         if res.actors is not None:
             need[spec.cls.name] = (res.num_cpus, res.num_gpus)
-    return need
-
-
-def video_tasks_apart(stages: list[StageSpec], cpus: float, gpus: float, gpus_in_cluster: bool = False) -> bool:
-    """Whether the per-video stage gets tasks of its own, beside the scorers' actor pools.
-
-    Ray Data fuses a task step into the actor pool after it when their remote arguments match.
-    The per-video stage (cuts and clips, most of the pass) then runs only in as many processes as
-    that pool holds (a model's one actor), in bundles of the scorer's batch size (measured on the
-    demo: 8 inputs per call, one lane busy; 68 s against 60 s apart). Apart it needs a CPU the
-    pools do not hold; where there is none (a small machine with several model stages), the
-    fused layout is the one that can run. Raises ResourcesShort when the pools alone do not fit:
-    Ray would start some of them and wait forever for the rest."""
-    need = pool_needs(stages, gpus_in_cluster)
     held_cpu, held_gpu = sum(c for c, _ in need.values()), sum(g for _, g in need.values())
     if held_cpu > cpus + 1e-9 or held_gpu > gpus + 1e-9:
         each = ", ".join(f"{name} {c:g} CPU" + (f" + {g:g} GPU" if g else "") for name, (c, g) in need.items())
@@ -179,8 +168,21 @@ def video_tasks_apart(stages: list[StageSpec], cpus: float, gpus: float, gpus_in
             f"the scorers' actor pools need {held_cpu:g} CPUs and {held_gpu:g} GPUs at once ({each}); this Ray "
             f"cluster has {cpus:g} CPUs and {gpus:g} GPUs: lower scorers.<stage>.num_cpus (num_gpus), turn a stage off, "
             "or give Ray more (ray.num_cpus, ray.address)")  # fmt: skip
+    return cpus - held_cpu
+
+
+def video_tasks_apart(stages: list[StageSpec], cluster: dict[str, float]) -> bool:
+    """Whether the per-video stage gets tasks of its own, beside the scorers' actor pools.
+
+    Ray Data fuses a task step into the actor pool after it when their remote arguments match.
+    The per-video stage (cuts and clips, most of the pass) then runs only in as many processes as
+    that pool holds (a model's one actor), in bundles of the scorer's batch size (measured on the
+    demo: 8 inputs per call, one lane busy; 68 s against 60 s apart). Apart it needs a CPU the
+    pools do not hold; where there is none (a small machine with several model stages), the
+    fused layout is the one that can run. Raises as check_pools_fit does."""
+    spare = check_pools_fit(stages, cluster)
     video = next((spec for spec in stages if spec.cls is VideoStage), None)
-    return video is not None and cpus - held_cpu >= video.cls.resources_for(video.params).num_cpus - 1e-9
+    return video is not None and spare >= video.cls.resources_for(video.params).num_cpus - 1e-9
 
 
 def add_steps(ds, cfg: PipelineConfig, stages: list[StageSpec], gpus_in_cluster: bool = False,
@@ -214,10 +216,9 @@ def build_dataset(cfg: PipelineConfig, uris: list[str], stages: list[StageSpec],
     one block per input, then the stages."""
     import ray
 
-    gpus = cluster.get("GPU", 0.0)
-    apart = video_tasks_apart(stages, cluster.get("CPU", 0.0), gpus, gpus > 0)
+    apart = video_tasks_apart(stages, cluster)
     ds = ray.data.from_items([{schema.SOURCE_URI: u} for u in uris], override_num_blocks=max(1, len(uris)))
-    return add_steps(ds, cfg, stages, gpus > 0, apart)
+    return add_steps(ds, cfg, stages, cluster.get("GPU", 0.0) > 0, apart)
 
 
 def _batches_ray(cfg: PipelineConfig, uris: list[str], stages: list[StageSpec]) -> Iterable[pa.Table]:

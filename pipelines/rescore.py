@@ -32,7 +32,7 @@ from curate.config import ConfigError, PipelineConfig, _set_dotted, format_error
 from curate.lease import lease_for
 from curate.shards import MANIFEST_FILE, RESCORE, RESCORE_DONE, SHARDS, Committer
 from curate.storage import OutputStore, check_out_path
-from pipelines.curate import StageSpec, add_steps, enabled_scorers, init_ray, model_stages, timed, video_tasks_apart
+from pipelines.curate import StageSpec, add_steps, check_pools_fit, enabled_scorers, init_ray, model_stages, timed
 
 RESCORE_KEYS = ("scorers", "sample", "executor", "ray", "name")
 PART_COLUMN = "_part"  # in flight: which committed part a row came from ...
@@ -200,7 +200,7 @@ def _scored(cfg: PipelineConfig, parts: list[str], prepare, specs: list[StageSpe
     init_ray(cfg.ray.address, cfg.ray.num_cpus)
     cluster = ray.cluster_resources()
     gpus = cluster.get("GPU", 0) > 0
-    video_tasks_apart(specs, cluster.get("CPU", 0.0), cluster.get("GPU", 0.0), gpus)  # raises if the pools cannot start
+    check_pools_fit(specs, cluster)  # before any work: pools that cannot all start would wait forever
     tables = {p: prepare(p) for p in parts}
     counts = {p: t.num_rows for p, t in tables.items()}
     for p in [p for p, n in counts.items() if n == 0]:

@@ -150,8 +150,8 @@ def stroke_density(rgb: np.ndarray, side: int = 320, min_gradient: int = 12) -> 
 
 def text_likely(rgb: np.ndarray) -> bool:
     """The cheap test run before the detector: about half the lowest stroke density of any frame
-    where the detector finds text (0.167 over the 333 OCR frames of the demo corpus,
-    /tmp/gate study in bench/README.md). Textured real footage nearly always passes (the detector
+    where the detector finds text (0.167 over the 333 OCR frames of the demo corpus; bench/README.md,
+    OCR section). Textured real footage nearly always passes (the detector
     decides); what it saves is the detector on flat frames (10 of the 333, all black or white)."""
     return stroke_density(rgb) >= 0.08
 

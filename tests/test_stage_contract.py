@@ -126,6 +126,6 @@ def test_model_pools_that_need_more_gpus_than_there_are_are_refused_and_can_shar
 
     whole = build_stages(load_config(RECIPES / "demo.yaml"), "/nonexistent-out")
     with pytest.raises(ResourcesShort, match=r"4 GPUs .*caption_coca 1 CPU \+ 1 GPU.*has 16 CPUs and 1 GPUs"):
-        video_tasks_apart(whole, cpus=16, gpus=1, gpus_in_cluster=True)
+        video_tasks_apart(whole, {"CPU": 16, "GPU": 1})
     shared = build_stages(load_config(RECIPES / "demo.yaml", [f"scorers.{n}.num_gpus=0.25" for n in MODEL_STAGES]), "/x")
-    assert video_tasks_apart(shared, cpus=16, gpus=1, gpus_in_cluster=True)  # and the per-video stage apart
+    assert video_tasks_apart(shared, {"CPU": 16, "GPU": 1})  # and the per-video stage apart
