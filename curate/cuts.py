@@ -10,6 +10,7 @@ cuts closer than `merge_tolerance_s` are one cut, and the most precise level win
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -37,12 +38,13 @@ class CutResult:
 
 
 def make_detector(p: DetectorParams, min_scene_len: int):
-    from scenedetect.detectors import AdaptiveDetector, ContentDetector, ThresholdDetector
+    from scenedetect.detectors import ThresholdDetector
 
+    content, adaptive = _scored_detectors()
     if isinstance(p, ContentDetectorParams):
-        return ContentDetector(threshold=p.threshold, min_scene_len=min_scene_len, luma_only=p.luma_only)
+        return content(threshold=p.threshold, min_scene_len=min_scene_len, luma_only=p.luma_only)
     if isinstance(p, AdaptiveDetectorParams):
-        return AdaptiveDetector(
+        return adaptive(
             adaptive_threshold=p.threshold,
             min_scene_len=min_scene_len,
             min_content_val=p.min_content_val,
@@ -54,23 +56,78 @@ def make_detector(p: DetectorParams, min_scene_len: int):
     raise TypeError(f"unknown detector params {type(p).__name__}")
 
 
+@functools.cache
+def _scored_detectors():
+    """PySceneDetect's content and adaptive detectors, fed the HSV differences of a whole decoded
+    chunk at once instead of converting and differencing each frame in Python: at analysis size
+    that per-frame work was most of the cut stage, and three detectors at the native rate did it
+    three times. Decisions (thresholds, adaptive ratio, flash filter, min_scene_len) stay theirs;
+    the score is the same number (`_calculate_frame_score`'s formula, tested equal)."""
+    from scenedetect.detectors import AdaptiveDetector, ContentDetector
+
+    class _Fed:
+        components: tuple[float, float, float, float] | None = None  # set by _Level before each frame
+
+        def _calculate_frame_score(self, timecode, frame_img):
+            if self._weights.delta_edges != 0 or self.stats_manager is not None:
+                return super()._calculate_frame_score(timecode, frame_img)  # edges: not precomputed
+            if self.components is None:  # the first frame this level sees
+                return 0.0
+            return sum(c * w for c, w in zip(self.components, self._weights, strict=True)) / sum(
+                abs(w) for w in self._weights)
+
+    class FedContent(_Fed, ContentDetector):
+        pass
+
+    class FedAdaptive(_Fed, AdaptiveDetector):
+        pass
+
+    return FedContent, FedAdaptive
+
+
 class _Level:
     def __init__(self, name: str, stride: int, fps: float, detectors: list):
         self.name = name
         self.stride = stride
         self.rate = Fraction(fps).limit_denominator(100000)
         self.detectors = detectors
+        self.fed = [d for d in detectors if hasattr(d, "components")]
         self.count = 0  # frames this level has seen
+        self.last_hsv: np.ndarray | None = None  # of the last frame it saw
         self.found: list[int] = []  # cuts in this level's frame numbers (x stride = native)
 
-    def feed(self, frame: np.ndarray) -> None:
+    def feed_chunk(self, chunk: np.ndarray, first_index: int) -> None:
+        """The frames of a decoded chunk this level sees (every stride-th native frame)."""
         from scenedetect import FrameTimecode
 
-        tc = FrameTimecode(self.count, fps=self.rate)
-        for det in self.detectors:
-            for cut in det.process_frame(tc, frame):
-                self.found.append(cut.frame_num)
-        self.count += 1
+        picks = [j for j in range(len(chunk)) if (first_index + j) % self.stride == 0]
+        if not picks:
+            return
+        comps: list[tuple[float, float, float, float] | None] = [None] * len(picks)
+        if self.fed:
+            seen = chunk[picks]
+            n, h, w, _ = seen.shape
+            hsv = cv2.cvtColor(seen.reshape(n * h, w, 3), cv2.COLOR_BGR2HSV).reshape(n, h * w, 3)
+            if self.last_hsv is None:
+                cur, prev, first = hsv[1:], hsv[:-1], 1
+            else:
+                cur, prev, first = hsv, np.concatenate([self.last_hsv, hsv[:-1]]), 0
+            if len(cur):
+                # the mean |difference| per channel, as PySceneDetect's _mean_pixel_distance
+                diff = cv2.absdiff(cur, prev).reshape(len(cur), h * w, 1, 3)
+                npix = float(h * w)
+                for k in range(len(cur)):
+                    dh, ds, dl, _ = cv2.sumElems(diff[k])  # exact: integer sums far below 2**53
+                    comps[k + first] = (dh / npix, ds / npix, dl / npix, 0.0)
+            self.last_hsv = hsv[-1:]
+        for k, j in enumerate(picks):
+            tc = FrameTimecode(self.count, fps=self.rate)
+            for det in self.fed:
+                det.components = comps[k]
+            for det in self.detectors:
+                for cut in det.process_frame(tc, chunk[j]):
+                    self.found.append(cut.frame_num)
+            self.count += 1
 
     def finish(self) -> None:
         from scenedetect import FrameTimecode
@@ -119,19 +176,17 @@ def detect_cuts(path: str, info: VideoInfo, params: CutsParams, deadline_s: floa
     for chunk in frames:
         luma = cv2.cvtColor(chunk.reshape(-1, width, 3), cv2.COLOR_BGR2GRAY).reshape(len(chunk), height, width)
         signals.add(chunk, luma)
-        for j in range(len(chunk)):
-            frame = chunk[j]
-            if model is not None:
+        if use_levels:
+            for level in levels:
+                level.feed_chunk(chunk, index)
+        if model is not None:
+            for frame in chunk:
                 thumb = transnet.thumbnail(frame)
                 if stream is not None:
                     stream.push(thumb)
                 else:
                     spool.write(np.ascontiguousarray(thumb).tobytes())
-            if use_levels:
-                for level in levels:
-                    if index % level.stride == 0:
-                        level.feed(frame)
-            index += 1
+        index += len(chunk)
     n_frames = index
     if use_levels:
         for level in levels:
@@ -289,11 +344,11 @@ class _Signals:
         flat = small.astype(np.float32)
         norm = (flat - flat.mean(1, keepdims=True)) / np.maximum(flat.std(1, keepdims=True), 1.0)
         if self.tail is None:
-            t, all_s, all_n, all_l, all_b = 0, small, norm, luma, bgr
+            t, all_s, all_n, all_l, prev_b = 0, small, norm, luma, bgr[:0]
         else:
             t = len(self.tail[0])
             all_s, all_n = np.concatenate([self.tail[0], small]), np.concatenate([self.tail[1], norm])
-            all_l, all_b = np.concatenate([self.tail[2], luma]), np.concatenate([self.tail[3], bgr])
+            all_l, prev_b = np.concatenate([self.tail[2], luma]), self.tail[3]
         dist = np.full((n, 2, self.lags), np.inf, np.float32)
         size = all_s.shape[1]
         for k in range(1, self.lags + 1):
@@ -312,23 +367,42 @@ class _Signals:
         for s in self.strides:
             changed = np.full(n, np.nan, np.float32)
             # this chunk's frames that a level of stride s sees and that have a frame s before them
-            idx = [i for i in range(n) if (self.seen + i) % s == 0 and len(all_b) - n + i - s >= 0]
-            if idx:
-                cur = all_b[[len(all_b) - n + i for i in idx]]
-                prev = all_b[[len(all_b) - n + i - s for i in idx]]
-                d = cv2.absdiff(cur.reshape(-1, w * 3), prev.reshape(-1, w * 3)).reshape(len(idx), h * w, 3)
-                strong = np.maximum(np.maximum(d[..., 0], d[..., 1]), d[..., 2]) >= STRONG_CHANGE
-                changed[idx] = np.count_nonzero(strong, axis=1) / (h * w)
+            i0 = next((i for i in range(n) if (self.seen + i) % s == 0 and len(prev_b) + i - s >= 0), n)
+            if i0 < n:
+                changed[i0::s] = _strong_share(bgr, prev_b, i0, s)
             self.changed[s].append(changed)
         self.dist.append(dist)
         self.seen += n
         keep = min(self.lags, len(all_s))
-        self.tail = (all_s[-keep:], all_n[-keep:], all_l[-1:], all_b[-max(self.strides):])
+        back = max(self.strides)
+        self.tail = (all_s[-keep:], all_n[-keep:], all_l[-1:],
+                     bgr[-back:].copy() if n >= back else np.concatenate([prev_b, bgr])[-back:])
 
     def result(self, n_frames: int) -> tuple[np.ndarray, dict[int, np.ndarray]]:
         if not self.dist:
             return np.zeros((0, 2, self.lags), np.float32), {s: np.zeros(0, np.float32) for s in self.strides}
         return np.concatenate(self.dist)[:n_frames], {s: np.concatenate(c)[:n_frames] for s, c in self.changed.items()}
+
+
+def _strong_share(chunk: np.ndarray, before: np.ndarray, i0: int, s: int) -> np.ndarray:
+    """For chunk frames i0, i0+s, ...: the share of pixels where some colour channel changed by
+    STRONG_CHANGE or more since the frame s before (in the chunk, or in `before`, the frames that
+    preceded it). Views of the chunk where it can (no copy at stride 1)."""
+    n, h, w, _ = chunk.shape
+    pairs = []
+    if i0 - s < 0:  # its frame s before is in `before`
+        pairs.append((chunk[i0:i0 + 1], before[len(before) + i0 - s:len(before) + i0 - s + 1]))
+        i0 += s
+    if i0 < n:
+        pairs.append((chunk[i0::s], chunk[i0 - s:n - s:s]))
+    out = []
+    for cur, prev in pairs:
+        k = len(cur)
+        d = cv2.absdiff(np.ascontiguousarray(cur).reshape(-1, 1, 3), np.ascontiguousarray(prev[:k]).reshape(-1, 1, 3))
+        # pixels where every channel changed by less than STRONG_CHANGE, in one C pass
+        calm = cv2.inRange(d, (0, 0, 0), (STRONG_CHANGE - 1,) * 3).reshape(k, h * w)
+        out.append((h * w - np.count_nonzero(calm, axis=1)) / (h * w))
+    return np.concatenate(out)
 
 
 def _refine(frame: int, stride: int, diffs: np.ndarray) -> int:

@@ -115,3 +115,40 @@ def test_flashes_inside_a_real_shot_are_not_cuts(flashes_in_a_real_shot):
     assert result.by_level["flash"]  # what the filter removed is on record
     off = cuts_of(flashes_in_a_real_shot, CutsParams(flash_frames=0))
     assert len(off.cuts) > 1  # without the filter the flashes cut the shot (what it fixes)
+
+
+@pytest.mark.parametrize("stride, chunk", [(1, 1), (1, 7), (3, 5)])
+def test_fed_detectors_score_and_cut_as_pyscenedetects_own(stride, chunk):
+    """The cut stage computes PySceneDetect's HSV frame score for a whole chunk at once and feeds
+    it to the library's detectors: every score and every cut must equal the stock detectors' run
+    frame by frame, on a real clip with cuts (the test video: titles, a fade, hard cuts)."""
+    from scenedetect import FrameTimecode
+    from scenedetect.detectors import AdaptiveDetector, ContentDetector
+
+    from curate.config import _default_levels
+    from curate.cuts import _Level, make_detector
+    from curate.video import iter_frames, scaled_size
+
+    path = str(Path(__file__).parent / "data" / "pyscenedetect__testvideo.mp4")
+    info = probe(path)
+    w, h = scaled_size(info.coded_width, info.coded_height, CutsParams().analysis_size)
+    frames = np.concatenate(list(iter_frames(path, w, h)))
+    seen = frames[::stride]
+    for p in _default_levels()[0].detectors:
+        stock = (ContentDetector(threshold=p.threshold, min_scene_len=3, luma_only=p.luma_only) if p.kind == "content"
+                 else AdaptiveDetector(adaptive_threshold=p.threshold, min_scene_len=3, min_content_val=p.min_content_val,
+                                       window_width=p.window_width, luma_only=p.luma_only))  # fmt: skip
+        want_scores, want_cuts = [], []
+        for i, f in enumerate(seen):
+            want_cuts += [c.frame_num for c in stock.process_frame(FrameTimecode(i, fps=info.fps / stride), f)]
+            want_scores.append(stock._frame_score)
+        fed = make_detector(p, 3)
+        level = _Level("x", stride, info.fps / stride, [fed])
+        got_scores = []
+        for start in range(0, len(frames), chunk):
+            level.feed_chunk(frames[start:start + chunk], start)
+            if chunk == 1 and start % stride == 0:
+                got_scores.append(fed._frame_score)
+        if chunk == 1:
+            assert got_scores == want_scores  # bit for bit
+        assert level.found == want_cuts and len(want_cuts) >= 2, (p, want_cuts)
