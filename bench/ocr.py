@@ -89,6 +89,8 @@ def main() -> None:
     ap.add_argument("out")
     ap.add_argument("--backend", default="rapidocr", choices=["rapidocr", "easyocr"])
     ap.add_argument("--det-model", default="PP-OCRv4_mobile")
+    ap.add_argument("--runtime", default="auto", choices=["auto", "onnxruntime", "openvino"])
+    ap.add_argument("--precision", default="f32", choices=["f32", "bf16"])
     ap.add_argument("--ref-side", type=int, default=1280)
     ap.add_argument("--limit", type=int, default=0)
     ap.add_argument("--json", default="ocr_bench.json")
@@ -97,7 +99,7 @@ def main() -> None:
     a = ap.parse_args()
 
     rows = sorted(read_shards(a.out).to_pylist(), key=lambda r: r[schema.CLIP_ID])[: a.limit or None]
-    params = OcrParams(backend=a.backend, det_model=a.det_model)
+    params = OcrParams(backend=a.backend, det_model=a.det_model, runtime=a.runtime, precision=a.precision)
     scorer = OcrScorer(params)
     scorer.setup()
     reference = _EasyOcr(OcrParams(backend="easyocr", det_limit_side=a.ref_side))

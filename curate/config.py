@@ -193,8 +193,9 @@ class PipelineConfig(Strict):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-# a scorer's settings that decide only where and how widely it runs (Ray), not what it writes
-SCHEDULING_KEYS = ("actors", "num_cpus", "num_gpus", "threads")
+# a scorer's settings that decide only where, how widely and on what it runs, not what it writes
+# (OCR's runtime: OpenVINO and onnxruntime box the same at f32; its precision stays in the hash)
+SCHEDULING_KEYS = ("actors", "num_cpus", "num_gpus", "threads", "runtime")
 
 
 def pipeline_config_model() -> type[PipelineConfig]:

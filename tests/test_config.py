@@ -20,9 +20,11 @@ def test_hash_ignores_where_it_runs():
     assert load_config(None, ["executor=local"]).hash() == load_config(None, ["executor=ray"]).hash()
     # how widely a scorer runs (replicas, the CPUs and GPU share each reserves, OCR's threads)
     # does not change what it writes: an OUT resumes on a bigger cluster
-    wide = ["scorers.clip.actors=4", "scorers.clip.num_cpus=0.5", "scorers.clip.num_gpus=0.25", "scorers.ocr.threads=2"]
+    wide = ["scorers.clip.actors=4", "scorers.clip.num_cpus=0.5", "scorers.clip.num_gpus=0.25", "scorers.ocr.threads=2",
+            "scorers.ocr.runtime=onnxruntime"]  # the same boxes as OpenVINO (tests/test_ocr.py)
     assert load_config(None, wide).hash() == load_config(None).hash()
     assert load_config(None, ["scorers.clip.batch_size=3"]).hash() != load_config(None).hash()
+    assert load_config(None, ["scorers.ocr.precision=bf16"]).hash() != load_config(None).hash()
 
 
 @pytest.mark.parametrize(

@@ -14,9 +14,15 @@ from scoring.ocr import OcrParams, OcrScorer, summed_area_ratio, text_likely, un
 
 TESTDATA = Path(__file__).parent / "data"
 CUP, CREDITS = str(TESTDATA / "opencv__cup.mp4"), str(TESTDATA / "pyscenedetect__testvideo.mp4")
-# rapidocr with its default detector (PP-OCRv4 mobile, shipped in scoring/models), with the one
-# inside its wheel (PP-OCRv6 small), and CRAFT
-BACKENDS = ["rapidocr", ("rapidocr", "PP-OCRv6_small"), "easyocr"]
+# rapidocr with its default detector (PP-OCRv4 mobile, shipped in scoring/models) under each
+# runtime and precision, with the detector inside its wheel (PP-OCRv6 small), and CRAFT
+BACKENDS = {
+    "rapidocr": {},  # runtime auto: openvino where installed (a core dependency)
+    "rapidocr-onnxruntime": {"runtime": "onnxruntime"},
+    "rapidocr-bf16": {"runtime": "openvino", "precision": "bf16"},
+    "rapidocr-PP-OCRv6_small": {"det_model": "PP-OCRv6_small"},
+    "easyocr": {"backend": "easyocr"},
+}
 
 
 def frames_of(path: str, wanted: list[int], max_side: int = 640) -> dict[int, np.ndarray]:
@@ -29,10 +35,9 @@ def frames_of(path: str, wanted: list[int], max_side: int = 640) -> dict[int, np
     return out
 
 
-@pytest.fixture(scope="module", params=BACKENDS, ids=lambda b: b if isinstance(b, str) else "rapidocr-" + b[1])
+@pytest.fixture(scope="module", params=list(BACKENDS))
 def scorer(request):
-    backend, det_model = request.param if isinstance(request.param, tuple) else (request.param, "PP-OCRv4_mobile")
-    s = OcrScorer(OcrParams(backend=backend, det_model=det_model, recognize=True))
+    s = OcrScorer(OcrParams(**BACKENDS[request.param], recognize=True))
     s.setup()
     return s
 
@@ -195,3 +200,37 @@ def test_a_still_clip_is_detected_once_and_a_change_is_not_missed():
         assert len(calls) == detected
         assert got == pytest.approx(every.score(clip)[schema.OCR_AREA_RATIO], abs=1e-9)
     assert reuse.score(changing)[schema.OCR_AREA_RATIO] > reuse.score(still)[schema.OCR_AREA_RATIO] + 0.01
+
+
+def test_openvino_boxes_what_onnxruntime_boxes_on_real_frames():
+    """The default runtime (OpenVINO, the normalisation compiled into the graph) runs the same
+    network as rapidocr's onnxruntime session: on real frames with and without text, and text
+    rendered onto them, the same boxes to a pixel and the same ratios."""
+    frames = [*frames_of(CUP, [0, 120, 170, 198]).values(), *frames_of(CREDITS, [10, 200, 400]).values()]
+    frames.append(render(frames[1], "CURATE 2026 clips", 0.04, (255, 255, 255), (0, 0, 0))[0])
+    ov, ort = OcrScorer(OcrParams(runtime="openvino")), OcrScorer(OcrParams(runtime="onnxruntime"))
+    ov.setup(), ort.setup()
+    assert ov._engine.openvino is not None and ort._engine.openvino is None
+    found = 0
+    for f in frames:
+        a, b = ov._engine.detect(f), ort._engine.detect(f)
+        assert len(a) == len(b)
+        for x, y in zip(a, b):
+            assert np.abs(x - y).max() <= 1.0
+        found += len(a)
+        assert ov.score(f[None])[schema.OCR_AREA_RATIO] == pytest.approx(ort.score(f[None])[schema.OCR_AREA_RATIO], abs=1e-3)
+    assert found >= 4  # the text frames were boxed
+
+
+def test_runtime_choices_that_cannot_work_say_so():
+    from pydantic import ValidationError
+
+    from curate.models import MissingModelError
+
+    with pytest.raises(ValidationError, match="bf16 needs runtime openvino"):
+        OcrParams(runtime="onnxruntime", precision="bf16")
+    with pytest.raises(MissingModelError, match="runs under onnxruntime only"):
+        OcrScorer(OcrParams(runtime="openvino", det_model="PP-OCRv6_small")).setup()
+    auto = OcrScorer(OcrParams(det_model="PP-OCRv6_small"))  # auto: the wheel's detector, onnxruntime
+    auto.setup()
+    assert auto._engine.openvino is None
