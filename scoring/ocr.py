@@ -66,8 +66,8 @@ class OcrParams(Strict):
         "this project's CPUs at f32, the same boxes: bench/ocr.py) when installed, else onnxruntime")
     precision: Literal["f32", "bf16"] = Field(
         "f32", description="the detector's arithmetic under openvino: bf16 uses the bfloat16 units of "
-        "CPUs that have them (AMX, AVX512-BF16; else f32 is used): 1.4x faster again there, clip "
-        "ratios within 0.006 of f32 on the real corpus")
+        "CPUs that have them (AMX, AVX512-BF16): 1.5x faster again there, clip ratios within 0.006 of "
+        "f32 on the real corpus; a CPU without them emulates it (slower) or refuses it (then f32, warned)")
     threads: int = Field(1, ge=1)
     min_score: float = Field(0.5, ge=0, le=1, description="recognition confidence to report a text")
     easyocr_model_dir: str | None = Field(
