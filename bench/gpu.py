@@ -10,7 +10,9 @@ Sections (each isolated: one that fails records its error and the run goes on):
 - stages: the model stages' architectures at real size with random weights (open_clip ViT-L-14
   images/s, open_clip CoCa ViT-L-14 captions/s, BLIP-2 OPT-2.7B captions/s, a Qwen2-1.5B-shaped
   LLM merges/s) at each stage's configured batch, bf16;
-- transnet: TransNetV2 (its real weights) frames/s on 100-frame windows of 48x27 frames.
+- transnet: TransNetV2 (its real weights) frames/s on 100-frame windows of 48x27 frames;
+- ocr_detector: OCR's DBNet (shipped weights) frames/s at 576x320, through onnxruntime's CUDA
+  provider where the machine's onnxruntime has one (else its CPU provider, said in the table).
 `--cpu-smoke` runs the same code paths at toy sizes on the CPU (CI runs it, so this cannot rot).
 Run: bench/gpu.sh [--cpu-smoke]   (or python bench/gpu.py --out DIR [--cpu-smoke] [--only NAME])
 """
@@ -266,7 +268,33 @@ def transnet(dev: str, smoke: bool) -> dict:
     return {"windows_per_call": windows, "frames_per_s": windows * tn.STEP / sec}
 
 
-SECTIONS = {"gemm": gemm, "train_step": train_step, "train_tiny": train_tiny, "stages": stages, "transnet": transnet}
+def ocr_detector(dev: str, smoke: bool) -> dict:
+    """OCR's text detector (PP-OCRv4 mobile DBNet, shipped in scoring/models) on 576x320 frames, the
+    demo's stored size: whether a GPU takes OCR under the cost of a decode (issue #10). Through
+    onnxruntime's CUDA provider where the machine's onnxruntime has it, else its CPU provider."""
+    import numpy as np
+    import onnxruntime as ort
+
+    have = ort.get_available_providers()
+    cuda = dev == "cuda" and "CUDAExecutionProvider" in have
+    model = Path(__file__).resolve().parents[1] / "scoring" / "models" / "ch_PP-OCRv4_det_mobile.onnx"
+    sess = ort.InferenceSession(str(model),
+                                providers=["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    res = {"provider": sess.get_providers()[0], "available": have}
+    for batch in (1, 8):
+        x = np.random.default_rng(batch).standard_normal((batch, 3, 320, 576)).astype(np.float32)
+        sess.run(None, {name: x})  # warm-up (CUDA: kernels and memory)
+        reps = 1 if smoke else 20
+        t = time.perf_counter()
+        for _ in range(reps):
+            sess.run(None, {name: x})
+        res[f"batch{batch}_frames_per_s"] = batch * reps / (time.perf_counter() - t)
+    return res
+
+
+SECTIONS = {"gemm": gemm, "train_step": train_step, "train_tiny": train_tiny, "stages": stages, "transnet": transnet,
+            "ocr_detector": ocr_detector}
 
 
 def table(res: dict) -> str:
@@ -290,6 +318,10 @@ def table(res: dict) -> str:
             lines.append(f"| {k} ({r.get('model', '')}, batch {r.get('batch', r.get('batch_images'))}) | {rate} |")
     if "frames_per_s" in res.get("transnet", {}):
         lines.append(f"| TransNetV2 (real weights) | {res['transnet']['frames_per_s']:.0f} frames/s |")
+    od = res.get("ocr_detector", {})
+    if "batch1_frames_per_s" in od:
+        lines.append(f"| OCR detector, DBNet 576x320 ({od['provider']}) | {od['batch1_frames_per_s']:.0f} frames/s at batch 1, "
+                     f"{od['batch8_frames_per_s']:.0f} at batch 8 |")  # fmt: skip
     for k, v in res.get("errors", {}).items():
         lines.append(f"| {k} | FAILED: {v.splitlines()[-1][:120]} |")
     return "\n".join(lines) + "\n"

@@ -24,5 +24,6 @@ def test_gpu_proof_runs_end_to_end_in_cpu_smoke_mode(tmp_path):
     assert set(res["stages"]) == {"clip", "caption_coca", "caption_vblip", "caption_llm"}
     assert all(any(k.endswith("_per_s") and v > 0 for k, v in s.items()) for s in res["stages"].values())
     assert res["transnet"]["frames_per_s"] > 0
+    assert res["ocr_detector"]["batch1_frames_per_s"] > 0 and res["ocr_detector"]["provider"] == "CPUExecutionProvider"
     table = (tmp_path / "gpu.md").read_text()
-    assert "trainer step compiled" in table and "TransNetV2" in table and "FAILED" not in table
+    assert "trainer step compiled" in table and "TransNetV2" in table and "OCR detector" in table and "FAILED" not in table
