@@ -185,12 +185,40 @@ class PipelineConfig(Strict):
 
     def hash(self) -> str:
         """Hash of what changes results (not where or how fast it runs)."""
-        data = self.model_dump(mode="json", exclude={"ray": True, "executor": True, "name": True, "watchdog": True,
-                                                     "shards": {"commit_every_s", "commit_every_videos"}})
-        for section in (data.get("scorers") or {}).values():  # how many replicas, and what each reserves
-            for key in SCHEDULING_KEYS:
-                section.pop(key, None)
+        data = results_view(self.model_dump(mode="json"))
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def results_view(dumped: dict) -> dict:
+    """The part of a dumped config (model_dump(mode="json"), or manifest.json's "config") that
+    changes results: what the hash covers."""
+    data = {k: v for k, v in dumped.items() if k not in ("ray", "executor", "name", "watchdog")}
+    if isinstance(data.get("shards"), dict):
+        data["shards"] = {k: v for k, v in data["shards"].items() if k not in ("commit_every_s", "commit_every_videos")}
+    if isinstance(data.get("scorers"), dict):  # how many replicas, and what each reserves
+        data["scorers"] = {name: {k: v for k, v in section.items() if k not in SCHEDULING_KEYS}
+                           if isinstance(section, dict) else section for name, section in data["scorers"].items()}  # fmt: skip
+    return data
+
+
+def config_differences(old: dict, new: dict, limit: int = 8) -> list[str]:
+    """The keys whose results-changing values differ between two dumped configs, as
+    "path: old -> new" ("absent" for a key one side does not have, e.g. after an upgrade)."""
+    out: list[str] = []
+
+    def walk(a, b, path: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in sorted(set(a) | set(b)):
+                walk(a.get(k, _ABSENT), b.get(k, _ABSENT), f"{path}.{k}" if path else str(k))
+        elif a != b:
+            show = lambda v: "absent" if v is _ABSENT else json.dumps(v)  # noqa: E731
+            out.append(f"{path}: {show(a)} -> {show(b)}")
+
+    walk(results_view(old), results_view(new), "")
+    return out[:limit] + ([f"... and {len(out) - limit} more"] if len(out) > limit else [])
+
+
+_ABSENT = object()
 
 
 # a scorer's settings that decide only where, how widely and on what it runs, not what it writes

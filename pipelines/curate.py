@@ -19,10 +19,10 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from curate import schema
-from curate.config import ConfigError, PipelineConfig
+from curate.config import ConfigError, PipelineConfig, config_differences
 from curate import __version__
 from curate.lease import lease_for
-from curate.shards import MARKER_FILE, Committer, OutNotOurs, VideoRecord, ownership_problem
+from curate.shards import MANIFEST_FILE, MARKER_FILE, Committer, ConfigMismatch, OutNotOurs, VideoRecord, ownership_problem
 from curate.stage import AUTO, check_stage
 from curate.storage import OutputStore, check_out_path
 from curate.per_video import VideoStage
@@ -271,12 +271,26 @@ def run(
         lease.release()
 
 
+def what_differs(store: OutputStore, cfg: PipelineConfig) -> str:
+    """The keys that part this config from the one OUT's manifest.json records, for a refused
+    resume (a hash alone says only that something differs)."""
+    try:
+        old = json.loads(store.read_bytes(MANIFEST_FILE))["config"]
+    except Exception:  # noqa: BLE001 - no manifest yet (a first run killed early), or not readable
+        return ""
+    diffs = config_differences(old, cfg.model_dump(mode="json"))
+    return f". What differs from OUT's manifest.json: {'; '.join(diffs)}" if diffs else ""
+
+
 def _run_locked(cfg: PipelineConfig, inputs: list[str], store: OutputStore, lease, t_start: float,
                 on_progress: Callable[[int, int], None] | None) -> RunResult:
     committer = Committer(store, cfg.hash(), cfg.shards.max_rows, cfg.shards.compression,
                           every_s=cfg.shards.commit_every_s, every_videos=cfg.shards.commit_every_videos,
                           lease=lease)  # fmt: skip
-    done = committer.recover()
+    try:
+        done = committer.recover()
+    except ConfigMismatch as e:
+        raise ConfigMismatch(f"{e}{what_differs(store, cfg)}") from None
     todo = [u for u in inputs if u not in done]
     skipped = len(inputs) - len(todo)
     # Missing weights: fail now (before any work), or skip optional stages loudly.

@@ -144,8 +144,20 @@ def test_rerun_is_a_no_op_and_other_config_is_refused(tmp_path, corpus):
     assert clip_set(out) == before
     from curate.shards import ConfigMismatch
 
-    with pytest.raises(ConfigMismatch, match="config hash"):
+    with pytest.raises(ConfigMismatch, match="config hash") as refused:
         run(local_cfg(scorers=False, **{"clips.max_s": 4}), inputs, out)
+    assert str(refused.value).endswith("What differs from OUT's manifest.json: clips.max_s: 3.0 -> 4.0")
+
+
+def test_config_differences_name_keys_an_upgrade_added_and_ignore_where_it_runs():
+    from curate.config import config_differences, load_config
+
+    new = load_config(None, ["scorers.ocr.threads=4", "executor=local"]).model_dump(mode="json")
+    old = load_config(None).model_dump(mode="json")
+    assert config_differences(old, new) == []  # scheduling keys and the executor change no result
+    del old["scorers"]["ocr"]["precision"]  # an OUT written before the key existed
+    old["cuts"]["analysis_size"] = 96
+    assert config_differences(old, new) == ["cuts.analysis_size: 96 -> 128", 'scorers.ocr.precision: absent -> "f32"']
 
 
 def test_commit_recovery_deletes_uncommitted_parts(tmp_path):
