@@ -105,21 +105,23 @@ class _Level:
             return
         comps: list[tuple[float, float, float, float] | None] = [None] * len(picks)
         if self.fed:
-            seen = chunk[picks]
+            seen = chunk if self.stride == 1 else chunk[picks]  # (a view at the native rate)
             n, h, w, _ = seen.shape
-            hsv = cv2.cvtColor(seen.reshape(n * h, w, 3), cv2.COLOR_BGR2HSV).reshape(n, h * w, 3)
-            if self.last_hsv is None:
-                cur, prev, first = hsv[1:], hsv[:-1], 1
-            else:
-                cur, prev, first = hsv, np.concatenate([self.last_hsv, hsv[:-1]]), 0
-            if len(cur):
+            hsv = cv2.cvtColor(seen.reshape(n * h, w, 3), cv2.COLOR_BGR2HSV).reshape(n, h * w, 1, 3)
+            npix = float(h * w)
+
+            def put(k: int, diff: np.ndarray) -> None:
                 # the mean |difference| per channel, as PySceneDetect's _mean_pixel_distance
-                diff = cv2.absdiff(cur, prev).reshape(len(cur), h * w, 1, 3)
-                npix = float(h * w)
-                for k in range(len(cur)):
-                    dh, ds, dl, _ = cv2.sumElems(diff[k])  # exact: integer sums far below 2**53
-                    comps[k + first] = (dh / npix, ds / npix, dl / npix, 0.0)
-            self.last_hsv = hsv[-1:]
+                dh, ds, dl, _ = cv2.sumElems(diff)  # exact: integer sums far below 2**53
+                comps[k] = (dh / npix, ds / npix, dl / npix, 0.0)
+
+            if self.last_hsv is not None:  # the chunk's first frame against the last one seen
+                put(0, cv2.absdiff(hsv[0], self.last_hsv))
+            if n > 1:
+                diffs = cv2.absdiff(hsv[1:].reshape(-1, 1, 3), hsv[:-1].reshape(-1, 1, 3)).reshape(n - 1, h * w, 1, 3)
+                for k in range(n - 1):
+                    put(k + 1, diffs[k])
+            self.last_hsv = hsv[-1].copy()
         for k, j in enumerate(picks):
             tc = FrameTimecode(self.count, fps=self.rate)
             for det in self.fed:
