@@ -97,6 +97,88 @@ def test_watchdog_ends_a_stuck_input_and_the_others_commit(tmp_path, three_shots
     assert not list(scratch.iterdir())  # the children's private temp directories went with them
 
 
+CRASHING_SCORER = '''
+import os, sys
+from typing import ClassVar
+sys.path.insert(0, {root!r})
+from curate import registry, schema
+from curate.params import Strict
+from curate.sample import SamplePlan, frames_for
+from curate.stage import Resources, StageBase, score_each
+
+
+class CrashParams(Strict):
+    enabled: bool = False
+
+
+class CrashScorer(StageBase):
+    """A scorer whose native code kills its worker on one input, every time (a segfault, the OOM killer)."""
+    name: ClassVar[str] = "crash"
+    order: ClassVar[int] = 90
+    Params: ClassVar[type] = CrashParams
+    resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=1, actors=1)
+    output_columns: ClassVar[tuple[str, ...]] = (schema.QUALITY_BRIGHTNESS,)
+
+    def __init__(self, params):
+        self.params = params
+
+    @classmethod
+    def plans(cls, params):
+        return [SamplePlan(cls.name, positions=(0.5,), max_side=32)]
+
+    def __call__(self, batch):
+        if any("crash_me" in u for u in batch.column(schema.SOURCE_URI).to_pylist()):
+            os._exit(3)
+        return score_each(batch, self.name, frames_for(batch, self.name), self.output_columns,
+                          lambda f: {{schema.QUALITY_BRIGHTNESS: 0.5}})
+
+
+if __name__ == "__main__":
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import this file
+    registry.register(CrashScorer)
+    from pipelines.cli import app
+
+    app(sys.argv[1:])
+'''
+
+
+def test_an_input_that_kills_its_worker_every_time_is_quarantined_and_the_run_ends(tmp_path, three_shots, text_video):
+    """Ray retries a batch whose worker died; its default is forever, so one input that crashes
+    native code hung the whole run (measured: still running when killed at 150 s). Now the batch
+    is given up after WORKER_RETRIES; Ray had bundled the other input into the same task, so the
+    inputs left are run again one by one: the good one is committed, the crashing one is
+    quarantined with the reason, nothing of it is left in OUT, and the OUT verifies."""
+    from curate.verify import verify
+
+    script = tmp_path / "crashing.py"
+    script.write_text(CRASHING_SCORER.format(root=str(ROOT)))
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(three_shots.path, inputs / "three_shots.mp4")
+    shutil.copy(text_video.path, inputs / "crash_me.mp4")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, str(script), "run", DEMO, "-i", str(inputs), "-o", str(out), "--set", "ray.num_cpus=2",
+         "--set", "scorers.crash.enabled=true", "--set", "clips.min_s=1", "--set", "clips.max_s=3",
+         *[x for s in NO_SCORERS for x in ("--set", s)]],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "CI": "true", "COLUMNS": "300"},
+    )  # fmt: skip
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "2 inputs processed" in said and "1 quarantined" in said, said[-3000:]
+    assert "Traceback" not in said
+    rows = read_shards(str(out)).to_pylist()
+    assert {Path(x[schema.SOURCE_URI]).name for x in rows} == {"three_shots.mp4"} and len(rows) == 5
+    assert all(x[schema.QUALITY_BRIGHTNESS] == 0.5 for x in rows)
+    q = pq.read_table(out / "quarantine.parquet").to_pylist()
+    assert [(Path(x["source_uri"]).name, x["reason"]) for x in q] == [("crash_me.mp4", schema.Q_ERROR)]
+    assert "failed 4 times in a Ray worker" in q[0]["detail"] and "Actor" in q[0]["detail"], q[0]["detail"]  # + the cause
+    assert json.loads((out / "manifest.json").read_text())["runs"][-1]["worker_crashes"] == 1
+    report = verify(str(out))
+    assert report.ok, report.problems  # no clip file of the crashing input left behind
+
+
 def _info(times: list[float], duration: float) -> VideoInfo:
     return VideoInfo(codec="h264", pix_fmt="yuv420p", width=64, height=64, coded_width=64, coded_height=64, rotation=0,
                      fps=len(times) / duration, variable_fps=True, n_frames=len(times), duration_s=duration,
