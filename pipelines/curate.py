@@ -185,44 +185,28 @@ def video_tasks_apart(stages: list[StageSpec], cluster: dict[str, float]) -> boo
     return video is not None and spare >= video.cls.resources_for(video.params).num_cpus - 1e-9
 
 
-# How often Ray retries a batch whose worker died (a crash in native code, the OOM killer); Ray
-# Data's default is forever, so one input that killed its worker every time hung the run. Actors
-# are still restarted without limit: the inputs after a poison batch need them.
-WORKER_RETRIES = 3
-
-
 def add_steps(ds, cfg: PipelineConfig, stages: list[StageSpec], gpus_in_cluster: bool = False,
               video_apart: bool = True):
     """One Ray Data step per stage on `ds` (lazy: nothing runs until it is iterated); the one
     place that turns Stage resources into Ray compute (curate run and curate rescore).
     `video_apart` (video_tasks_apart): the per-video stage's declared memory, which keeps Ray
     from fusing it into the next pool (ray#54433 gives that advice), is passed on."""
-    import warnings
-
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
-    # Ray 2.60 deprecates ray_remote_args with no named replacement for retries yet (pinned; 2.64
-    # removes it): the warning is Ray's to-do, not the user's
-    warnings.filterwarnings("ignore", message=".*ray_remote_args.* is deprecated")
     for spec in stages:
         res = spec.cls.resources_for(spec.params, gpus_in_cluster)
         memory = None if spec.cls is VideoStage and not video_apart else res.memory
         if res.actors is not None:  # stateful (a model, an OCR engine): set up once per actor
-            # one batch in flight per actor: when an input's batch kills the actor, no other input's
-            # batch dies with it (and uses up its retries); the next batch is queued, not computed
-            pool = ActorPoolStrategy(min_size=1, max_size=None if res.actors == AUTO else res.actors,
-                                     max_tasks_in_flight_per_actor=1)
+            pool = ActorPoolStrategy(min_size=1, max_size=None if res.actors == AUTO else res.actors)
             ds = ds.map_batches(
                 actor_class(spec.cls, spec.args), batch_size=res.batch_size, batch_format="pyarrow",
                 num_cpus=res.num_cpus, num_gpus=res.num_gpus, memory=memory, compute=pool,
-                max_restarts=-1, max_task_retries=WORKER_RETRIES,  # the actor always comes back; a batch gives up
             )  # fmt: skip
         else:
             ds = ds.map_batches(
                 task_function(spec.cls, spec.args), batch_size=res.batch_size, batch_format="pyarrow",
                 num_cpus=res.num_cpus, num_gpus=res.num_gpus, memory=memory,
                 compute=TaskPoolStrategy(size=cfg.ray.video_concurrency),
-                max_retries=WORKER_RETRIES,
             )  # fmt: skip
     return ds
 
@@ -237,18 +221,14 @@ def build_dataset(cfg: PipelineConfig, uris: list[str], stages: list[StageSpec],
     return add_steps(ds, cfg, stages, cluster.get("GPU", 0.0) > 0, apart)
 
 
-def _batches_ray(cfg: PipelineConfig, uris: list[str], stages: list[StageSpec], drop_failed: bool = True) -> Iterable[pa.Table]:
-    """The stages' output on Ray. `drop_failed`: a batch whose worker died past its retries is
-    dropped (run() runs its inputs again alone); else it raises, with what killed it."""
+def _batches_ray(cfg: PipelineConfig, uris: list[str], stages: list[StageSpec]) -> Iterable[pa.Table]:
     import ray
     from ray.data import DataContext
 
-    # a failed batch is curate's to report (a quarantine row with the cause), not Ray Data's traceback
-    logging.getLogger("ray.data").setLevel(logging.CRITICAL)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False  # the CLI draws its own rich progress
     ctx.print_on_execution_start = False
-    ctx.max_errored_blocks = -1 if drop_failed else 0
     ds = build_dataset(cfg, uris, stages, ray.cluster_resources())
     yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
 
@@ -320,8 +300,7 @@ def _run_locked(cfg: PipelineConfig, inputs: list[str], store: OutputStore, leas
 
         check_available()
     stages = build_stages(cfg, store.uri, skip_stages)
-    finished_uris: set[str] = set()
-    crashed: list[str] = []  # inputs that killed their Ray worker every time, even alone
+    finished = 0
     if on_progress:
         on_progress(0, len(todo))
     if todo:
@@ -330,43 +309,22 @@ def _run_locked(cfg: PipelineConfig, inputs: list[str], store: OutputStore, leas
             batches = _batches_ray(cfg, todo, stages)
         else:
             batches = _batches_local(todo, stages)
-
-        def commit_complete(batches: Iterable[pa.Table]) -> None:
-            pending: dict[str, list[pa.Table]] = {}
-            for batch in batches:
-                for uri, rows, meta in _complete_videos(batch, pending):
-                    committer.add_video(_record(uri, meta), rows if meta["clips"] else None)
-                    finished_uris.add(uri)
-                    if on_progress:
-                        on_progress(len(finished_uris), len(todo))
-
-        commit_complete(batches)
-        # On Ray a batch whose worker died WORKER_RETRIES + 1 times is dropped (max_errored_blocks),
-        # so an input that crashes native code every time cannot hang the run. Ray bundles several
-        # inputs into one task, so the others of its batch died with it: each input left is run
-        # again alone; one that still kills its worker is quarantined with the reason.
-        for uri in [u for u in todo if u not in finished_uris] if cfg.executor == "ray" else []:
-            try:
-                commit_complete(_batches_ray(cfg, [uri], stages, drop_failed=False))
-                why = "its clips did not all come back"
-            except Exception as e:  # noqa: BLE001 - what killed it, into its quarantine row
-                why = f"{type(e).__name__}: {' '.join(str(e).split())[:400]}"
-            if uri not in finished_uris:
-                committer.add_video(VideoRecord(source_uri=uri, video_id=None, clips=0, quarantine={
-                    "reason": schema.Q_ERROR, "detail": f"failed {WORKER_RETRIES + 1} times in a Ray worker, run alone "
-                    f"(a crash in native code or the OOM killer kills the worker): {why}"}), None)
-                finished_uris.add(uri)
-                crashed.append(uri)
+        pending: dict[str, list[pa.Table]] = {}
+        for batch in batches:
+            for uri, rows, meta in _complete_videos(batch, pending):
+                committer.add_video(_record(uri, meta), rows if meta["clips"] else None)
+                finished += 1
+                if on_progress:
+                    on_progress(finished, len(todo))
         committer.flush()
-        if len(finished_uris) != len(todo):
-            raise RuntimeError(f"{len(todo) - len(finished_uris)} inputs neither finished nor quarantined")
-    finished = len(finished_uris)
+        if pending:
+            raise RuntimeError(f"{len(pending)} inputs ended incomplete (first: {next(iter(pending))})")
     committer.compact()
     committer.sweep_orphans()  # clips of inputs that were quarantined, failed or killed before a commit
     committer.write_quarantine()
     run_info = {
         "started": t_start, "wall_s": round(time.time() - t_start, 3), "inputs_given": len(inputs),
-        "skipped_done": skipped, "processed": finished, "worker_crashes": len(crashed), "executor": cfg.executor,
+        "skipped_done": skipped, "processed": finished, "executor": cfg.executor,
     }  # fmt: skip
     run_info["skipped_stages"] = skip_reasons
     analysis = {cls.name: params.model_dump(mode="json") for cls, params in enabled_scorers(cfg, skip_stages)}

@@ -207,11 +207,6 @@ def _scored(cfg: PipelineConfig, parts: list[str], prepare, specs: list[StageSpe
         yield p, tables.pop(p)
     if not tables:
         return
-    from ray.data import DataContext
-
-    # run() lets Ray drop a batch whose worker died past its retries and reports the inputs; a part
-    # short of rows must never count as rescored, so here such a batch fails the rescore instead
-    DataContext.get_current().max_errored_blocks = 0
     ds = ray.data.from_arrow(list(tables.values()))
     tables.clear()
     ds = add_steps(ds, cfg, specs, gpus)
