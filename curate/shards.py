@@ -97,6 +97,7 @@ class VideoRecord:
     failed_clips: list[str] = field(default_factory=list)  # clips whose file could not be written
     stage_seconds: dict[str, float] = field(default_factory=dict)
     quarantine: dict | None = None  # {"reason", "detail"[, "retry": True when the next run should try again]}
+    clips_with_errors: int = 0  # rows kept with a stage's columns null and the cause in `errors` (add_video)
 
 
 class Committer:
@@ -228,6 +229,8 @@ class Committer:
             self.done_video_ids[record.video_id] = record.source_uri
         self._pending_videos.append(record)
         if rows is not None and rows.num_rows:
+            if schema.ERRORS in rows.column_names:
+                record.clips_with_errors = sum(1 for e in rows.column(schema.ERRORS).to_pylist() if e)
             self._pending_rows.append(schema.conform(rows))
             self._pending_count += rows.num_rows
         if (self._pending_count >= self.max_rows
@@ -364,6 +367,7 @@ class Committer:
                 "short_scenes_dropped": sum(v.get("short_scenes_dropped", 0) for v in ok),
                 "held_frames_dropped": sum(v.get("held_frames_dropped", 0) for v in ok),
                 "failed_clips": sum(len(v.get("failed_clips") or []) for v in ok),
+                "clips_with_errors": sum(v.get("clips_with_errors", 0) for v in ok),
                 "to_retry": sum(1 for v in videos if (v.get("quarantine") or {}).get("retry")),
                 "hours_in": sum(v.get("duration_s", 0.0) for v in ok) / 3600.0,
                 "hours_out": sum(v.get("clip_seconds", 0.0) for v in ok) / 3600.0,

@@ -126,6 +126,10 @@ def _run(config: Optional[Path], inputs: list[str], out: str, sets: list[str], r
         f"[green]done[/green]: {result.processed} inputs processed, {result.skipped} already done; "
         f"{c['clips']} clips, {c['quarantined']} quarantined -> {escape(display(result.out))}"
     )
+    if c.get("clips_with_errors"):
+        console.print(f"[yellow]{c['clips_with_errors']} clips kept with a stage's scores missing: their `errors` "
+                      "column says which stage and why (a filter on a missing score refuses them unless told: "
+                      "select's `nulls`)[/yellow]")
     if c.get("to_retry"):
         console.print(f"[yellow]{c['to_retry']} inputs failed for a reason that may pass (a missing file, a full "
                       "disk): run the same command again to retry them[/yellow]")
@@ -284,6 +288,7 @@ def inspect(out: str = typer.Argument(..., help="an OUT directory or URI"), as_j
     t.add_row("videos ok", str(c["videos_ok"]))
     t.add_row("quarantined", str(c["quarantined"]))
     t.add_row("clips", str(c["clips"]))
+    t.add_row("clips with errors", str(c.get("clips_with_errors", 0)))
     t.add_row("scenes / short dropped", f"{c['scenes']} / {c['short_scenes_dropped']}")
     t.add_row("hours in / out", f"{c['hours_in']:.4f} / {c['hours_out']:.4f}")
     t.add_row("shards", str(c["shards"]))

@@ -100,21 +100,103 @@ def timed(stage, batch: pa.Table) -> pa.Table:
     return out.append_column(schema.SECONDS, col)
 
 
-def task_function(cls: type, args: tuple) -> Callable[[pa.Table], pa.Table]:
+class CrashLedger:
+    """Which batches and rows were running when a Ray worker died (held by a zero-CPU actor).
+
+    Ray Data retries a task whose worker died without limit (an actor pool restarts the actor and
+    retries; task steps retry forever too), so an input that kills native code every time (a
+    segfault in a decoder or a model's kernels, the OOM killer) hung the whole run. Ray's own retry
+    limits are no way out: remote arguments that differ from the sample step's keep Ray from fusing
+    that step into the first pool, and on a cluster whose CPUs the pools hold it then never runs
+    (measured, reverted in e59ca01). So the retry decides for itself, in `guarded`: a batch that
+    was begun and never ended killed its worker."""
+
+    def __init__(self) -> None:
+        self.begun: dict[str, int] = {}
+
+    def begin(self, key: str) -> int:
+        """How often `key` was begun before and not ended (0: a first attempt)."""
+        n = self.begun.get(key, 0)
+        self.begun[key] = n + 1
+        return n
+
+    def end(self, key: str) -> None:
+        self.begun.pop(key, None)
+
+
+WORKER_DIED = "its Ray worker died running this clip alone (a crash in native code, or the OOM killer); not run again"
+
+
+def row_keys(batch: pa.Table) -> list[str]:
+    """Per row, what identifies it across a retry: its clip (its input where it has none)."""
+    import hashlib
+
+    n = batch.num_rows
+    uris = batch.column(schema.SOURCE_URI).to_pylist() if schema.SOURCE_URI in batch.column_names else [None] * n
+    clips = batch.column(schema.CLIP_ID).to_pylist() if schema.CLIP_ID in batch.column_names else [None] * n
+    return [hashlib.sha1(f"{u}\0{c}\0{i if c is None else ''}".encode()).hexdigest() for i, (u, c) in enumerate(zip(uris, clips))]
+
+
+def guarded(stage, batch: pa.Table, ledger) -> pa.Table:
+    """`timed(stage, batch)`, safe against an input that kills its worker every time.
+
+    A first attempt runs the batch whole. A retried one (its worker died: it was begun and never
+    ended) runs its rows one at a time; a row that was running alone when a worker died is not run
+    again but handed on with the stage's columns null and the cause in `errors`, so the other rows
+    of the batch, which Ray bundles from several inputs, are scored and the run ends. Costs two
+    calls to the ledger per batch. The per-video stage needs none: its work runs in a watchdog
+    child (curate.per_video), and a crash there is a quarantine row."""
+    import hashlib
+
+    import ray
+
+    if ledger is None or batch.num_rows == 0:
+        return timed(stage, batch)
+    keys = [f"{stage.name}/{k}" for k in row_keys(batch)]
+    whole = f"{stage.name}/batch/" + hashlib.sha1(" ".join(keys).encode()).hexdigest()
+    if ray.get(ledger.begin.remote(whole)) == 0:
+        out = timed(stage, batch)
+    else:
+        parts = []
+        for i, key in enumerate(keys):
+            one = batch.slice(i, 1)
+            if ray.get(ledger.begin.remote(key)) == 0:
+                parts.append(timed(stage, one))
+                ray.get(ledger.end.remote(key))  # synchronous: a later death must not find it begun
+            else:
+                parts.append(crashed(stage, one))
+        out = pa.concat_tables(parts, promote_options="default")
+    ray.get(ledger.end.remote(whole))
+    return out
+
+
+def crashed(stage, rows: pa.Table) -> pa.Table:
+    """`rows` as `stage` hands on a row it could not run: its columns null, the cause in `errors`."""
+    from curate.stage import add_error, set_columns
+
+    n = rows.num_rows
+    errors = rows.column(schema.ERRORS).to_pylist() if schema.ERRORS in rows.column_names else [None] * n
+    values: dict[str, list] = {c: [None] * n for c in stage.output_columns if c != schema.ERRORS}
+    values[schema.ERRORS] = [add_error(e, stage.name, WORKER_DIED) for e in errors]
+    return set_columns(rows, values)
+
+
+def task_function(cls: type, args: tuple, ledger=None) -> Callable[[pa.Table], pa.Table]:
     """A Ray task body around a stateless stage: construction and setup are cheap, so per batch.
-    Named after the stage, as Ray's plans and stats name the operator."""
+    Named after the stage, as Ray's plans and stats name the operator. `ledger`: see `guarded`."""
 
     def apply(batch: pa.Table) -> pa.Table:
         stage = cls(*args)
         stage.setup()
-        return timed(stage, batch)
+        return guarded(stage, batch, ledger)
 
     apply.__name__ = apply.__qualname__ = cls.__name__
     return apply
 
 
-def actor_class(cls: type, args: tuple) -> type:
-    """A Ray Data callable class around a stage: built and set up once per actor, then called."""
+def actor_class(cls: type, args: tuple, ledger=None) -> type:
+    """A Ray Data callable class around a stage: built and set up once per actor, then called.
+    `ledger`: see `guarded`."""
 
     class StageActor:
         def __init__(self) -> None:
@@ -122,7 +204,7 @@ def actor_class(cls: type, args: tuple) -> type:
             self.stage.setup()
 
         def __call__(self, batch: pa.Table) -> pa.Table:
-            return timed(self.stage, batch)
+            return guarded(self.stage, batch, ledger)
 
     StageActor.__name__ = StageActor.__qualname__ = cls.__name__  # how Ray names the operator
     return StageActor
@@ -145,6 +227,38 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
 
         reaper.start()  # a killed driver must not leave this Ray's processes behind
         ray.init(num_cpus=num_cpus, **kwargs)
+    _say_worker_deaths_once()
+
+
+_DEATH_LINES = ("worker died or was killed", "retries remaining, so the task will be retried")
+
+
+def _say_worker_deaths_once() -> None:
+    """Ray's driver prints every worker death the raylet reports (two paragraphs of Ray's advice
+    each, even with log_to_driver off); a clip that crashes native code costs one per retry. curate
+    says it once, in its own words (what `guarded` then does). Ray has no public switch for it: the
+    module function its listener thread calls is wrapped, and left alone if Ray renames it."""
+    try:
+        from ray._private import worker as ray_worker
+    except ImportError:
+        return
+    original = getattr(ray_worker, "print_to_stdstream", None)
+    if original is None or getattr(original, "curate", False):
+        return
+    said: list[bool] = []
+
+    def print_to_stdstream(data, ignore_prefix, *args, **kwargs):
+        if data.get("pid") == "raylet" and any(m in line for line in data.get("lines", []) for m in _DEATH_LINES):
+            if not said:
+                said.append(True)
+                log.warning("a Ray worker died (a crash in native code, or the OOM killer: dmesg says which); Ray "
+                            "restarts it and curate runs the clips it held one at a time: a clip that kills it again "
+                            "is kept unscored, with the cause in its errors column")  # fmt: skip
+            return
+        return original(data, ignore_prefix, *args, **kwargs)
+
+    print_to_stdstream.curate = True
+    ray_worker.print_to_stdstream = print_to_stdstream
 
 
 class ResourcesShort(ConfigError):
@@ -191,20 +305,24 @@ def add_steps(ds, cfg: PipelineConfig, stages: list[StageSpec], gpus_in_cluster:
     place that turns Stage resources into Ray compute (curate run and curate rescore).
     `video_apart` (video_tasks_apart): the per-video stage's declared memory, which keeps Ray
     from fusing it into the next pool (ray#54433 gives that advice), is passed on."""
+    import ray
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
+    # held by the steps' closures (so it lives as long as the dataset), one per run
+    ledger = ray.remote(CrashLedger).options(num_cpus=0).remote()
     for spec in stages:
         res = spec.cls.resources_for(spec.params, gpus_in_cluster)
         memory = None if spec.cls is VideoStage and not video_apart else res.memory
+        watch = None if spec.cls is VideoStage else ledger  # its work runs in a watchdog child
         if res.actors is not None:  # stateful (a model, an OCR engine): set up once per actor
             pool = ActorPoolStrategy(min_size=1, max_size=None if res.actors == AUTO else res.actors)
             ds = ds.map_batches(
-                actor_class(spec.cls, spec.args), batch_size=res.batch_size, batch_format="pyarrow",
+                actor_class(spec.cls, spec.args, watch), batch_size=res.batch_size, batch_format="pyarrow",
                 num_cpus=res.num_cpus, num_gpus=res.num_gpus, memory=memory, compute=pool,
             )  # fmt: skip
         else:
             ds = ds.map_batches(
-                task_function(spec.cls, spec.args), batch_size=res.batch_size, batch_format="pyarrow",
+                task_function(spec.cls, spec.args, watch), batch_size=res.batch_size, batch_format="pyarrow",
                 num_cpus=res.num_cpus, num_gpus=res.num_gpus, memory=memory,
                 compute=TaskPoolStrategy(size=cfg.ray.video_concurrency),
             )  # fmt: skip

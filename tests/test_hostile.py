@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -97,6 +97,133 @@ def test_watchdog_ends_a_stuck_input_and_the_others_commit(tmp_path, three_shots
     assert not list(scratch.iterdir())  # the children's private temp directories went with them
 
 
+CRASHING_SCORER = '''
+import os, sys
+from typing import ClassVar
+sys.path.insert(0, {root!r})
+from curate import registry, schema
+from curate.params import Strict
+from curate.sample import SamplePlan, frames_for
+from curate.stage import Resources, StageBase, score_each
+
+
+class CrashParams(Strict):
+    enabled: bool = False
+
+
+class CrashScorer(StageBase):
+    """A scorer whose native code kills its worker on one input's clips, every time (a segfault)."""
+    name: ClassVar[str] = "crash"
+    order: ClassVar[int] = 90
+    Params: ClassVar[type] = CrashParams
+    resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=8, actors=1)
+    output_columns: ClassVar[tuple[str, ...]] = (schema.QUALITY_BRIGHTNESS,)
+
+    def __init__(self, params):
+        self.params = params
+
+    @classmethod
+    def plans(cls, params):
+        return [SamplePlan(cls.name, positions=(0.5,), max_side=32)]
+
+    def __call__(self, batch):
+        if any("crash_me" in u for u in batch.column(schema.SOURCE_URI).to_pylist()):
+            os._exit(3)
+        return score_each(batch, self.name, frames_for(batch, self.name), self.output_columns,
+                          lambda f: {{schema.QUALITY_BRIGHTNESS: 0.5}})
+
+
+if __name__ == "__main__":
+    from ray import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import this file
+    registry.register(CrashScorer)
+    from pipelines.cli import app
+
+    app(sys.argv[1:])
+'''
+
+
+def test_a_clip_that_kills_its_worker_every_time_ends_with_an_error_and_the_run_ends(tmp_path, three_shots, text_video):
+    """Ray retries a batch whose worker died without limit, so one input that crashed native code
+    hung the whole run (measured: still running when killed at 150 s). Now a retried batch runs
+    its rows alone, and a row that killed its worker alone is handed on with the cause: the good
+    input's clips, bundled by Ray with the crashing ones, are all scored; the crashing input's
+    clips are kept with a null score and the reason; the run ends and the OUT verifies."""
+    from curate.verify import verify
+
+    script = tmp_path / "crashing.py"
+    script.write_text(CRASHING_SCORER.format(root=str(ROOT)))
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    shutil.copy(three_shots.path, inputs / "three_shots.mp4")
+    shutil.copy(text_video.path, inputs / "crash_me.mp4")
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, str(script), "run", DEMO, "-i", str(inputs), "-o", str(out), "--set", "ray.num_cpus=2",
+         "--set", "scorers.crash.enabled=true", "--set", "clips.min_s=1", "--set", "clips.max_s=3",
+         *[x for s in NO_SCORERS for x in ("--set", s)]],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "CI": "true", "COLUMNS": "300"},
+    )  # fmt: skip
+    said = proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "2 inputs processed" in said, said[-3000:]
+    assert "Traceback" not in said
+    rows = read_shards(str(out)).to_pylist()
+    by_input: dict[str, list] = {}
+    for x in rows:
+        by_input.setdefault(Path(x[schema.SOURCE_URI]).name, []).append(x)
+    assert sorted(by_input) == ["crash_me.mp4", "three_shots.mp4"] and len(by_input["three_shots.mp4"]) == 5
+    assert all(x[schema.QUALITY_BRIGHTNESS] == 0.5 and not x[schema.ERRORS] for x in by_input["three_shots.mp4"])
+    for x in by_input["crash_me.mp4"]:  # kept, unscored, with the cause; never a made-up score
+        assert x[schema.QUALITY_BRIGHTNESS] is None
+        assert any(e.startswith("crash: its Ray worker died running this clip alone") for e in x[schema.ERRORS]), x[schema.ERRORS]
+    report = verify(str(out))
+    assert report.ok, report.problems
+
+
+def test_guarded_runs_a_retried_batch_row_by_row_and_never_reruns_a_row_that_died(ray_session):
+    """The retry logic itself, against a real ledger actor: a worker's death is a call of
+    `guarded` that never returns (here an exception that skips its bookkeeping, as a killed
+    process would), and Ray's retry is the next call with the same batch."""
+    import pyarrow.compute as pc
+    import ray
+
+    from pipelines.curate import WORKER_DIED, CrashLedger, guarded
+
+    class Dies(BaseException):
+        pass
+
+    class Stage:
+        name = "toy"
+        output_columns = (schema.QUALITY_BRIGHTNESS,)
+        calls: list[list[str]] = []
+
+        def __call__(self, batch):
+            uris = batch.column(schema.SOURCE_URI).to_pylist()
+            Stage.calls.append(uris)
+            if "poison" in uris:
+                raise Dies
+            return batch.append_column(schema.QUALITY_BRIGHTNESS, pa.array([0.5] * len(uris), pa.float32()))
+
+    ledger = ray.remote(CrashLedger).options(num_cpus=0).remote()
+    batch = pa.table({schema.SOURCE_URI: ["a", "poison", "b"], schema.CLIP_ID: ["a-0", "p-0", "b-0"],
+                      schema.ERRORS: pa.array([None, None, ["earlier: kept"]], pa.list_(pa.string()))})
+    stage = Stage()
+    with pytest.raises(Dies):  # first attempt: the whole batch, which dies
+        guarded(stage, batch, ledger)
+    with pytest.raises(Dies):  # the retry: rows alone; "a" passes, the poison dies alone
+        guarded(stage, batch, ledger)
+    out = guarded(stage, batch, ledger)  # the next: "a" again (its result died too), not the poison
+    assert Stage.calls == [["a", "poison", "b"], ["a"], ["poison"], ["a"], ["b"]]
+    assert out.column(schema.SOURCE_URI).to_pylist() == ["a", "poison", "b"]
+    assert out.column(schema.QUALITY_BRIGHTNESS).to_pylist() == [0.5, None, 0.5]
+    assert out.column(schema.ERRORS).to_pylist() == [None, [f"toy: {WORKER_DIED}"], ["earlier: kept"]]
+    Stage.calls.clear()  # a batch that ran to its end leaves no trace: the next call runs it whole
+    ok = batch.filter(pc.not_equal(batch.column(schema.SOURCE_URI), "poison"))
+    assert guarded(stage, ok, ledger).num_rows == 2 and guarded(stage, ok, ledger).num_rows == 2
+    assert Stage.calls == [["a", "b"], ["a", "b"]]
+
+
 def _info(times: list[float], duration: float) -> VideoInfo:
     return VideoInfo(codec="h264", pix_fmt="yuv420p", width=64, height=64, coded_width=64, coded_height=64, rotation=0,
                      fps=len(times) / duration, variable_fps=True, n_frames=len(times), duration_s=duration,
@@ -110,6 +237,7 @@ def _info(times: list[float], duration: float) -> VideoInfo:
     min_s=st.floats(0.05, 4.0),
     extra=st.floats(0.0, 6.0),
 )
+@example(durs=[0.125] * 5 + [1.0, 2.5], cut_at=[], min_s=3.0, extra=1.0)  # found by hypothesis: a clip fits from frame 2
 def test_clip_planning_terminates_and_covers(durs, cut_at, min_s, extra):
     times = list(np.cumsum([0.0, *durs[:-1]]))
     n = len(times)
