@@ -308,8 +308,9 @@ def add_steps(ds, cfg: PipelineConfig, stages: list[StageSpec], gpus_in_cluster:
     import ray
     from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
-    # held by the steps' closures (so it lives as long as the dataset), one per run
-    ledger = ray.remote(CrashLedger).options(num_cpus=0).remote()
+    # held by the steps' closures (so it lives as long as the dataset), one per run; if its node
+    # goes, it comes back empty (a retry then looks like a first attempt) rather than failing the run
+    ledger = ray.remote(CrashLedger).options(num_cpus=0, max_restarts=-1, max_task_retries=-1).remote()
     for spec in stages:
         res = spec.cls.resources_for(spec.params, gpus_in_cluster)
         memory = None if spec.cls is VideoStage and not video_apart else res.memory
