@@ -168,6 +168,8 @@ def test_a_clip_that_kills_its_worker_every_time_ends_with_an_error_and_the_run_
     said = proc.stdout + proc.stderr
     assert proc.returncode == 0 and "2 inputs processed" in said, said[-3000:]
     assert "Traceback" not in said
+    # Ray's two paragraphs per death are one curate line; the summary counts what was kept unscored
+    assert "(raylet)" not in said and " ".join(said.split()).count("a Ray worker died") == 1, said[-3000:]
     rows = read_shards(str(out)).to_pylist()
     by_input: dict[str, list] = {}
     for x in rows:
@@ -177,6 +179,8 @@ def test_a_clip_that_kills_its_worker_every_time_ends_with_an_error_and_the_run_
     for x in by_input["crash_me.mp4"]:  # kept, unscored, with the cause; never a made-up score
         assert x[schema.QUALITY_BRIGHTNESS] is None
         assert any(e.startswith("crash: its Ray worker died running this clip alone") for e in x[schema.ERRORS]), x[schema.ERRORS]
+    assert f"{len(by_input['crash_me.mp4'])} clips kept with a stage's scores missing" in " ".join(said.split())
+    assert json.loads((out / "manifest.json").read_text())["counts"]["clips_with_errors"] == len(by_input["crash_me.mp4"])
     report = verify(str(out))
     assert report.ok, report.problems
 
