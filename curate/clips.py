@@ -50,8 +50,8 @@ def plan_clips(info: VideoInfo, cuts: list[int], n_frames: int, params: ClipsPar
     its own that no clip can hold: it is dropped and counted, and planning moves past it, so it
     always terminates. Where the piece from a frame is too short because the next frame is held
     long, planning tries from the next frame (five 1/8 s frames, one of 1 s, one of 2.5 s: a clip
-    of 3.875 s from the third frame, where pieces from the first gave none). Returns the clips, the scenes dropped as too short, and the held frames
-    dropped as longer than max_s.
+    of 3.875 s from the third frame, where pieces from the first gave none). Returns the clips,
+    the scenes dropped as too short, and the held frames dropped as longer than max_s.
     """
     times = list(info.frame_times[:n_frames])
     frame_dur = info.duration_s - info.frame_times[-1] if info.frame_times else 1.0 / info.fps
