@@ -50,11 +50,69 @@ PART_RE = re.compile(r"^part-\d{6}(-[0-9a-f]{8})?\.parquet$")
 COMMIT_RE = re.compile(r"^commit-\d{6}\.json$")
 RESCORE = "rescore"  # commit kinds: one rescored part ...
 RESCORE_DONE = "rescore_done"  # ... and the end of a rescore (its config is OUT's from then on)
+REPAIR = "repair"  # a commit that makes the log and the rows agree after damage (Committer._repair)
+DAMAGED = "_damaged"  # where damaged parts are set aside
 CLIP_RE = re.compile(r"^[0-9a-f]{16}-\d{7}-\d{7}\.mp4$|^\.[0-9a-f]{16}-\d{7}-\d{7}\.mp4\.part$")
 
 
 class ConfigMismatch(RuntimeError):
     pass
+
+
+def clip_key(uri: str | None) -> tuple[str, str] | None:
+    """(video dir, file name) of a clip location curate wrote, whatever OUT it was written under.
+
+    Rows name their clip by the URI it had when written; an OUT that was moved, copied, mounted
+    elsewhere or synced to a bucket still holds the file at `clips/<video_id>/<clip_id>.mp4`, so
+    curate resolves that tail against the OUT it is reading (`resolve_clip_uri`) instead of
+    trusting the stored prefix. None for anything else (a location outside any OUT)."""
+    if not uri:
+        return None
+    parts = uri.replace("\\", "/").rstrip("/").split("/")
+    if len(parts) >= 3 and parts[-3] == CLIPS and CLIP_RE.match(parts[-1]) and parts[-1].startswith(parts[-2] + "-"):
+        return parts[-2], parts[-1]
+    return None
+
+
+def resolve_clip_uri(store: OutputStore, uri: str | None) -> str | None:
+    """Where the clip a row names is in this OUT now (see clip_key); other locations unchanged."""
+    key = clip_key(uri)
+    return store.uri_of(CLIPS, *key) if key else uri
+
+
+def resolve_clip_uris(store: OutputStore, table: pa.Table) -> pa.Table:
+    """`table` with its clip_uri column resolved against OUT as it is now."""
+    if schema.CLIP_URI not in table.column_names:
+        return table
+    col = [resolve_clip_uri(store, u) for u in table.column(schema.CLIP_URI).to_pylist()]
+    return table.set_column(table.column_names.index(schema.CLIP_URI), schema.CLIP_URI, pa.array(col, pa.string()))
+
+
+def read_records(store: OutputStore) -> tuple[list[tuple[str, dict]], list[str]]:
+    """(name, record) of every readable commit record, oldest first, and the names of those that
+    are damaged (empty, cut off, not a JSON object: a disk or a sync tool lost their bytes)."""
+    good, damaged = [], []
+    for name in (n for n in store.list(COMMITS) if COMMIT_RE.match(n)):
+        try:
+            rec = json.loads(store.read_bytes(COMMITS, name))
+            ok = isinstance(rec, dict) and isinstance(rec.get("parts"), list) and isinstance(rec.get("videos"), list) \
+                and isinstance(rec.get("config_hash"), str)
+        except (ValueError, UnicodeDecodeError):
+            ok = False
+        if ok:
+            good.append((name, rec))
+        else:
+            damaged.append(name)
+    return good, damaged
+
+
+def lost_records(good: list[tuple[str, dict]], damaged: list[str]) -> list[str]:
+    """Commit record names that are missing or damaged and that no repair record stands for."""
+    numbers = {int(n[7:13]) for n, _ in good} | {int(n[7:13]) for n in damaged}
+    top = max(numbers, default=-1)
+    lost = [f"commit-{k:06d}.json" for k in range(top + 1) if k not in {int(n[7:13]) for n, _ in good}]
+    repaired = {r for _, rec in good for r in rec.get("repairs", [])}
+    return [n for n in lost if n not in repaired]
 
 
 class OutNotOurs(RuntimeError):
@@ -98,6 +156,7 @@ class VideoRecord:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     quarantine: dict | None = None  # {"reason", "detail"[, "retry": True when the next run should try again]}
     clips_with_errors: int = 0  # rows kept with a stage's columns null and the cause in `errors` (add_video)
+    rebuilt: bool = False  # rebuilt from its rows after its commit record was lost (duration_s: a lower bound)
 
 
 class Committer:
@@ -124,20 +183,30 @@ class Committer:
         self.also_accept: set[str] = set()  # a rescore in progress: the hash it rescores from
 
     # -- recovery ----------------------------------------------------------------------------
-    def recover(self) -> set[str]:
-        """Finish or undo whatever a previous run left; return the inputs already done."""
-        names = [n for n in self.store.list(COMMITS) if COMMIT_RE.match(n)]
+    def recover(self, check_clips: bool = False) -> set[str]:
+        """Finish or undo whatever a previous run left; return the inputs already done.
+
+        Damage is repaired, never trusted and never a crash: a lost or damaged commit record, a
+        committed part that is missing or does not parse, a committed part that no record names,
+        and (`check_clips`) a clip file that is missing or empty. Rows of a lost record are kept
+        and its inputs rebuilt from them; an input that lost rows is redone by the next run (its
+        remaining rows go in the same repair commit, so nothing is duplicated). See `_repair`."""
+        good, damaged_records = read_records(self.store)
+        names = [n for n, _ in good] + damaged_records
+        records = [rec for _, rec in good]
+        removed = {p for rec in records for p in rec.get("removes", [])}
+        accepted = self.accepted_hashes(records)
         live: dict[str, None] = {}  # ordered set
         ever: set[str] = set()
-        records = [(name, json.loads(self.store.read_bytes(COMMITS, name))) for name in names]
-        removed = {p for _, rec in records for p in rec.get("removes", [])}
-        accepted = self.accepted_hashes([rec for _, rec in records])
-        for name, rec in records:
-            if rec["config_hash"] not in accepted:
+        missing: list[str] = []
+        for name, rec in good:
+            if rec["config_hash"] not in accepted and rec.get("kind") != REPAIR:  # a repair adds no scores
                 if rec.get("kind", "").startswith("rescore"):
+                    half = rescore_in_progress(records)
                     raise ConfigMismatch(
                         f"{self.store.uri} was rescored (`curate rescore`) to config hash {rec['config_hash']}, this "
-                        f"run's is {self.config_hash}: run with the config in its manifest.json, or finish that rescore")
+                        f"one's is {self.config_hash}: " + (half.replace("OUT", self.store.uri) if half else
+                        "run with the config in its manifest.json"))  # fmt: skip
                 raise ConfigMismatch(
                     f"{self.store.uri} was written with config hash {rec['config_hash']}, this run's is "
                     f"{self.config_hash}: resume with the same config, or write to a new OUT"
@@ -146,9 +215,10 @@ class Committer:
                 ever.add(part)
                 live[part] = None
                 if part not in removed and not self.store.exists(SHARDS, part):
-                    if not self.store.exists(SHARDS, TMP, part):
-                        raise RuntimeError(f"commit {name} names {part}, which is neither in shards/ nor in shards/.tmp/")
-                    self.store.move((SHARDS, TMP, part), (SHARDS, part))  # roll forward
+                    if self.store.exists(SHARDS, TMP, part):
+                        self.store.move((SHARDS, TMP, part), (SHARDS, part))  # roll forward
+                    else:
+                        missing.append(part)  # lost: its rows are gone (repaired below)
             for part in rec.get("removes", []):  # a compaction: its inputs go once it is committed
                 live.pop(part, None)
                 self.store.delete(SHARDS, part)
@@ -156,13 +226,16 @@ class Committer:
         for part in self.store.list(SHARDS, TMP):
             if PART_RE.match(part) or part.endswith(".tmp"):
                 self.store.delete(SHARDS, TMP, part)  # never committed
-        for part in self.store.list(SHARDS):
-            if PART_RE.match(part) and part not in live:
-                log.warning("removing %s: not part of any commit", part)
-                self.store.delete(SHARDS, part)
+        # A part in shards/ got there only after its record was created (step 3): one that no
+        # record names had its record lost; its rows are adopted, never deleted.
+        unnamed = [p for p in self.store.list(SHARDS) if PART_RE.match(p) and p not in ever and p not in removed]
         self.live_parts = list(live)
-        self._next_commit = int(names[-1][7:13]) + 1 if names else 0
-        self._next_part = max((int(p[5:11]) for p in ever), default=-1) + 1
+        self._next_commit = max((int(n[7:13]) for n in names), default=-1) + 1
+        self._next_part = max((int(p[5:11]) for p in ever | set(unnamed)), default=-1) + 1
+        unreadable = [p for p in self.live_parts if p not in missing and not self._readable(p)]
+        lost = lost_records(good, damaged_records)
+        if missing or unreadable or unnamed or lost or check_clips:
+            self._repair(missing + unreadable, unnamed, lost, check_clips)
         for v in self.videos():
             if (v.get("quarantine") or {}).get("retry"):
                 continue  # a missing input or a full disk: not done, the next run tries again
@@ -170,6 +243,121 @@ class Committer:
             if v.get("video_id") and not v.get("quarantine"):
                 self.done_video_ids.setdefault(v["video_id"], v["source_uri"])
         return set(self.done_sources)
+
+    def _readable(self, part: str) -> bool:
+        try:
+            pq.ParquetFile(self.store.path(SHARDS, part), filesystem=self.store.fs).metadata
+            return True
+        except (pa.ArrowException, OSError, ValueError):
+            return False
+
+    def _read_part(self, part: str, columns: list[str] | None = None) -> pa.Table | None:
+        try:
+            return pq.read_table(self.store.path(SHARDS, part), columns=columns, filesystem=self.store.fs)
+        except (pa.ArrowException, OSError, ValueError):
+            return None
+
+    def _repair(self, broken: list[str], unnamed: list[str], lost: list[str], check_clips: bool) -> None:
+        """One commit of kind `repair` that makes the commit log and the rows agree again.
+
+        - `broken` (committed parts missing or not parquet) are set aside in `_damaged/`; every
+          input whose rows are not all in readable parts any more is redone by the next run;
+        - `unnamed` parts (their record was lost) are adopted, less rows already committed;
+        - inputs with rows but no record (a `lost` record) get a record rebuilt from their rows;
+        - with `check_clips`, an input whose clip file is missing or empty is redone.
+        An input that is redone has its remaining rows removed in the same commit, so its new rows
+        never duplicate them. Idempotent: a kill before the commit leaves the same damage."""
+        narrow = [schema.SOURCE_URI, schema.VIDEO_ID, schema.CLIP_ID, schema.CLIP_URI, schema.END_S, schema.DURATION_S]
+        tables: dict[str, pa.Table] = {}  # the columns repair needs, per readable live part
+        for part in self.live_parts:
+            if part not in broken:
+                t = self._read_part(part, narrow)
+                if t is None:
+                    broken.append(part)
+                else:
+                    tables[part] = t
+        adopted: list[pa.Table] = []  # whole rows of unnamed parts that are not committed already
+        seen = {cid for t in tables.values() for cid in t.column(schema.CLIP_ID).to_pylist()}
+        for part in unnamed:
+            t = self._read_part(part)
+            if t is None:
+                self._set_aside(part)
+                continue
+            t = t.filter(pa.array([cid not in seen for cid in t.column(schema.CLIP_ID).to_pylist()], pa.bool_()))
+            seen |= set(t.column(schema.CLIP_ID).to_pylist())
+            if t.num_rows:
+                adopted.append(t)
+        for part in broken:
+            self._set_aside(part)
+        rows_of: dict[str, list[dict]] = {}
+        for t in [*tables.values(), *(a.select(narrow) for a in adopted)]:
+            for r in t.to_pylist():
+                rows_of.setdefault(r[schema.SOURCE_URI], []).append(r)
+        latest = {v["source_uri"]: v for v in self.videos()}
+        bad_clips = self._bad_clip_files(rows_of) if check_clips else {}
+        redo: dict[str, str] = {}
+        for src, v in latest.items():
+            if v.get("quarantine"):
+                continue
+            have = len(rows_of.get(src, []))
+            if have != v.get("clips", 0):
+                redo[src] = (f"{v.get('clips', 0) - have} of its {v.get('clips', 0)} clip rows were lost with damaged "
+                             f"shards ({', '.join(broken) or 'a lost commit'})")  # fmt: skip
+            elif src in bad_clips:
+                redo[src] = bad_clips[src]
+        videos: list[dict] = []
+        for src, rows in rows_of.items():
+            if src not in latest and src not in redo:
+                videos.append(VideoRecord(
+                    source_uri=src, video_id=rows[0].get(schema.VIDEO_ID), clips=len(rows),
+                    duration_s=max((r.get(schema.END_S) or 0.0) for r in rows),
+                    clip_seconds=sum((r.get(schema.DURATION_S) or 0.0) for r in rows), rebuilt=True).__dict__)
+        for src, why in redo.items():
+            log.warning("%s: %s; it is processed again", src, why)
+            videos.append(VideoRecord(source_uri=src, video_id=latest[src].get("video_id"), clips=0, quarantine={
+                "reason": schema.Q_ERROR, "detail": f"{why}; run again to redo it", "retry": True}).__dict__)
+        changed = [p for p, t in tables.items() if any(s in redo for s in t.column(schema.SOURCE_URI).to_pylist())]
+        keep_rows = []
+        for t in [*(self._read_part(p) for p in changed), *adopted]:
+            t = t.filter(pa.array([s not in redo for s in t.column(schema.SOURCE_URI).to_pylist()], pa.bool_()))
+            if t.num_rows:
+                keep_rows.append(schema.conform(t))
+        if not (videos or changed or adopted or broken or unnamed or lost):
+            return
+        parts = self._write_parts(pa.concat_tables(keep_rows, promote_options="default")) if keep_rows else []
+        log.warning("%s: repaired the commit log (lost records: %s; damaged parts: %s; parts no record named: %s; "
+                    "inputs rebuilt from their rows: %d; inputs to redo: %d)", self.store.uri, ", ".join(lost) or "none",
+                    ", ".join(broken) or "none", ", ".join(unnamed) or "none",
+                    sum(1 for v in videos if v.get("rebuilt")), len(redo))  # fmt: skip
+        # unnamed parts are removed by this commit (their rows are in its parts or were live):
+        # a kill before it leaves them unnamed, and the next recover adopts them again
+        self._commit(parts, videos, removes=[*changed, *broken, *unnamed], kind=REPAIR, repairs=lost,
+                     damaged=broken, adopted=unnamed)  # fmt: skip
+
+    def _set_aside(self, part: str) -> None:
+        """A damaged part leaves shards/ for `_damaged/` (kept for a person to look at)."""
+        if self.store.exists(SHARDS, part):
+            try:
+                self.store.move((SHARDS, part), (DAMAGED, part))
+            except AlreadyExists:
+                self.store.delete(SHARDS, part)
+
+    def _bad_clip_files(self, rows_of: dict[str, list[dict]]) -> dict[str, str]:
+        """Inputs whose committed rows name a clip file that is missing or empty in this OUT."""
+        sizes = {}
+        for info in self.store.fs.get_file_info(pafs_selector(self.store.path(CLIPS))):
+            parts = info.path[len(self.store.root) + 1:].split("/")
+            if info.is_file and len(parts) == 3:
+                sizes[(parts[1], parts[2])] = info.size
+        bad = {}
+        for src, rows in rows_of.items():
+            for r in rows:
+                key = clip_key(r.get(schema.CLIP_URI))
+                if key is not None and not sizes.get(key):
+                    what = "is missing" if key not in sizes else "is empty"
+                    bad[src] = f"its clip file clips/{key[0]}/{key[1]} {what}"
+                    break
+        return bad
 
     def accepted_hashes(self, records: list[dict]) -> set[str]:
         """This writer's config hash, and the hashes a finished `curate rescore` turned into it
@@ -184,24 +372,32 @@ class Committer:
                     grew = True
         return accepted
 
-    def committed_clip_uris(self) -> set[str]:
-        uris: set[str] = set()
+    def committed_clip_keys(self) -> set[tuple[str, str]] | None:
+        """The clips (clip_key) committed rows name; None when a committed part cannot be read
+        (then no file can be proved an orphan)."""
+        keys: set[tuple[str, str]] = set()
         for part in self.live_parts:
-            t = pq.read_table(self.store.path(SHARDS, part), columns=[schema.CLIP_URI], filesystem=self.store.fs)
-            uris.update(u for u in t.column(0).to_pylist() if u)
-        return uris
+            t = self._read_part(part, [schema.CLIP_URI])
+            if t is None:
+                return None
+            keys.update(k for k in map(clip_key, t.column(0).to_pylist()) if k)
+        return keys
 
     def sweep_orphans(self) -> int:
         """Delete clip files no committed row names (left by a killed run, a quarantined input or
-        a failed extraction). Only names curate gives its clips are touched; call it only while no
-        worker of this run is writing."""
-        keep = self.committed_clip_uris()
+        a failed extraction). Only names curate gives its clips are touched, compared by their
+        place under OUT (clips/<video_id>/<clip_id>.mp4), never by the prefix a row was written
+        with: an OUT that was moved or copied keeps every clip. Call it only while no worker of
+        this run is writing."""
+        keep = self.committed_clip_keys()
+        if keep is None:
+            log.warning("%s: a committed part cannot be read; no clip file is removed", self.store.uri)
+            return 0
         removed = 0
         for info in self.store.fs.get_file_info(pafs_selector(self.store.path(CLIPS))):
-            name = os.path.basename(info.path)
-            if info.is_file and CLIP_RE.match(name):
-                rel = info.path[len(self.store.root) + 1:].split("/")
-                if self.store.uri_of(*rel) not in keep:
+            rel = info.path[len(self.store.root) + 1:].split("/")
+            if info.is_file and len(rel) == 3 and CLIP_RE.match(rel[2]):
+                if (rel[1], rel[2]) not in keep:  # a temp `.part` never is
                     self.store.fs.delete_file(info.path)
                     removed += 1
         if self.store.local and os.path.isdir(self.store.path(CLIPS)):
@@ -400,15 +596,51 @@ def pafs_selector(path: str):
     return pafs.FileSelector(path, recursive=True, allow_not_found=True)
 
 
-def read_shards(out: str) -> pa.Table:
-    """All committed clip rows of OUT as one table (empty table with the schema when none)."""
+def rescore_in_progress(records: list[dict], manifest: dict | None = None) -> str | None:
+    """What a `curate rescore` that stopped before its end left (some parts rescored, some not),
+    and the command that finishes it; None when there is none."""
+    finished = {rec["config_hash"] for rec in records if rec.get("kind") == RESCORE_DONE}
+    started = [rec for rec in records if rec.get("kind") == RESCORE and rec["config_hash"] not in finished]
+    if not started:
+        return None
+    last = started[-1]
+    sets = " ".join(f"--set '{s}'" for s in last.get("overrides") or [])
+    named = " ".join(f"--scorer {n}" for n in last.get("named") or [])
+    command = " ".join(x for x in ("curate rescore OUT", sets, named) if x)
+    done = len({p for rec in started if rec["config_hash"] == last["config_hash"] for p in rec["parts"]})
+    return (f"a `curate rescore` to config hash {last['config_hash']} stopped before its end ({done} parts rescored, "
+            f"the others still carry the scores of config {last.get('from_hash')}): finish it with `{command}`"
+            + ("" if last.get("overrides") is not None else " and the settings it was started with"))
+
+
+def committed_parts(store: OutputStore) -> list[str]:
+    """The parts OUT's commit log says are live, oldest first (what readers read: a stray
+    parquet file in shards/, or a part no record names, is not OUT's data)."""
+    good, _ = read_records(store)
+    removed = {p for _, rec in good for p in rec.get("removes", [])}
+    return list(dict.fromkeys(p for _, rec in good for p in rec["parts"] if p not in removed))
+
+
+class DamagedOut(RuntimeError):
+    """A committed part of OUT cannot be read."""
+
+
+def read_shards(out: str, columns: list[str] | None = None) -> pa.Table:
+    """All committed clip rows of OUT as one table (empty table with the schema when none), with
+    clip locations resolved against OUT as it is now (it may have been moved or copied)."""
     store = OutputStore(out, create=False)
-    parts = [p for p in store.list(SHARDS) if p.endswith(".parquet")]
+    parts = [p for p in committed_parts(store) if store.exists(SHARDS, p)]
     if not parts:
         return schema.CLIP_SCHEMA.empty_table()
-    return pa.concat_tables(
-        [pq.read_table(store.path(SHARDS, p), filesystem=store.fs) for p in parts], promote_options="default"
-    )
+    tables = []
+    for p in parts:
+        try:
+            t = pq.read_table(store.path(SHARDS, p), filesystem=store.fs)
+        except (pa.ArrowException, OSError) as e:
+            raise DamagedOut(f"{store.uri}/{SHARDS}/{p} cannot be read ({str(e).splitlines()[0]}): `curate verify "
+                             f"{store.uri}` names the damage; `curate run` with OUT's config repairs it") from None  # fmt: skip
+        tables.append(t.select([c for c in columns if c in t.column_names]) if columns else t)
+    return resolve_clip_uris(store, pa.concat_tables(tables, promote_options="default"))
 
 
 SEG_DIR_RE = re.compile(r"^\.seg-[A-Za-z0-9_]+$")  # curate.clips.SEG_PREFIX + mkdtemp's suffix

@@ -396,6 +396,7 @@ class OutputStore:
 
     def move(self, src: tuple[str, ...], dst: tuple[str, ...]) -> None:
         """Rename; locally it refuses to replace an existing file (link, then unlink)."""
+        self.fs.create_dir(os.path.dirname(self.path(*dst)), recursive=True)
         if self.local:
             try:
                 os.link(self.path(*src), self.path(*dst))

@@ -20,7 +20,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from curate import schema
-from curate.shards import CLIP_RE, CLIPS, COMMIT_RE, COMMITS, MANIFEST_FILE, QUARANTINE_FILE, SHARDS, TMP
+from curate.shards import (CLIP_RE, CLIPS, COMMITS, DAMAGED, MANIFEST_FILE, PART_RE, QUARANTINE_FILE, REPAIR, SHARDS, TMP,
+                           lost_records, read_records, rescore_in_progress, resolve_clip_uris)
 from curate.sample import clip_frames
 from curate.storage import OutputStore
 
@@ -30,6 +31,7 @@ class Report:
     checked_rows: int = 0
     checked_files: int = 0
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what happened to OUT and was repaired (not a problem now)
 
     @property
     def ok(self) -> bool:
@@ -59,14 +61,27 @@ def verify(out: str, deep: bool = False) -> Report:
     except (ValueError, AssertionError):
         bad(f"{MANIFEST_FILE} is not a curate manifest")
         return rep
-    records = []
-    for name in (n for n in store.list(COMMITS) if COMMIT_RE.match(n)):
-        try:
-            records.append(json.loads(store.read_bytes(COMMITS, name)))
-        except ValueError:
-            bad(f"{COMMITS}/{name} does not parse")
+    good, damaged = read_records(store)
+    records = [rec for _, rec in good]
+    for name in damaged:
+        if name not in {r for rec in records for r in rec.get("repairs", [])}:
+            bad(f"{COMMITS}/{name} is damaged (empty, cut off or not a commit record): `curate run` with OUT's "
+                "config rebuilds what it held from the rows")  # fmt: skip
+    for name in lost_records(good, damaged):
+        if name not in damaged:
+            bad(f"{COMMITS}/{name} is missing (a lost commit record): `curate run` with OUT's config rebuilds what "
+                "it held from the rows")  # fmt: skip
+    for rec in records:
+        if rec.get("kind") == REPAIR:
+            what = [f"records {', '.join(rec.get('repairs') or [])} lost" if rec.get("repairs") else "",
+                    f"parts {', '.join(rec.get('damaged') or [])} damaged (in {DAMAGED}/)" if rec.get("damaged") else "",
+                    f"{sum(1 for v in rec['videos'] if v.get('rebuilt'))} inputs rebuilt from their rows"]
+            rep.notes.append("a run repaired this OUT: " + "; ".join(w for w in what if w))
+    half = rescore_in_progress(records, manifest)
+    if half:
+        bad(half)
     removed = {p for r in records for p in r.get("removes", [])}
-    live = [p for r in records for p in r.get("parts", []) if p not in removed]
+    live = list(dict.fromkeys(p for r in records for p in r.get("parts", []) if p not in removed))
     on_disk = set(store.list(SHARDS))
     for p in live:
         if p not in on_disk:
@@ -74,13 +89,14 @@ def verify(out: str, deep: bool = False) -> Report:
             bad(f"committed part shards/{p} is missing{where}")
     for p in sorted(on_disk - set(live)):
         if p.endswith(".parquet"):
-            bad(f"shards/{p} is not part of any commit")
+            bad(f"shards/{p} is not part of any commit" + ("" if PART_RE.match(p) else " (not a name curate writes: "
+                "readers of OUT ignore it; move it out of shards/)"))  # fmt: skip
     rows = []
     for p in live:
         if p not in on_disk:
             continue
         try:
-            rows += pq.read_table(store.path(SHARDS, p), filesystem=store.fs).to_pylist()
+            rows += resolve_clip_uris(store, pq.read_table(store.path(SHARDS, p), filesystem=store.fs)).to_pylist()
         except Exception as e:  # noqa: BLE001 -- any reader failure is the finding
             bad(f"shards/{p} does not parse: {str(e).splitlines()[0]}")
     rep.checked_rows = len(rows)
@@ -101,6 +117,9 @@ def verify(out: str, deep: bool = False) -> Report:
         if store.local:
             if not os.path.isfile(uri):
                 bad(f"clip file {uri} is missing")
+                continue
+            if not os.path.getsize(uri):
+                bad(f"clip file {uri} is empty")
                 continue
             try:
                 got = _clip_facts(uri)
@@ -132,7 +151,7 @@ def verify(out: str, deep: bool = False) -> Report:
     for r in records:
         for v in r.get("videos", []):
             prev = latest.pop(v["source_uri"], None)
-            if prev is not None and not (prev.get("quarantine") or {}).get("retry"):
+            if prev is not None and not (prev.get("quarantine") or {}).get("retry") and r.get("kind") != REPAIR:
                 srcs.append(v["source_uri"])  # committed again although the first was final
             latest[v["source_uri"]] = v
     videos = list(latest.values())

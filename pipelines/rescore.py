@@ -30,7 +30,7 @@ from pydantic import ValidationError
 from curate import schema
 from curate.config import ConfigError, PipelineConfig, _set_dotted, format_error, parse_override, pipeline_config_model
 from curate.lease import lease_for
-from curate.shards import MANIFEST_FILE, RESCORE, RESCORE_DONE, SHARDS, Committer
+from curate.shards import MANIFEST_FILE, RESCORE, RESCORE_DONE, SHARDS, Committer, resolve_clip_uris
 from curate.storage import OutputStore, check_out_path
 from pipelines.curate import StageSpec, add_steps, check_pools_fit, enabled_scorers, init_ray, model_stages, timed
 
@@ -111,6 +111,7 @@ def rescore(out: str, sets: list[str], named: Iterable[str] = (), *,
             on_progress: Callable[[int, int], None] | None = None) -> RescoreResult:
     from curate.models import preflight
 
+    named = list(named)
     old, new, _ = new_config(out, sets)
     store = OutputStore(out, create=False)
     lease = lease_for(store)
@@ -118,8 +119,8 @@ def rescore(out: str, sets: list[str], named: Iterable[str] = (), *,
     try:
         manifest = json.loads(store.read_bytes(MANIFEST_FILE))  # under the lease: the settled one
         run_names, cleared = plan(old, new, manifest, named)
-        if not (run_names or cleared) and old.hash() == new.hash():
-            return RescoreResult(store.uri, [], [], 0, 0, 0, manifest)  # nothing to do: OUT untouched
+        if not (run_names or cleared):
+            return RescoreResult(store.uri, [], [], 0, 0, 0, manifest)  # nothing to do: OUT untouched (its hash too)
         skip, reasons = preflight([s for s in model_stages(new) if s[0] in run_names])
         run_names = [n for n in run_names if n not in skip]  # optional and without weights: loud, not fatal
         committer = Committer(store, new.hash(), new.shards.max_rows, new.shards.compression, lease=lease)
@@ -129,7 +130,8 @@ def rescore(out: str, sets: list[str], named: Iterable[str] = (), *,
                 for p in rec["parts"]}  # fmt: skip
         todo = [p for p in committer.live_parts if p not in done] if (run_names or cleared) else []
         skipped = len(committer.live_parts) - len(todo)
-        rows = _rescore_parts(new, store, committer, todo, run_names, cleared, old.hash(), on_progress)
+        rows = _rescore_parts(new, store, committer, todo, run_names, cleared, old.hash(), on_progress,
+                              {"overrides": list(sets), "named": sorted(set(named))})
         if old.hash() != new.hash():
             committer.mark(kind=RESCORE_DONE, from_hash=old.hash(), scorers=run_names, cleared=cleared)
         info = {"started": time.time(), "rescore": run_names, "cleared": cleared, "parts": len(todo),
@@ -145,7 +147,9 @@ def rescore(out: str, sets: list[str], named: Iterable[str] = (), *,
 
 
 def _rescore_parts(cfg: PipelineConfig, store: OutputStore, committer: Committer, parts: list[str],
-                   run_names: list[str], cleared: list[str], from_hash: str, on_progress) -> int:
+                   run_names: list[str], cleared: list[str], from_hash: str, on_progress, how: dict) -> int:
+    """`how`: the overrides and --scorer names, kept in each rescore record so that a rescore
+    killed half-way can be named and finished exactly (shards.rescore_in_progress)."""
     from curate.registry import scorers as registered
     from curate.sample import SampleStage
 
@@ -161,6 +165,7 @@ def _rescore_parts(cfg: PipelineConfig, store: OutputStore, committer: Committer
     def prepare(part: str) -> pa.Table:
         table = pq.read_table(store.path(SHARDS, part), filesystem=store.fs)
         table = schema.conform(table)  # a part from before a column existed gets it (null)
+        table = resolve_clip_uris(store, table)  # OUT may have been moved since: its clips are where it is now
         # the recomputed stages' old errors go: their new ones (if any) are added as they run
         errors = [[e for e in (errs or []) if e.split(":", 1)[0] not in redo] for errs in table.column(schema.ERRORS).to_pylist()]
         table = table.set_column(table.column_names.index(schema.ERRORS), schema.ERRORS, pa.array(errors, pa.list_(pa.string())))
@@ -172,7 +177,7 @@ def _rescore_parts(cfg: PipelineConfig, store: OutputStore, committer: Committer
     rows = finished = 0
     for part, table in _scored(cfg, parts, prepare, specs):
         drop = [c for c in table.column_names if c.startswith(schema.INTERNAL_PREFIX)]
-        committer.replace_part(part, table.drop_columns(drop), kind=RESCORE, from_hash=from_hash)
+        committer.replace_part(part, table.drop_columns(drop), kind=RESCORE, from_hash=from_hash, **how)
         rows += table.num_rows
         finished += 1
         if on_progress:
