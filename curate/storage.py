@@ -270,6 +270,39 @@ class OutError(ValueError):
     """OUT is not a place curate may write to."""
 
 
+def enclosing_output(path: str) -> str | None:
+    """The curate output that `path` is (or lies inside), following symlinks; None when none.
+
+    Only the run holding an OUT's lease writes inside it: a subset, an export or a dedup
+    output written among its files would be read back as OUT's own (a `subset.parquet` in
+    shards/ is every row twice to a reader of shards/*.parquet)."""
+    if is_remote(path):
+        return None
+    p = os.path.realpath(os.path.abspath(_local(path)))
+    while True:
+        if os.path.isdir(p):
+            try:
+                names = os.listdir(p)
+            except OSError:
+                names = []
+            dirs = [n for n in names if os.path.isdir(os.path.join(p, n))]
+            if _is_curate_output_dir(p, dirs, [n for n in names if n not in dirs]):
+                return p
+        parent = os.path.dirname(p)
+        if parent == p:
+            return None
+        p = parent
+
+
+def refuse_inside_output(path: str, flag: str = "-o") -> None:
+    """OutError when `path` is a curate output or lies inside one (see enclosing_output)."""
+    root = enclosing_output(path)
+    if root is not None:
+        where = "is" if os.path.realpath(os.path.abspath(_local(path))) == root else "is inside"
+        raise OutError(f"{flag} {display(path)}: {where} the curate output {display(root)}, which only `curate run` "
+                       "writes to; choose a directory outside it")  # fmt: skip
+
+
 class AlreadyExists(FileExistsError):
     pass
 

@@ -63,13 +63,16 @@ def metric_games(per_arm: dict[str, np.ndarray], lower_is_better: bool = True) -
 
 
 def vote_games(path: str | Path) -> list[tuple[str, str, float]]:
+    """(a, b, score of a) per human vote: 1 a won, 0 b won, 0.5 a tie. A skip is no game, nor
+    is a vote whose winner is neither arm; a line that is not a vote is refused, naming the line."""
+    from pipelines.vote import read_votes
+
     games = []
-    for line in Path(path).read_text().splitlines():
-        if not line.strip():
-            continue
-        v = json.loads(line)
-        s = 0.5 if v["winner"] == "tie" else (1.0 if v["winner"] == v["a"] else 0.0)
-        games.append((v["a"], v["b"], s))
+    for v in read_votes(Path(path), strict=True):
+        if v["winner"] == "tie":
+            games.append((v["a"], v["b"], 0.5))
+        elif v["winner"] in (v["a"], v["b"]):
+            games.append((v["a"], v["b"], 1.0 if v["winner"] == v["a"] else 0.0))
     return games
 
 
@@ -78,7 +81,10 @@ def compare(cfg: TrainConfig, arms: dict[str, str], out: str | Path, seeds: list
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from curate.storage import refuse_inside_output
+
     out = Path(out)
+    refuse_inside_output(str(out))  # an OutError (a ValueError): one line from the CLI
     out.mkdir(parents=True, exist_ok=True)
     # The shared eval pool: every arm's held-out clips (held out by clip_id hash, so a clip held
     # out in one arm is held out in all: no arm trains on it).

@@ -12,7 +12,9 @@ import io
 import json
 import os
 import re
+import shutil
 import tarfile
+import uuid
 from pathlib import Path
 from typing import Iterator, Literal
 
@@ -65,16 +67,35 @@ def export(subset: str | Path, out: str | Path, fmt: Literal["parquet", "webdata
     table = pq.read_table(path)
     if "caption" not in table.column_names:
         raise ValueError(f"{path} has no caption column: export a subset made by `curate select`")
-    out = _claim(Path(out))
+    final = _claim(Path(out))
     rows = table.to_pylist()
+    # Written aside and swapped in whole: a failure (a missing clip, a full disk, a kill) leaves
+    # the previous export as it was, never a mix or a half.
+    out = final.parent / f".{final.name}.export-{uuid.uuid4().hex[:8]}"
+    out.mkdir()
+    try:
+        index = _write(rows, table.schema, out, fmt, max_rows, max_bytes, embed, path)
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    _swap_in(out, final)
+    return index
 
+
+def _write(rows: list[dict], src_schema: pa.Schema, out: Path, fmt: str, max_rows: int, max_bytes: int | None,
+           embed: bool, path: Path) -> dict:
     def stream():
         for r in rows:
             data = None
             if embed:
                 if not r.get(schema.CLIP_URI):
                     continue  # nothing to train on: the clip failed to extract
-                data = _read_clip(r[schema.CLIP_URI])
+                try:
+                    data = _read_clip(r[schema.CLIP_URI])
+                except FileNotFoundError:
+                    raise FileNotFoundError(f"clip {r[schema.CLIP_ID]}: its file {r[schema.CLIP_URI]} is missing (`curate "
+                                            "verify` on its OUT, then `curate run` re-extracts it); nothing was "
+                                            "exported and an earlier export is unchanged") from None  # fmt: skip
             yield r, data
 
     shards = []
@@ -88,7 +109,7 @@ def export(subset: str | Path, out: str | Path, fmt: Literal["parquet", "webdata
                 if embed:
                     rec[CLIP_BYTES] = data
                 recs.append(rec)
-            tbl = pa.Table.from_pylist(recs, schema=_export_schema(table.schema, embed))
+            tbl = pa.Table.from_pylist(recs, schema=_export_schema(src_schema, embed))
             pq.write_table(tbl, tmp, compression="zstd" if not embed else "none")
         else:
             with tarfile.open(tmp, "w") as tar:
@@ -106,29 +127,54 @@ def export(subset: str | Path, out: str | Path, fmt: Literal["parquet", "webdata
         shards.append({"file": name, "rows": len(group), "bytes": (out / name).stat().st_size,
                        "first_clip_id": group[0][0][schema.CLIP_ID], "last_clip_id": group[-1][0][schema.CLIP_ID]})  # fmt: skip
     index = {"format": fmt, "embedded": embed, "rows": sum(s["rows"] for s in shards), "shards": shards, "source": str(path)}
-    tmp = out / f".{INDEX_FILE}.tmp"
-    tmp.write_text(json.dumps(index, indent=2))
-    os.replace(tmp, out / INDEX_FILE)
+    (out / INDEX_FILE).write_text(json.dumps(index, indent=2))
     return index
 
 
 _SHARD_RE = re.compile(r"^shard-\d{6}\.(parquet|tar)$")
 
 
+def _ours(name: str) -> bool:
+    return bool(_SHARD_RE.match(name)) or name == INDEX_FILE or (name.startswith(".") and name.endswith(".tmp"))
+
+
 def _claim(out: Path) -> Path:
-    """OUT for an export: new, empty, or an earlier export (whose shards are replaced, so no stale
-    shard is left for a `*.tar` loader to read). Anything else is refused."""
+    """OUT for an export: new, empty, or an earlier export holding only an export's files (it is
+    replaced whole once the new one is complete, so no stale shard is left for a `*.tar` loader).
+    Anything else is refused, as is a place inside a curate output."""
+    from curate.storage import refuse_inside_output
+
     if out.exists() and not out.is_dir():
         raise ValueError(f"-o {out}: exists and is not a directory")
+    refuse_inside_output(str(out))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.export-*"):  # a killed export's work
+        shutil.rmtree(stale, ignore_errors=True)
+    olds = sorted(out.parent.glob(f".{out.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    if olds and not out.exists():
+        olds.pop().rename(out)  # killed between the two renames of _swap_in: the previous export comes back
+    for old in olds:
+        shutil.rmtree(old, ignore_errors=True)
     if out.is_dir():
         names = [p.name for p in out.iterdir()]
         if names and INDEX_FILE not in names:
             raise ValueError(f"-o {out}: not empty and not an earlier export (no {INDEX_FILE}); choose a new directory")
-        for name in names:
-            if _SHARD_RE.match(name) or name == INDEX_FILE or (name.startswith(".shard-") and name.endswith(".tmp")):
-                (out / name).unlink()  # only files an export names itself
-    out.mkdir(parents=True, exist_ok=True)
+        foreign = [n for n in names if not _ours(n)]
+        if foreign:
+            raise ValueError(f"-o {out}: an earlier export that also holds {', '.join(sorted(foreign)[:3])}; move those "
+                             "out or choose a new directory")  # fmt: skip
     return out
+
+
+def _swap_in(new: Path, final: Path) -> None:
+    """Put the complete export `new` at `final`, replacing an earlier one (two renames)."""
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
+        final.rename(old)
+        new.rename(final)
+        shutil.rmtree(old)
+    else:
+        new.rename(final)
 
 
 def member_key(clip_id: str) -> str:

@@ -183,9 +183,7 @@ class Trainer:
         os.replace(tmp, path)
 
     def load(self, path: Path, weights_only_init: bool = False) -> None:
-        import torch
-
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        state = read_checkpoint(path, self.device)
         self.unet.load_state_dict(state["unet"])
         self.text.load_state_dict(state["text"])
         self.ema.load_state_dict(state["ema"])
@@ -199,22 +197,55 @@ class Trainer:
 # main
 
 
+def read_checkpoint(path: str | Path, device="cpu") -> dict:
+    """A checkpoint this trainer wrote, or DataError naming the file (a text file, a parquet file,
+    another program's checkpoint): never an unpickling traceback."""
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, AttributeError) as e:
+        raise DataError(f"{path}: not a checkpoint of `curate train` ({str(e).splitlines()[0][:120]})") from None
+    missing = [k for k in ("unet", "text", "ema") if not (isinstance(state, dict) and k in state)]
+    if missing:
+        raise DataError(f"{path}: not a checkpoint of `curate train` (no {', '.join(missing)})")
+    return state
+
+
 def train(cfg: TrainConfig, data: str | Path, run_dir: str | Path, init_from: str | None = None,
           max_steps: int | None = None, samples: bool = True) -> dict:
     """Train (or resume RUN/ckpt.pt) to cfg.optim.max_steps (or `max_steps`, to stop early)."""
+    from curate.storage import OutError, refuse_inside_output
+
     run_dir = Path(run_dir)
     rows = load_rows(data)  # before creating anything: a mistyped --data leaves no directory behind
     if run_dir.exists() and not run_dir.is_dir():
         raise DataError(f"-o {run_dir}: exists and is not a directory")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        refuse_inside_output(str(run_dir))
+    except OutError as e:
+        raise DataError(str(e)) from None
     ckpt = run_dir / "ckpt.pt"
+    if init_from and not ckpt.exists():
+        if not Path(init_from).is_file():
+            raise DataError(f"--init-from {init_from}: no such file")
+        read_checkpoint(init_from)  # before anything is created: a wrong file leaves no run directory
+    run_dir.mkdir(parents=True, exist_ok=True)
     if ckpt.exists():
         check_resumable(cfg, data, run_dir)  # before building anything
     tr = Trainer(cfg, rows, run_dir)
     if ckpt.exists():
         tr.load(ckpt)  # resume exactly where it stopped
     elif init_from:
-        tr.load(Path(init_from), weights_only_init=True)  # warm start (e.g. a higher-res fine-tune)
+        try:
+            tr.load(Path(init_from), weights_only_init=True)  # warm start (e.g. a higher-res fine-tune)
+        except RuntimeError as e:  # another architecture: load_state_dict names the first keys
+            if not any(run_dir.iterdir()):
+                run_dir.rmdir()
+            raise DataError(f"--init-from {init_from}: its weights do not fit this model config "
+                            f"({str(e).splitlines()[0][:160]})") from None  # fmt: skip
     (run_dir / "config.json").write_text(json.dumps({"config": cfg.model_dump(mode="json"), "data": str(data)}, indent=2))
     stop = min(cfg.optim.max_steps, max_steps or cfg.optim.max_steps)
     eval_sets = {"heldout": tr.eval_rows} | {k: load_rows(v)[: cfg.eval.max_clips] for k, v in cfg.eval.extra_sets.items()}

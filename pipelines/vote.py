@@ -11,9 +11,14 @@ winning arm or "tie"), under an exclusive lock and fsync'd before the browser is
 a vote acknowledged is on disk, whatever happens to the server after; two raters append whole
 lines. Skips are recorded too (`"winner": "skip"`) but are no game.
 
+Blind: the browser never sees an arm name, a pair key or which side holds which arm. A pair is
+handed out as a random ticket that only the server can resolve (server-side state, so no token
+can be forged or decoded), and videos are served by random ids drawn per server start, not by
+their place in the index (which follows the arms' order).
+
 The server is Flask (Werkzeug), bound to 127.0.0.1 unless told otherwise. It serves its page and
-the sample files of CMP it indexed at start, by opaque numbers: no request path is ever joined to
-a file system path, so `..`, encoded or absolute paths and symlinks out of CMP reach nothing.
+the sample files of CMP it indexed at start, by those ids: no request path is ever joined to a
+file system path, so `..`, encoded or absolute paths and symlinks out of CMP reach nothing.
 """
 
 from __future__ import annotations
@@ -88,31 +93,66 @@ def append_vote(path: Path, record: dict) -> None:
         os.close(fd)  # (closing releases the lock)
 
 
-def read_votes(path: Path) -> list[dict]:
+class VotesError(ValueError):
+    """A votes file that cannot be read as votes (named with its line)."""
+
+
+def read_votes(path: Path, strict: bool = False) -> list[dict]:
+    """The vote records of a votes.jsonl. A last line without its newline was cut by a crash
+    mid-write (never acknowledged) and is skipped; any other line that is not a JSON object of a
+    vote is skipped with a warning naming file and line, or, `strict`, refused with that name."""
+    import logging
+
     if not path.is_file():
         return []
     out = []
-    for line in path.read_text().splitlines():
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise VotesError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    lines = text.splitlines()
+    cut = len(lines) if lines and not text.endswith("\n") else 0
+    for k, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
         try:
-            out.append(json.loads(line))
+            v = json.loads(line)
         except ValueError:
-            continue  # a line cut by a crash mid-write never counted (it was not acknowledged)
+            v = None
+        if not (isinstance(v, dict) and isinstance(v.get("a"), str) and isinstance(v.get("b"), str)
+                and isinstance(v.get("winner"), str)):  # fmt: skip
+            if k == cut:
+                logging.getLogger("curate").warning("%s line %d: cut off (a write that never finished), skipped", path, k)
+                continue
+            if strict:
+                raise VotesError(f"{path} line {k}: not a vote (a JSON object with a, b and winner): {line[:60]!r}")
+            logging.getLogger("curate").warning("%s line %d: not a vote, skipped: %r", path, k, line[:60])
+            continue
+        out.append(v)
     return out
 
 
+MAX_TICKETS = 10000  # pairs handed out and not voted on yet, per server (oldest forgotten first)
+
+
 def make_app(cmp: str | Path, seed: int | None = None):
+    import secrets
+    from collections import OrderedDict
+
     from flask import Flask, abort, jsonify, request, send_file
 
     cmp = Path(cmp)
     files, pairs = index(cmp)
     votes_path = cmp / VOTES_FILE
-    by_key = {p.key: p for p in pairs}
     counts = {p.key: 0 for p in pairs}
     for v in read_votes(votes_path):
         if v.get("pair") in counts and v.get("winner") != "skip":
             counts[v["pair"]] += 1
     lock = threading.Lock()
     rng = random.Random(seed)
+    video_ids = [secrets.token_hex(8) for _ in files]  # opaque: not the index order (the arms' order)
+    by_video = {vid: n for n, vid in enumerate(video_ids)}
+    tickets: OrderedDict[str, tuple[Pair, str, str]] = OrderedDict()  # ticket -> (pair, left arm, right arm)
     app = Flask(__name__)
 
     @app.get("/")
@@ -127,16 +167,21 @@ def make_app(cmp: str | Path, seed: int | None = None):
             fewest = min(counts.values())
             p = rng.choice([q for q in pairs if counts[q.key] == fewest])
             flip = rng.random() < 0.5
-        left, right = (p.b, p.a) if flip else (p.a, p.b)
-        lf, rf = (p.file_b, p.file_a) if flip else (p.file_a, p.file_b)
-        total = sum(counts.values())
-        return jsonify({"pair": p.key, "prompt": p.prompt, "left": {"side": "left", "video": f"/video/{lf}"},
-                        "right": {"side": "right", "video": f"/video/{rf}"}, "token": _token(p.key, left, right),
-                        "votes": total, "pairs": len(pairs), "min_votes": fewest})  # fmt: skip
+            left, right = (p.b, p.a) if flip else (p.a, p.b)
+            lf, rf = (p.file_b, p.file_a) if flip else (p.file_a, p.file_b)
+            ticket = secrets.token_urlsafe(18)
+            tickets[ticket] = (p, left, right)
+            while len(tickets) > MAX_TICKETS:
+                tickets.popitem(last=False)
+            total = sum(counts.values())
+        return jsonify({"ticket": ticket, "prompt": p.prompt, "left": {"video": f"/video/{video_ids[lf]}"},
+                        "right": {"video": f"/video/{video_ids[rf]}"}, "votes": total, "pairs": len(pairs),
+                        "min_votes": fewest})  # fmt: skip
 
-    @app.get("/video/<int:n>")
-    def video(n: int):
-        if not 0 <= n < len(files):
+    @app.get("/video/<vid>")
+    def video(vid: str):
+        n = by_video.get(vid)
+        if n is None:
             abort(404)
         return send_file(files[n], mimetype="video/mp4", conditional=True)
 
@@ -145,48 +190,30 @@ def make_app(cmp: str | Path, seed: int | None = None):
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
             abort(400)
-        key, choice, rater, token = body.get("pair"), body.get("choice"), body.get("rater"), body.get("token")
-        if key not in by_key or choice not in ("left", "right", "tie", "skip") or not isinstance(token, str):
+        ticket, choice, rater = body.get("ticket"), body.get("choice"), body.get("rater")
+        if not isinstance(ticket, str) or choice not in ("left", "right", "tie", "skip"):
             abort(400)
         if not isinstance(rater, str) or not 0 < len(rater.strip()) <= 80:
             abort(400)
-        shown = _shown(token, by_key[key])
+        with lock:
+            shown = tickets.pop(ticket, None)  # one vote per ticket
         if shown is None:
             abort(400)
-        left, right = shown
+        p, left, right = shown
         winner = {"left": left, "right": right, "tie": "tie", "skip": "skip"}[choice]
-        p = by_key[key]
-        record = {"a": p.a, "b": p.b, "winner": winner, "pair": key, "left": left, "right": right,
+        record = {"a": p.a, "b": p.b, "winner": winner, "pair": p.key, "left": left, "right": right,
                   "rater": rater.strip(), "time": time.time()}  # fmt: skip
         with lock:
-            append_vote(votes_path, record)
+            try:
+                append_vote(votes_path, record)
+            except OSError:
+                tickets[ticket] = shown  # not on disk: the page may try again
+                raise
             if winner != "skip":
-                counts[key] += 1
+                counts[p.key] += 1
         return jsonify({"ok": True, "votes": sum(counts.values())})
 
     return app
-
-
-def _token(key: str, left: str, right: str) -> str:
-    """The sides as shown, for the vote to name (the page never learns the arm names)."""
-    import base64
-    import hashlib
-
-    digest = hashlib.sha256(f"{key}|{left}|{right}".encode()).hexdigest()[:16]
-    return base64.urlsafe_b64encode(f"{left}|{right}|{digest}".encode()).decode()
-
-
-def _shown(token: str, pair: Pair) -> tuple[str, str] | None:
-    import base64
-    import binascii
-
-    try:
-        left, right, _ = base64.urlsafe_b64decode(token.encode()).decode().split("|")
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        return None
-    if {left, right} != {pair.a, pair.b} or _token(pair.key, left, right) != token:
-        return None
-    return left, right
 
 
 def serve(cmp: str | Path, host: str = "127.0.0.1", port: int = 8765) -> None:
@@ -230,7 +257,7 @@ async function vote(choice) {
   let saved = null;
   try {
     const r = await fetch("/api/vote", {method: "POST", headers: {"Content-Type": "application/json"},
-      body: JSON.stringify({pair: cur.pair, token: cur.token, choice: choice, rater: rater})});
+      body: JSON.stringify({ticket: cur.ticket, choice: choice, rater: rater})});
     if (!r.ok) { $("status").textContent = "the vote was refused (" + r.status + ")"; return; }
     const j = await r.json(); saved = "saved: " + choice + " (" + j.votes + " votes)";
     // "saved" only once the next pair is up: a key pressed before that would be a vote on nothing

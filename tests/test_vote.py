@@ -62,9 +62,10 @@ def test_paths_outside_the_index_are_refused(cmp, tmp_path):
                 f"/video/{tmp_path / 'passwd'}", "/static/", "/api/"]:  # fmt: skip
         r = client.get(url)
         assert r.status_code in (400, 404, 405), (url, r.status_code)
-    assert client.get("/video/0").status_code == 200
-    for bad in [None, {}, {"pair": "x", "choice": "left", "rater": "r", "token": "t"},
-                {"pair": client.get("/api/next").json["pair"], "choice": "left", "rater": "r", "token": "forged"}]:  # fmt: skip
+    n = client.get("/api/next").json
+    assert client.get(n["left"]["video"]).status_code == 200
+    for bad in [None, {}, {"ticket": "x", "choice": "left", "rater": "r"}, {"ticket": n["ticket"] + "A", "choice": "left",
+                "rater": "r"}, {"ticket": n["ticket"], "choice": "up", "rater": "r"}]:  # fmt: skip
         assert client.post("/api/vote", json=bad).status_code == 400
     assert not (cmp / VOTES_FILE).exists()
 
@@ -74,15 +75,16 @@ def test_fewest_votes_first_and_two_raters_at_once(cmp):
     seen = set()
     for _ in range(12):  # 12 pairs: each is shown once before any comes back
         n = client.get("/api/next").json
-        assert n["pair"] not in seen
-        seen.add(n["pair"])
-        assert client.post("/api/vote", json={"pair": n["pair"], "token": n["token"], "choice": "tie", "rater": "r1"}).status_code == 200
+        unit = (n["prompt"], *sorted((n["left"]["video"], n["right"]["video"])))
+        assert unit not in seen
+        seen.add(unit)
+        assert client.post("/api/vote", json={"ticket": n["ticket"], "choice": "tie", "rater": "r1"}).status_code == 200
 
     def rater(name: str) -> None:
         c = make_app(cmp).test_client()  # a second server process would share only the file
         for _ in range(20):
             n = c.get("/api/next").json
-            c.post("/api/vote", json={"pair": n["pair"], "token": n["token"], "choice": "left", "rater": name})
+            c.post("/api/vote", json={"ticket": n["ticket"], "choice": "left", "rater": name})
 
     threads = [threading.Thread(target=rater, args=(f"t{k}",)) for k in range(2)]
     for t in threads:
@@ -199,3 +201,75 @@ def test_cli_rerank_and_vote_refusals(tmp_path):
     res = r.invoke(app, ["rerank", str(cmp)])
     assert res.exit_code == 0 and "ranking" in res.output
     assert json.loads((cmp / "leaderboard.json").read_text())["ranking"][0] == "C"
+
+
+def test_the_page_never_sees_arm_names_or_sides_and_tickets_cannot_be_forged_or_reused(cmp):
+    """Round three: /api/next named the arms in `pair` and in a base64 token anyone could decode
+    or forge; video numbers followed the arms' order."""
+    import base64
+
+    client = make_app(cmp, seed=1).test_client()
+    seen_ids = set()
+    for _ in range(12):
+        n = client.get("/api/next").json
+        text = json.dumps(n)
+        for arm in ("A", "B", "C"):
+            assert f"|{arm}" not in text and f'"{arm}"' not in text
+        decoded = base64.urlsafe_b64decode(n["ticket"] + "=" * (-len(n["ticket"]) % 4))
+        assert b"|" not in decoded  # random bytes, not the sides
+        ids = {n["left"]["video"], n["right"]["video"]}
+        assert all(not v.rsplit("/", 1)[1].isdigit() for v in ids)
+        seen_ids |= ids
+        assert client.post("/api/vote", json={"ticket": n["ticket"], "choice": "left", "rater": "r"}).status_code == 200
+        assert client.post("/api/vote", json={"ticket": n["ticket"], "choice": "left", "rater": "r"}).status_code == 400
+    votes = read_votes(cmp / VOTES_FILE)
+    assert len(votes) == 12 and all(v["winner"] == v["left"] for v in votes)  # the server knew the sides
+    other = make_app(cmp, seed=1).test_client()  # another server: its own ids and tickets
+    assert other.get(sorted(seen_ids)[0]).status_code == 404
+
+
+def _board(cmp: Path, arms=("A", "B")) -> None:
+    for arm in arms:
+        run = cmp / "arms" / arm / "seed-0"
+        run.mkdir(parents=True)
+        (run / "eval.json").write_text(json.dumps({"step": 10, "eval": {"pool": {"per_clip": {"c0": 0.5}}}}))
+    (cmp / "leaderboard.json").write_text(json.dumps({"arms": list(arms), "seeds": [0], "eval_sets": {"pool": "x"}}))
+
+
+def test_skipped_pairs_are_not_games(tmp_path):
+    """Round three: six skips gave the right-hand arm 1.00 [1.00, 1.00]."""
+    from pipelines.compare import rerank, vote_games
+
+    cmp = tmp_path / "cmp"
+    _board(cmp)
+    lines = [{"a": "A", "b": "B", "winner": "skip"}] * 6 + [{"a": "A", "b": "B", "winner": "A"}, {"a": "A", "b": "B", "winner": "B"}]
+    (cmp / VOTES_FILE).write_text("".join(json.dumps(v) + "\n" for v in lines))
+    assert vote_games(cmp / VOTES_FILE) == [("A", "B", 1.0), ("A", "B", 0.0)]
+    board = rerank(cmp)
+    assert board["human"]["votes"] == 2
+    assert board["human"]["win_rate"]["A"]["mean"] == board["human"]["win_rate"]["B"]["mean"] == 0.5
+    (cmp / VOTES_FILE).write_text("".join(json.dumps({"a": "A", "b": "B", "winner": "skip"}) + "\n" for _ in range(6)))
+    board = rerank(cmp)
+    assert "human" not in board or board["human"]["votes"] == 0
+
+
+@pytest.mark.parametrize("bad", ["[1,2]", "5", "null", '{"a": "A"}'])
+def test_a_line_that_is_not_a_vote_is_one_line_naming_file_and_line(tmp_path, bad):
+    from typer.testing import CliRunner
+
+    from pipelines.cli import app
+
+    cmp = fake_compare(tmp_path / "cmp", arms=("A", "B"))
+    for arm in ("A", "B"):
+        (cmp / "arms" / arm / "seed-0" / "eval.json").write_text(json.dumps({"step": 1, "eval": {}}))
+    (cmp / "leaderboard.json").write_text(json.dumps({"arms": ["A", "B"], "seeds": [0], "eval_sets": {}}))
+    good = json.dumps({"a": "A", "b": "B", "winner": "A"})
+    (cmp / VOTES_FILE).write_text(f"{good}\n{bad}\n{good}\n")
+    res = CliRunner().invoke(app, ["rerank", str(cmp)])
+    assert res.exit_code == 2 and "Traceback" not in res.output, res.output
+    assert "line 2" in res.output and VOTES_FILE in res.output
+    client = make_app(cmp).test_client()  # the vote server starts, skipping the line
+    assert client.get("/api/next").status_code == 200
+    (cmp / VOTES_FILE).write_text(f"{good}\n{good}\n" + good[:-7])  # cut by a crash mid-write
+    res = CliRunner().invoke(app, ["rerank", str(cmp)])
+    assert res.exit_code == 0, res.output
