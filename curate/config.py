@@ -5,6 +5,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
+import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -239,13 +241,18 @@ def _pipeline_model(version: int) -> type[PipelineConfig]:
     return create_model("PipelineConfig", __base__=PipelineConfig, scorers=(scorers, Field(default_factory=scorers)))
 
 
-def format_error(source: str, err: ValidationError) -> str:
-    lines = [f"invalid config {source}:"]
+def format_error(source: str, err: ValidationError, overrides: dict[str, str] | None = None) -> str:
+    """The validation errors, each blamed on what set the key: the `--set` that did (`overrides`:
+    dotted key -> the --set item), else `source` (the file)."""
+    overrides = overrides or {}
+    lines, blamed = [], set()
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith(("function-", "tagged-union")))
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
-        lines.append(f"  {loc}: {msg}")
-    return "\n".join(lines)
+        by = next((item for key, item in overrides.items() if loc == key or loc.startswith(key + ".")), None)
+        blamed.add(f"--set {by!r}" if by else source)
+        lines.append(f"  {loc}: {msg}" + (f" (from --set {by!r})" if by else ""))
+    return "\n".join([f"invalid config {' and '.join(sorted(blamed))}:", *lines])
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
@@ -288,9 +295,15 @@ def recipes() -> list[str]:
 def resolve_config(path: str | Path) -> Path:
     """A YAML path as given, or else a shipped recipe by name (`svd`, `train/tiny`)."""
     p = Path(path)
+    name = str(path).removesuffix(".yaml")
+    bare = os.sep not in str(path) and not str(path).endswith((".yaml", ".yml"))
+    if bare and name in recipes():  # a recipe by name, even beside a file of that name (./demo reads the file)
+        if p.exists():
+            logging.getLogger("curate").warning("reading the recipe %s, not the file ./%s (name it ./%s to read that)",
+                                                name, path, path)  # fmt: skip
+        return RECIPES / f"{name}.yaml"
     if p.is_file():
         return p
-    name = str(path).removesuffix(".yaml")
     if name in recipes():
         return RECIPES / f"{name}.yaml"
     raise ConfigError(f"config file not found: {p} (nor a recipe of that name; recipes: {', '.join(recipes())})")
@@ -312,10 +325,12 @@ def load_model(model: type[BaseModel], path: str | Path | None, overrides: list[
         if not isinstance(loaded, dict):
             raise ConfigError(f"config {p}: top level must be a mapping, got {type(loaded).__name__}")
         data = loaded
+    given: dict[str, str] = {}
     for item in overrides or []:
         key, value = parse_override(item)
         _set_dotted(data, key, value)
+        given[key] = item
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_error(source, e)) from None
+        raise ConfigError(format_error(source, e, given)) from None

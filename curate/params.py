@@ -4,7 +4,9 @@ from pydantic import BaseModel, ConfigDict
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    # allow_inf_nan=False: `.inf`/`.nan` in YAML or --set is refused here, not written into
+    # manifest.json as `Infinity` (not JSON)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
 
 
 from typing import Literal  # noqa: E402

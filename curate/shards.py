@@ -621,7 +621,7 @@ def committed_parts(store: OutputStore) -> list[str]:
     return list(dict.fromkeys(p for _, rec in good for p in rec["parts"] if p not in removed))
 
 
-class DamagedOut(RuntimeError):
+class DamagedOut(ValueError):
     """A committed part of OUT cannot be read."""
 
 
@@ -629,13 +629,19 @@ def read_shards(out: str, columns: list[str] | None = None) -> pa.Table:
     """All committed clip rows of OUT as one table (empty table with the schema when none), with
     clip locations resolved against OUT as it is now (it may have been moved or copied)."""
     store = OutputStore(out, create=False)
-    parts = [p for p in committed_parts(store) if store.exists(SHARDS, p)]
+    parts = []  # a committed part is in shards/, or still in shards/.tmp (a commit a kill cut short)
+    for p in committed_parts(store):
+        if store.exists(SHARDS, p):
+            parts.append((SHARDS, p))
+        elif store.exists(SHARDS, TMP, p):
+            parts.append((SHARDS, TMP, p))
     if not parts:
         return schema.CLIP_SCHEMA.empty_table()
     tables = []
-    for p in parts:
+    for where in parts:
+        p = where[-1]
         try:
-            t = pq.read_table(store.path(SHARDS, p), filesystem=store.fs)
+            t = pq.read_table(store.path(*where), filesystem=store.fs)
         except (pa.ArrowException, OSError) as e:
             raise DamagedOut(f"{store.uri}/{SHARDS}/{p} cannot be read ({str(e).splitlines()[0]}): `curate verify "
                              f"{store.uri}` names the damage; `curate run` with OUT's config repairs it") from None  # fmt: skip

@@ -213,7 +213,7 @@ def dedup_cmd(
         if on_ray or ray_address:
             _filter_native_stderr()
         summary = run_dedup(outs, dest, params, "ray" if (on_ray or ray_address) else "local", ray_address)
-    except (ConfigError, DedupError, OSError) as e:
+    except (ConfigError, DedupError, OSError, ValueError) as e:
         _fail(str(e))
     console.print(f"[green]done[/green]: {summary['clips']} clips ({summary['with_hashes']} hashed, "
                   f"{summary['with_embeddings']} with embeddings): {summary['groups_with_duplicates']} groups hold "
@@ -293,7 +293,7 @@ def inspect(out: str = typer.Argument(..., help="an OUT directory or URI"), as_j
     t.add_row("hours in / out", f"{c['hours_in']:.4f} / {c['hours_out']:.4f}")
     t.add_row("shards", str(c["shards"]))
     runs = manifest.get("runs", [])
-    t.add_row("runs", ", ".join(f"{r['processed']} new in {r['wall_s']:.1f}s" for r in runs))
+    t.add_row("runs", ", ".join(_run_line(r) for r in runs))
     out_console.print(t)
     st = Table(title="stage seconds (summed over workers)")
     st.add_column("stage")
@@ -310,6 +310,17 @@ def inspect(out: str = typer.Argument(..., help="an OUT directory or URI"), as_j
         out_console.print(qt)
 
 
+def _run_line(r: dict) -> str:
+    """One entry of manifest.json's runs: a run, or a rescore (which has no inputs)."""
+    if not isinstance(r, dict):
+        return "?"
+    if "rescore" in r:
+        what = ", ".join(r.get("rescore") or []) or "nothing"
+        return f"rescore of {what}" + (f" (cleared {', '.join(r['cleared'])})" if r.get("cleared") else "")
+    wall = r.get("wall_s")
+    return f"{r.get('processed', '?')} new" + (f" in {wall:.1f}s" if isinstance(wall, (int, float)) else "")
+
+
 @app.command("select")
 def select_cmd(
     rules: Optional[Path] = typer.Argument(None, help="RULES.yaml: filters and caption mix"),
@@ -324,6 +335,7 @@ def select_cmd(
 ) -> None:
     """Apply thresholds to stored scores: write SUBSET/subset.parquet and SUBSET/funnel.json."""
     from curate.config import ConfigError
+    from curate.shards import DamagedOut
     from pipelines.select import DedupRule, SelectError, load_rules, rules_from_flags, run_select
 
     if nulls not in (None, "refuse", "drop", "keep"):
@@ -333,7 +345,7 @@ def select_cmd(
         if dedup:
             r = r.model_copy(update={"dedup": DedupRule(groups=dedup, keep=keep)})
         funnel = run_select(source, out, r)
-    except (ConfigError, SelectError, FileNotFoundError) as e:
+    except (ConfigError, SelectError, FileNotFoundError, DamagedOut) as e:
         _fail(str(e))
     t = Table(title=f"funnel -> {out}")
     for col in ("filter", "threshold", "removes alone", "removes here", "kept clips", "kept hours"):
@@ -393,7 +405,7 @@ def report_cmd(
         _fail(f"-o {dest}: is a directory; name the HTML file to write")
     try:
         path = write_report(out, dest, rules, dedup)
-    except (ConfigError, DedupError) as e:
+    except (ConfigError, DedupError, ValueError) as e:
         _fail(str(e))
     console.print(f"[green]report[/green] -> {path}")
 

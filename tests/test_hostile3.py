@@ -164,3 +164,136 @@ def test_a_stray_parquet_in_shards_is_not_read(tmp_path, base_out):
     shutil.copy(next((out / "shards").glob("part-*.parquet")), out / "shards" / "subset.parquet")
     assert rows_of(out) == truth  # select, dedup and report read through read_shards
     assert any("subset.parquet is not part of any commit" in p for p in verify(str(out)).problems)
+
+
+# -- 3, 4: no verb writes inside an OUT; a re-export never destroys the last one ----------------
+
+
+def test_no_verb_but_run_writes_inside_an_out(tmp_path, base_out):
+    out = fresh(base_out, tmp_path)
+    before = sorted(p.relative_to(out).as_posix() for p in out.rglob("*"))
+    app = app_()
+    one_line_error(runner.invoke(app, ["select", "-s", str(out), "-o", str(out / "shards")]), "inside the curate output")
+    one_line_error(runner.invoke(app, ["select", "-s", str(out), "-o", str(out)]), "is the curate output")
+    (tmp_path / "link").symlink_to(out / "clips", target_is_directory=True)
+    one_line_error(runner.invoke(app, ["select", "-s", str(out), "-o", str(tmp_path / "link" / "sub")]), "curate output")
+    sub = tmp_path / "sub"
+    assert runner.invoke(app, ["select", "-s", str(out), "-o", str(sub)]).exit_code == 0
+    one_line_error(runner.invoke(app, ["export", str(sub), "-o", str(out / "exp")]), "inside the curate output")
+    one_line_error(runner.invoke(app, ["dedup", str(out), "-o", str(out / "dups")]), "inside the curate output")
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == before
+    assert rows_of(out) == rows_of(base_out)
+
+
+def test_a_failed_re_export_leaves_the_previous_export_whole(tmp_path, base_out):
+    out = fresh(base_out, tmp_path)
+    app = app_()
+    sub, exp = tmp_path / "sub", tmp_path / "exp"
+    assert runner.invoke(app, ["select", "-s", str(out), "-o", str(sub)]).exit_code == 0
+    assert runner.invoke(app, ["export", str(sub), "-o", str(exp), "--max-rows", "2"]).exit_code == 0
+    first = {p.name: p.read_bytes() for p in exp.iterdir()}
+    uri = pq.read_table(sub / "subset.parquet").column("clip_uri").to_pylist()[3]
+    os.unlink(uri)
+    one_line_error(runner.invoke(app, ["export", str(sub), "-o", str(exp), "--max-rows", "3"]), "is missing", "unchanged")
+    assert {p.name: p.read_bytes() for p in exp.iterdir()} == first  # untouched, index.json included
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no work left aside
+    from pipelines.export import iter_samples
+
+    assert len(list(iter_samples(exp))) == len(rows_of(base_out))
+
+
+# -- tracebacks and dead ends on plausible damage or mistakes ----------------------------------
+
+
+def test_init_from_a_file_that_is_not_a_checkpoint_is_one_line_and_creates_nothing(tmp_path, base_out):
+    app = app_()
+    (tmp_path / "notes.txt").write_text("my notes")
+    part = next((base_out / "shards").glob("part-*.parquet"))
+    for bad in (tmp_path / "notes.txt", part, tmp_path / "nope.pt"):
+        run_dir = tmp_path / f"run-{bad.stem}"
+        r = runner.invoke(app, ["train", "train/tiny", "--data", str(base_out), "-o", str(run_dir), "--init-from", str(bad)])
+        one_line_error(r, str(bad.name))
+        assert not run_dir.exists()
+
+
+def test_inspect_a_rescored_out(tmp_path, base_out):
+    from pipelines.rescore import rescore
+
+    out = fresh(base_out, tmp_path)
+    rescore(str(out), ["scorers.quality.enabled=true"])
+    r = runner.invoke(app_(), ["inspect", str(out)])
+    assert r.exit_code == 0 and "rescore of quality" in r.output, r.output
+
+
+def test_a_rescore_that_changes_nothing_leaves_the_config_hash(tmp_path, base_out):
+    from pipelines.rescore import rescore
+
+    out = fresh(base_out, tmp_path)
+    before = json.loads((out / "manifest.json").read_text())["config_hash"]
+    commits = sorted(p.name for p in (out / "_commits").iterdir())
+    r = runner.invoke(app_(), ["rescore", str(out), "--set", "sample.decoders=[pyav]"])
+    assert r.exit_code == 0 and "nothing to rescore" in r.output, r.output
+    assert json.loads((out / "manifest.json").read_text())["config_hash"] == before
+    assert sorted(p.name for p in (out / "_commits").iterdir()) == commits
+    assert rescore(str(out), []).parts_done == 0
+
+
+def test_a_rescore_killed_half_way_is_named_with_the_command_that_finishes_it(tmp_path, base_out, inputs):
+    import subprocess
+    import sys
+
+    from curate.shards import ConfigMismatch
+    from pipelines.rescore import rescore
+
+    out = fresh(base_out, tmp_path)
+    cli = [sys.executable, "-m", "pipelines.cli", "rescore", str(out), "--set", "scorers.quality.enabled=true"]
+    env = {**os.environ, "CI": "true", "CURATE_FAULT": "before_parts@2"}
+    assert subprocess.run(cli, capture_output=True, text=True, env=env, timeout=300).returncode == -9
+    problems = verify(str(out)).problems
+    assert any("stopped before its end" in p and "--set 'scorers.quality.enabled=true'" in p for p in problems), problems
+    with pytest.raises(ConfigMismatch, match="scorers.quality.enabled=true"):
+        resume(out, inputs)  # the run's own config: refused, naming how to finish
+    with pytest.raises(ConfigMismatch, match="finish it with"):
+        rescore(str(out), ["scorers.flow.enabled=true"])
+    r = subprocess.run(cli, capture_output=True, text=True, env={**os.environ, "CI": "true"}, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert verify(str(out)).ok, verify(str(out)).problems
+
+
+def test_a_truncated_shard_never_crashes_rescore_nor_half_rescores(tmp_path, base_out, inputs):
+    from pipelines.rescore import rescore
+
+    out = fresh(base_out, tmp_path)
+    truth = rows_of(out)
+    part = sorted((out / "shards").glob("part-*.parquet"))[-1]
+    part.write_bytes(part.read_bytes()[:100])
+    res = rescore(str(out), ["scorers.quality.enabled=true"])
+    assert res.manifest["counts"]["to_retry"] >= 1  # the inputs whose rows it held: redone by a run
+    rows = read_shards(str(out)).to_pylist()
+    assert rows and all(r["quality_sharpness"] is not None for r in rows)  # every row left is rescored
+    resume(out, inputs, "scorers.quality.enabled=true")
+    assert rows_of(out) == truth
+    assert all(r["quality_sharpness"] is not None for r in read_shards(str(out)).to_pylist())
+    assert verify(str(out)).ok, verify(str(out)).problems
+
+
+@pytest.mark.parametrize("item, needle", [
+    ("clips.max_s=.inf", "--set 'clips.max_s=.inf'"),
+    ("clips.min_s=-1", "--set 'clips.min_s=-1'"),
+    ("clips.nope=1", "--set 'clips.nope=1'"),
+])
+def test_set_errors_blame_the_set_and_infinity_is_refused(tmp_path, inputs, item, needle):
+    r = runner.invoke(app_(), ["run", "demo", "-i", str(inputs), "-o", str(tmp_path / "o"), "--set", item])
+    one_line_error(r, needle)
+    assert "demo.yaml" not in r.output.split("\n")[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_file_named_like_a_recipe_does_not_shadow_it(tmp_path, inputs, monkeypatch):
+    from curate.config import load_config
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").write_bytes(b"\x00\x01 not yaml: [")
+    assert load_config("demo").name == "demo"
+    with pytest.raises(Exception, match="demo"):
+        load_config("./demo")  # named as a path: that file, and the error says so
