@@ -564,11 +564,5 @@ class _Transient(Exception):
     pass
 
 
-_TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.ETIMEDOUT, errno.ECONNRESET, errno.EAGAIN}
-_TRANSIENT_TEXT = ("No space left on device", "Disk quota exceeded")
-
-
-def is_transient(e: Exception) -> bool:
-    """A failure that says nothing about the input (a full disk, a dropped connection): retry it."""
-    return getattr(e, "errno", None) in _TRANSIENT_ERRNOS or any(t in str(e) for t in _TRANSIENT_TEXT)
+from curate.storage import is_transient  # noqa: E402,F401 - a full disk, a network fault: the next run retries
 

@@ -84,9 +84,13 @@ class LocalLease:
 def s3_client(uri: str):
     """A boto3 client (one per URI and process: boto3 clients are thread-safe) for the bucket of `uri`, honouring pyarrow's `?endpoint_override=&region=`."""
     import boto3
+    from botocore.config import Config
 
     q = {k: v[-1] for k, v in parse_qs(urlsplit(uri).query).items()}
-    kwargs = {}
+    # Short timeouts: these are small requests (the lease, commit records), and curate retries
+    # them itself (curate.storage.with_retries) within the lease; botocore's default read timeout
+    # of 60 s would spend a whole lease on one dead connection.
+    kwargs = {"config": Config(connect_timeout=5, read_timeout=15, retries={"mode": "standard", "max_attempts": 3})}
     if "endpoint_override" in q:
         scheme = q.get("scheme", "https")
         ep = q["endpoint_override"]
@@ -108,8 +112,31 @@ def precondition_failed(err: Exception) -> bool:
     return code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412)
 
 
+def _dead_here(info: dict) -> bool:
+    """Whether the lease holder `info` is a process of this host that is gone (a killed run):
+    its lease may be taken at once instead of after it expires."""
+    if info.get("host") != socket.gethostname() or not isinstance(info.get("pid"), int):
+        return False
+    try:
+        os.kill(info["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
+
+
 class S3Lease:
-    """Create-if-absent lease object with an expiry, renewed by a daemon thread."""
+    """Create-if-absent lease object with an expiry, renewed by a daemon thread.
+
+    What it guarantees under a network stall: a holder commits only while its lease is valid by
+    its own clock (`check`: the last renewal the store acknowledged, plus the ttl, less a margin;
+    near that it renews synchronously first), and a run that takes over an expired lease fences
+    the commit log (`Committer.recover` creates the next commit record itself, so a commit the
+    old holder still had in flight can never land after the takeover; if it landed first, it is
+    read and rolled forward or repaired)."""
+
+    MARGIN = 0.25  # of the ttl: stop committing when less than this is left by our own clock
 
     def __init__(self, uri: str, ttl_s: float = 60.0):
         self.uri = uri
@@ -119,17 +146,28 @@ class S3Lease:
         self.info = _holder()
         self._etag: str | None = None
         self._lost: str | None = None
+        self._valid_until = 0.0  # time.monotonic() by which the store's copy expires at the latest
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._client = s3_client(uri)
+        self.took_over = False  # the lease was another run's (expired or dead): fence before committing
 
     def _body(self) -> bytes:
         return json.dumps({**self.info, "expires": time.time() + self.ttl_s}).encode()
 
     def acquire(self) -> None:
+        from curate.storage import with_retries
+
+        with_retries(self._acquire, f"{self.uri}: take the lease")
+        self._thread = threading.Thread(target=self._renew_loop, name="curate-lease", daemon=True)
+        self._thread.start()
+
+    def _acquire(self) -> None:
         from botocore.exceptions import ClientError
 
         c = self._client
+        sent = time.monotonic()
         try:
             r = c.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(), IfNoneMatch="*")
         except ClientError as e:
@@ -138,45 +176,78 @@ class S3Lease:
             obj = c.get_object(Bucket=self.bucket, Key=self.key)
             try:
                 other = json.loads(obj["Body"].read())
+                other = other if isinstance(other, dict) else {}
             except ValueError:
                 other = {}
-            if other.get("expires", 0) > time.time():
+            if other.get("owner") == self.info["owner"]:  # our own earlier attempt landed; its answer was lost
+                self._etag, self._valid_until = obj["ETag"], sent + self.ttl_s
+                return
+            dead = _dead_here(other)
+            if other.get("expires", 0) > time.time() and not dead:
                 raise LeaseHeld(f"{self.uri} is being written by another curate run ({describe(other)}, lease "
                                 f"renewed until {time.ctime(other['expires'])}); wait for it or write to another OUT") from None
-            try:  # expired: take it over, but only if nobody renewed or took it since we read it
+            sent = time.monotonic()
+            try:  # expired (or its holder died here): take it over, only if nobody renewed or took it since we read it
                 r = c.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(), IfMatch=obj["ETag"])
             except ClientError as e2:
                 if precondition_failed(e2):
                     raise LeaseHeld(f"{self.uri}: another curate run took the expired lease first") from None
                 raise
-            log.warning("took over the expired lease of %s (%s)", self.uri, describe(other))
-        self._etag = r["ETag"]
-        self._thread = threading.Thread(target=self._renew_loop, name="curate-lease", daemon=True)
-        self._thread.start()
+            self.took_over = True
+            why = "the lease of a run that died on this host" if dead else "the expired lease"
+            log.warning("took over %s of %s (%s)", why, self.uri, describe(other))
+        self._etag, self._valid_until = r["ETag"], sent + self.ttl_s
 
     def _renew_loop(self) -> None:
-        while not self._stop.wait(self.ttl_s / 3) and self.renew():
+        while not self._stop.wait(self.ttl_s / 6) and self.renew():
             pass
 
     def renew(self) -> bool:
-        """Extend the lease if it is still ours; False once it is lost (then `check` raises)."""
+        """Extend the lease if it is still ours; False once it is lost (then `check` raises).
+        A network fault is retried on the next beat (every ttl/6) while the lease lasts."""
         from botocore.exceptions import ClientError
 
-        try:
-            r = self._client.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(), IfMatch=self._etag)
-            self._etag = r["ETag"]
-        except ClientError as e:
-            if precondition_failed(e) or e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                self._lost = f"the lease object {self.key} was replaced or deleted by someone else"
+        with self._lock:
+            if self._lost:
                 return False
-            log.warning("could not renew the lease on %s (%s); retrying", self.uri, e)
-        except Exception as e:  # network: keep trying while the lease has not expired
-            log.warning("could not renew the lease on %s (%s); retrying", self.uri, e)
-        return True
+            sent = time.monotonic()
+            try:
+                r = self._client.put_object(Bucket=self.bucket, Key=self.key, Body=self._body(), IfMatch=self._etag)
+                self._etag, self._valid_until = r["ETag"], sent + self.ttl_s
+            except ClientError as e:
+                if precondition_failed(e) and self._ours_landed(sent):
+                    return True  # an attempt whose answer a dropped connection lost had renewed it
+                if precondition_failed(e) or e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                    self._lost = f"the lease object {self.key} was replaced or deleted by someone else"
+                    return False
+                log.warning("could not renew the lease on %s (%s); retrying", self.uri, str(e).splitlines()[0])
+            except Exception as e:  # noqa: BLE001 - network: keep trying while the lease has not expired
+                log.warning("could not renew the lease on %s (%s); retrying", self.uri, str(e).splitlines()[0])
+            return True
+
+    def _ours_landed(self, sent: float) -> bool:
+        """Whether the lease object is still ours (an earlier attempt landed): then adopt its etag."""
+        try:
+            obj = self._client.get_object(Bucket=self.bucket, Key=self.key)
+            info = json.loads(obj["Body"].read())
+        except Exception:  # noqa: BLE001 - unknown: the caller treats it as not ours
+            return False
+        if isinstance(info, dict) and info.get("owner") == self.info["owner"]:
+            self._etag = obj["ETag"]
+            self._valid_until = max(self._valid_until, sent + self.ttl_s - 1.0)
+            return True
+        return False
 
     def check(self) -> None:
+        """Raise LeaseLost unless the lease is ours and valid for a while yet by our own clock."""
+        if not self._lost and self._valid_until - time.monotonic() < self.MARGIN * self.ttl_s:
+            self.renew()  # near expiry (renewals failing): one synchronous try before giving up
+            if not self._lost and self._valid_until - time.monotonic() < self.MARGIN * self.ttl_s:
+                self._lost = (f"the lease could not be renewed for {time.monotonic() - self._valid_until + self.ttl_s:.0f} s "
+                              "(storage unreachable?) and may have expired, so another run may own OUT now")  # fmt: skip
         if self._lost:
-            raise LeaseLost(f"{self.uri}: {self._lost}; this run stopped without committing further")
+            raise LeaseLost(f"{self.uri}: {self._lost}; this run stopped without committing further (what it "
+                            "committed is whole: run the same command again to resume)")  # fmt: skip
 
     def release(self) -> None:
         from botocore.exceptions import ClientError
@@ -186,9 +257,15 @@ class S3Lease:
             self._thread.join(timeout=5)
         if self._etag and not self._lost:
             try:
-                self._client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=self._etag)
-            except ClientError as e:
-                log.warning("could not release the lease on %s: %s", self.uri, e)
+                try:
+                    self._client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=self._etag)
+                except ClientError as e:
+                    if not (precondition_failed(e) and self._ours_landed(time.monotonic())):
+                        raise
+                    self._client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=self._etag)
+            except Exception as e:  # noqa: BLE001 - it expires by itself; the next run on this host takes it at once
+                log.warning("could not release the lease on %s (%s); it expires in %.0f s", self.uri,
+                            str(e).splitlines()[0], self.ttl_s)  # fmt: skip
         self._etag = None
 
 
@@ -212,5 +289,6 @@ def lease_for(store) -> LocalLease | S3Lease | UnguardedLease:
     if store.local:
         return LocalLease(store.root)
     if store.uri.startswith("s3://"):
-        return S3Lease(store.uri)
+        ttl = float(os.environ.get("CURATE_LEASE_TTL_S", "60"))  # tests shorten it; > a storage call's timeout
+        return S3Lease(store.uri, ttl_s=ttl)
     return UnguardedLease(store.uri)

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from curate import __version__, schema
 from curate.faults import fault as _fault
-from curate.storage import AlreadyExists, OutputStore
+from curate.storage import AlreadyExists, OutputStore, is_transient, with_retries
 
 log = logging.getLogger("curate")
 
@@ -51,6 +51,8 @@ COMMIT_RE = re.compile(r"^commit-\d{6}\.json$")
 RESCORE = "rescore"  # commit kinds: one rescored part ...
 RESCORE_DONE = "rescore_done"  # ... and the end of a rescore (its config is OUT's from then on)
 REPAIR = "repair"  # a commit that makes the log and the rows agree after damage (Committer._repair)
+FENCE = "fence"  # a run that took over a lease closes the log to the previous holder (Committer._fence)
+NO_ROWS_KINDS = (REPAIR, FENCE)  # records that add no scores: accepted whatever config wrote them
 DAMAGED = "_damaged"  # where damaged parts are set aside
 CLIP_RE = re.compile(r"^[0-9a-f]{16}-\d{7}-\d{7}\.mp4$|^\.[0-9a-f]{16}-\d{7}-\d{7}\.mp4\.part$")
 
@@ -200,7 +202,7 @@ class Committer:
         ever: set[str] = set()
         missing: list[str] = []
         for name, rec in good:
-            if rec["config_hash"] not in accepted and rec.get("kind") != REPAIR:  # a repair adds no scores
+            if rec["config_hash"] not in accepted and rec.get("kind") not in NO_ROWS_KINDS:
                 if rec.get("kind", "").startswith("rescore"):
                     half = rescore_in_progress(records)
                     raise ConfigMismatch(
@@ -232,6 +234,8 @@ class Committer:
         self.live_parts = list(live)
         self._next_commit = max((int(n[7:13]) for n in names), default=-1) + 1
         self._next_part = max((int(p[5:11]) for p in ever | set(unnamed)), default=-1) + 1
+        if getattr(self.lease, "took_over", False) and not self._fence():
+            return self._recover_again(check_clips)  # the old holder's commit landed first: read it
         unreadable = [p for p in self.live_parts if p not in missing and not self._readable(p)]
         lost = lost_records(good, damaged_records)
         if missing or unreadable or unnamed or lost or check_clips:
@@ -244,17 +248,47 @@ class Committer:
                 self.done_video_ids.setdefault(v["video_id"], v["source_uri"])
         return set(self.done_sources)
 
-    def _readable(self, part: str) -> bool:
+    def _fence(self) -> bool:
+        """After taking over another run's lease: create the next commit record ourselves, so that
+        a commit the old holder still has in flight (stalled on the network past its lease) finds
+        its name taken and fails, instead of landing after this run's recovery. False when the old
+        holder's record got there first."""
+        name = f"commit-{self._next_commit:06d}.json"
+        rec = {"config_hash": self.config_hash, "time": time.time(), "parts": [], "videos": [], "kind": FENCE,
+               "owner": getattr(self.lease, "info", {}).get("owner")}  # fmt: skip
         try:
-            pq.ParquetFile(self.store.path(SHARDS, part), filesystem=self.store.fs).metadata
-            return True
-        except (pa.ArrowException, OSError, ValueError):
+            self.store.create_exclusive(json.dumps(rec).encode(), COMMITS, name)
+        except AlreadyExists:
             return False
+        self._next_commit += 1
+        self.records.append(rec)
+        self.lease.took_over = False
+        return True
 
-    def _read_part(self, part: str, columns: list[str] | None = None) -> pa.Table | None:
+    def _recover_again(self, check_clips: bool) -> set[str]:
+        self.records, self.live_parts = [], []
+        self.done_sources, self.done_video_ids = set(), {}
+        return self.recover(check_clips)
+
+    def _readable(self, part: str) -> bool:
+        return self._read_part(part, footer_only=True) is not None
+
+    def _read_part(self, part: str, columns: list[str] | None = None, footer_only: bool = False):
+        """A committed part's rows (or True for `footer_only`), or None when it is damaged. A
+        network fault is not damage: it is retried, and raised if it lasts (the run stops, nothing
+        is set aside)."""
+        path = self.store.path(SHARDS, part)
+
+        def read():
+            if footer_only:
+                return pq.ParquetFile(path, filesystem=self.store.fs).metadata is not None
+            return pq.read_table(path, columns=columns, filesystem=self.store.fs)
+
         try:
-            return pq.read_table(self.store.path(SHARDS, part), columns=columns, filesystem=self.store.fs)
-        except (pa.ArrowException, OSError, ValueError):
+            return read() if self.store.local else with_retries(read, f"{self.store.uri}: read {part}")
+        except (pa.ArrowException, OSError, ValueError) as e:
+            if is_transient(e) or isinstance(e, FileNotFoundError):
+                raise
             return None
 
     def _repair(self, broken: list[str], unnamed: list[str], lost: list[str], check_clips: bool) -> None:

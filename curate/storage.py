@@ -6,11 +6,13 @@ file by the worker that processes it (`localize`) and removed when the video is 
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import glob as globlib
 import hashlib
 import logging
 import os
+import posixpath
 import shutil
 import tempfile
 from pathlib import Path
@@ -94,9 +96,9 @@ def _walk_local(root: str, skipped: list[str] | None = None, exclude: set[str] =
     return found
 
 
-def _read_manifest(path: str, fs: pafs.FileSystem | None = None) -> list[str]:
+def _read_manifest(path: str, fs: pafs.FileSystem | None = None, scheme: str = "") -> list[str]:
     try:
-        return _read_manifest_unchecked(path, fs)
+        return _read_manifest_unchecked(path, fs, scheme)
     except UnicodeDecodeError as e:
         raise InputError(f"manifest {display(path)} is not UTF-8 text (byte {e.start}); write one URI per line "
                          "in UTF-8") from None  # fmt: skip
@@ -104,7 +106,7 @@ def _read_manifest(path: str, fs: pafs.FileSystem | None = None) -> list[str]:
         raise InputError(f"manifest {display(path)} cannot be read: {str(e).splitlines()[0]}") from None
 
 
-def _read_manifest_unchecked(path: str, fs: pafs.FileSystem | None = None) -> list[str]:
+def _read_manifest_unchecked(path: str, fs: pafs.FileSystem | None = None, scheme: str = "") -> list[str]:
     base = os.path.dirname(path)
     if path.endswith(".parquet"):
         import pyarrow.parquet as pq
@@ -124,7 +126,13 @@ def _read_manifest_unchecked(path: str, fs: pafs.FileSystem | None = None) -> li
     out = []
     root = os.path.realpath(base)
     for e in entries:
-        if fs is None and not is_remote(e) and not os.path.isabs(_local(e)):
+        if fs is not None and scheme and not is_remote(e) and not e.startswith(("/", "file://")):
+            # relative to the manifest's own prefix, as for a local manifest (not the driver's cwd)
+            joined = posixpath.normpath(posixpath.join(base, e))
+            if not joined.startswith(base.rstrip("/") + "/"):
+                raise InputError(f"manifest {scheme}://{path}: entry {e!r} points outside the manifest's prefix")
+            e = f"{scheme}://{joined}"
+        elif fs is None and not is_remote(e) and not os.path.isabs(_local(e)):
             e = os.path.join(base, e)  # relative entries are relative to the manifest ...
             if os.path.commonpath([root, os.path.realpath(e)]) != root:  # ... and stay under it
                 raise InputError(f"manifest {path}: entry {e!r} points outside the manifest's directory")
@@ -224,7 +232,7 @@ def _list_remote(spec: str, scheme: str, skipped: list[str], remote_out: str | N
         infos = _outside_outputs(scheme, fs.get_file_info(pafs.FileSelector(path, recursive=True)), skipped, remote_out)
         return sorted(f"{scheme}://{i.path}" for i in infos if i.type == pafs.FileType.File and _is_video_name(i.path))
     if info.type == pafs.FileType.File and Path(path).suffix.lower() in MANIFEST_EXTENSIONS:
-        return _read_manifest(path, fs)
+        return _read_manifest(path, fs, scheme)
     return [spec]
 
 
@@ -239,8 +247,17 @@ def localize(uri: str) -> str:
         return _localized[uri]
     fs, path = pafs.FileSystem.from_uri(uri)
     fd, local = tempfile.mkstemp(prefix="curate-in-", suffix=Path(path).suffix)
-    with os.fdopen(fd, "wb") as out, fs.open_input_stream(path) as src:
-        shutil.copyfileobj(src, out, 8 << 20)
+    os.close(fd)
+
+    def download() -> None:
+        with open(local, "wb") as out, fs.open_input_stream(path) as src:
+            shutil.copyfileobj(src, out, 8 << 20)
+
+    try:
+        with_retries(download, f"download {uri}")
+    except BaseException:
+        os.unlink(local)
+        raise
     _localized[uri] = local
     return local
 
@@ -264,6 +281,74 @@ def fingerprint(path: str, size: int) -> str:
             fh.seek(-(1 << 20), os.SEEK_END)
             h.update(fh.read(1 << 20))
     return h.hexdigest()[:16]
+
+
+# -- transient storage failures ------------------------------------------------------------------
+# Object storage fails in ways that say nothing about the data: a dropped or refused connection,
+# a timeout, throttling (503 SlowDown), a 5xx. pyarrow's S3 errors are OSErrors without an errno
+# (curl's code and text only), botocore's are its own classes; both are recognised here, retried
+# in place with backoff, and, if still failing, left to the next run (never a clip lost for good).
+_TRANSIENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNREFUSED,
+                     errno.ECONNABORTED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.EPIPE, errno.EAGAIN}  # fmt: skip
+_TRANSIENT_TEXT = (
+    "No space left on device", "Disk quota exceeded",  # a full disk may be emptied
+    "NETWORK_CONNECTION", "curlCode", "Could not connect", "Connection refused", "Connection reset",
+    "connection was closed", "Connection was closed", "timed out", "Timeout", "SlowDown", "ServiceUnavailable",
+    "Service Unavailable", "InternalError", "RequestTimeout", "Throttl", "Broken pipe", "SERVICE_UNAVAILABLE",
+    "INTERNAL_FAILURE", "THROTTLING", "SLOW_DOWN", "REQUEST_TIMEOUT", "HTTP response code: 5",
+)  # fmt: skip
+_BOTO_TRANSIENT = ("EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError", "ConnectionClosedError",
+                   "ConnectionError", "ProxyConnectionError", "ResponseStreamingError", "IncompleteReadError")  # fmt: skip
+
+
+def is_transient(e: BaseException) -> bool:
+    """A failure that says nothing about the input or the data (a full disk, a network fault,
+    throttling, a server error): retry it, now and on the next run."""
+    if getattr(e, "errno", None) in _TRANSIENT_ERRNOS:
+        return True
+    if type(e).__name__ in _BOTO_TRANSIENT or any(c.__name__ in _BOTO_TRANSIENT for c in type(e).__mro__):
+        return True
+    response = getattr(e, "response", None)
+    if isinstance(response, dict):  # botocore ClientError
+        status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        code = response.get("Error", {}).get("Code", "")
+        return status >= 500 or status == 429 or code in ("SlowDown", "Throttling", "RequestTimeout", "InternalError",
+                                                          "ServiceUnavailable", "RequestTimeTooSkewed")  # fmt: skip
+    text = str(e)
+    return any(t in text for t in _TRANSIENT_TEXT)
+
+
+def retry_s() -> float:
+    """How long one storage call is retried before it is given up (left to the next run)."""
+    try:
+        return float(os.environ.get("CURATE_STORAGE_RETRY_S", "60"))
+    except ValueError:
+        return 60.0
+
+
+def with_retries(fn, what: str, budget_s: float | None = None):
+    """`fn()`, retried on transient failures with exponential backoff (0.25 s doubling, at most
+    8 s apart) for up to `budget_s` (retry_s()); the last failure is raised."""
+    import time
+
+    budget = retry_s() if budget_s is None else budget_s
+    deadline = time.monotonic() + budget
+    delay = 0.25
+    said = False
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            return fn()
+        except Exception as e:  # noqa: BLE001 - only transient ones are retried
+            # at least 3 attempts, however long one took (a connection that hung until its timeout)
+            if not is_transient(e) or (attempts >= 3 and time.monotonic() + delay > deadline):
+                raise
+            if not said:
+                log.warning("%s: %s; retrying for up to %.0f s", what, str(e).splitlines()[0][:200], budget)
+                said = True
+            time.sleep(delay)
+            delay = min(delay * 2, 8.0)
 
 
 class OutError(ValueError):
@@ -337,11 +422,16 @@ class OutputStore:
             self.root = os.path.abspath(_local(out))
             self.local = True
         if create:
-            self.fs.create_dir(self.root, recursive=True)
+            self._r(lambda: self.fs.create_dir(self.root, recursive=True), "create OUT")
+
+    def _r(self, fn, what: str):
+        """`fn()`; on object storage retried through transient faults (with_retries). A local disk
+        is not retried here: a full disk is the run's to report (the next run retries it)."""
+        return fn() if self.local else with_retries(fn, f"{self.uri}: {what}")
 
     def top_level(self) -> list[str]:
         """Names directly in OUT (files and directories); empty when OUT does not exist."""
-        infos = self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
+        infos = self._r(lambda: self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True)), "list")
         return sorted(os.path.basename(i.path.rstrip("/")) for i in infos)
 
     def path(self, *parts: str) -> str:
@@ -355,15 +445,15 @@ class OutputStore:
         return f"{self.uri.split('://', 1)[0]}://{p}"
 
     def exists(self, *parts: str) -> bool:
-        return self.fs.get_file_info(self.path(*parts)).type != pafs.FileType.NotFound
+        return self._r(lambda: self.fs.get_file_info(self.path(*parts)), "stat").type != pafs.FileType.NotFound
 
     def list(self, *parts: str) -> list[str]:
-        infos = self.fs.get_file_info(pafs.FileSelector(self.path(*parts), allow_not_found=True))
+        infos = self._r(lambda: self.fs.get_file_info(pafs.FileSelector(self.path(*parts), allow_not_found=True)), "list")
         return sorted(os.path.basename(i.path) for i in infos if i.type == pafs.FileType.File)
 
     def write_bytes(self, data: bytes, *parts: str) -> None:
         final = self.path(*parts)
-        self.fs.create_dir(os.path.dirname(final), recursive=True)
+        self._r(lambda: self.fs.create_dir(os.path.dirname(final), recursive=True), "create a directory")
         if self.local:
             tmp = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.tmp")
             with open(tmp, "wb") as fh:
@@ -372,8 +462,11 @@ class OutputStore:
                 os.fsync(fh.fileno())
             os.replace(tmp, final)
         else:
-            with self.fs.open_output_stream(final) as fh:  # one PUT: all or nothing
-                fh.write(data)
+            def put() -> None:
+                with self.fs.open_output_stream(final) as fh:  # one PUT: all or nothing
+                    fh.write(data)
+
+            self._r(put, f"write {'/'.join(parts)}")
 
     def create_exclusive(self, data: bytes, *parts: str) -> None:
         """Write a new file, failing with AlreadyExists instead of replacing one that exists.
@@ -381,7 +474,7 @@ class OutputStore:
         Local: a hard link of a complete temp file (atomic, refuses an existing name). S3: a PUT
         with `If-None-Match: *`. Other stores have no conditional write: check, then write."""
         final = self.path(*parts)
-        self.fs.create_dir(os.path.dirname(final), recursive=True)
+        self._r(lambda: self.fs.create_dir(os.path.dirname(final), recursive=True), "create a directory")
         if self.local:
             fd, tmp = tempfile.mkstemp(dir=os.path.dirname(final), prefix=f".{os.path.basename(final)}.", suffix=".tmp")
             try:
@@ -401,35 +494,51 @@ class OutputStore:
 
             bucket, _ = split_s3(self.uri)
             key = final[len(bucket) + 1:]
-            try:
-                s3_client(self.uri).put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
-            except ClientError as e:
-                if precondition_failed(e):
-                    raise AlreadyExists(self.uri_of(*parts)) from None
-                raise
+            client = s3_client(self.uri)
+
+            def put() -> None:
+                try:
+                    client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")
+                except ClientError as e:
+                    if precondition_failed(e):
+                        # an earlier attempt (ours, or botocore's own retry) whose answer a dropped
+                        # connection lost may have landed: it is ours if the bytes are (a record
+                        # holds its time and its writer's part names: nobody else writes these bytes)
+                        if client.get_object(Bucket=bucket, Key=key)["Body"].read() == data:
+                            return
+                        raise AlreadyExists(self.uri_of(*parts)) from None
+                    raise
+
+            self._r(put, f"create {'/'.join(parts)}")
         else:
             if self.exists(*parts):
                 raise AlreadyExists(self.uri_of(*parts))
             self.write_bytes(data, *parts)
 
     def read_bytes(self, *parts: str) -> bytes:
-        with self.fs.open_input_stream(self.path(*parts)) as fh:
-            return fh.read()
+        def read() -> bytes:
+            with self.fs.open_input_stream(self.path(*parts)) as fh:
+                return fh.read()
+
+        return self._r(read, f"read {'/'.join(parts)}")
 
     def put_file(self, local_path: str, *parts: str) -> None:
         """Move a finished local file into OUT (rename locally, upload to object storage)."""
         final = self.path(*parts)
-        self.fs.create_dir(os.path.dirname(final), recursive=True)
+        self._r(lambda: self.fs.create_dir(os.path.dirname(final), recursive=True), "create a directory")
         if self.local:
             os.replace(local_path, final)
         else:
-            with open(local_path, "rb") as src, self.fs.open_output_stream(final) as dst:
-                shutil.copyfileobj(src, dst, 8 << 20)
+            def upload() -> None:
+                with open(local_path, "rb") as src, self.fs.open_output_stream(final) as dst:
+                    shutil.copyfileobj(src, dst, 8 << 20)
+
+            self._r(upload, f"upload {'/'.join(parts)}")
             os.unlink(local_path)
 
     def move(self, src: tuple[str, ...], dst: tuple[str, ...]) -> None:
         """Rename; locally it refuses to replace an existing file (link, then unlink)."""
-        self.fs.create_dir(os.path.dirname(self.path(*dst)), recursive=True)
+        self._r(lambda: self.fs.create_dir(os.path.dirname(self.path(*dst)), recursive=True), "create a directory")
         if self.local:
             try:
                 os.link(self.path(*src), self.path(*dst))
@@ -437,9 +546,19 @@ class OutputStore:
                 raise AlreadyExists(self.path(*dst)) from None
             os.unlink(self.path(*src))
         else:
-            self.fs.move(self.path(*src), self.path(*dst))
+            def move() -> None:  # a copy then a delete on S3: a retry after the copy finds no source
+                if self.fs.get_file_info(self.path(*src)).type == pafs.FileType.NotFound \
+                        and self.fs.get_file_info(self.path(*dst)).type == pafs.FileType.File:
+                    return
+                self.fs.move(self.path(*src), self.path(*dst))
+
+            self._r(move, f"move {'/'.join(src)}")
 
     def delete(self, *parts: str) -> None:
         p = self.path(*parts)
-        if self.fs.get_file_info(p).type != pafs.FileType.NotFound:
-            self.fs.delete_file(p)
+
+        def delete() -> None:
+            if self.fs.get_file_info(p).type != pafs.FileType.NotFound:
+                self.fs.delete_file(p)
+
+        self._r(delete, f"delete {'/'.join(parts)}")

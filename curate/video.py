@@ -301,4 +301,7 @@ def probe_input(rec, params: ProbeParams) -> None:
     except ProbeError as e:
         rec.set_quarantine(e.reason, e.detail, retry=e.reason == schema.Q_MISSING)  # a missing file may appear
     except Exception as e:  # noqa: BLE001 - one input never stops the run
-        rec.set_quarantine(schema.Q_ERROR, f"probe: {type(e).__name__}: {e}")
+        from curate.storage import is_transient
+
+        # a network fault or a full disk while fetching says nothing about the input: the next run retries it
+        rec.set_quarantine(schema.Q_ERROR, f"probe: {type(e).__name__}: {e}", retry=is_transient(e))

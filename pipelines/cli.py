@@ -186,6 +186,9 @@ def rescore_cmd(
     if not result.scorers and not result.cleared:
         console.print("nothing to rescore: no scorer is new, changed or named (--scorer NAME recomputes one)")
         return
+    if result.manifest.get("counts", {}).get("to_retry"):
+        console.print(f"[yellow]{result.manifest['counts']['to_retry']} inputs lost rows to damage and are to be redone: "
+                      "`curate run` with OUT's config and inputs redoes them[/yellow]")
     what = ", ".join(result.scorers) or "none"
     console.print(f"[green]done[/green]: recomputed {what}"
                   + (f"; cleared {', '.join(result.cleared)}" if result.cleared else "")
@@ -234,6 +237,8 @@ def verify_cmd(
     from curate.verify import verify
 
     rep = verify(out, deep)
+    for n in rep.notes:
+        console.print(f"[yellow]note:[/yellow] {escape(display(n))}", soft_wrap=True)
     for p in rep.problems[:200]:
         console.print(f"[red]problem:[/red] {escape(display(p))}", soft_wrap=True)  # one greppable line each
     if len(rep.problems) > 200:

@@ -16,6 +16,7 @@ from curate.models import MissingModelError
 from curate.sample import SampleParams, SampleStage
 from curate.shards import read_shards
 from curate.storage import resolve_inputs
+from tests.conftest import assert_same_rows
 from tests.tiny_models import scorer_sets
 
 pytest.importorskip("torch", reason="model stages need the 'models' extra")
@@ -193,7 +194,7 @@ def test_model_stages_as_ray_actor_pools_match_local(tmp_path, tiny_models, thre
     run(load_config(None, ["executor=local", *sets]), [three_shots.path], str(tmp_path / "local"))
     run(load_config(None, ["executor=ray", *sets]), [three_shots.path], str(tmp_path / "ray"))
     key = lambda out: sorted(read_shards(str(out)).drop_columns(["clip_uri"]).to_pylist(), key=lambda r: r["clip_id"])  # noqa: E731
-    assert key(tmp_path / "ray") == key(tmp_path / "local")
+    assert_same_rows(key(tmp_path / "ray"), key(tmp_path / "local"))  # floats to FLOAT_RTOL: batching differs
 
 
 def test_open_clip_tags_resolve_without_importing_open_clip():
