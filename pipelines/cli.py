@@ -121,6 +121,11 @@ def _run(config: Optional[Path], inputs: list[str], out: str, sets: list[str], r
         except OSError as e:  # a full disk, a vanished mount: what was committed stays whole
             _fail(f"{display(str(e))} -- everything committed before this is intact; run the same command again "
                   "to resume", code=1)
+        except Exception as e:  # noqa: BLE001 - object storage answering with an error of its own
+            if not type(e).__module__.startswith(("botocore", "boto3")):
+                raise
+            _fail(f"object storage: {str(e).splitlines()[0]} -- everything committed before this is intact; fix "
+                  "the store (a missing bucket, credentials) and run the same command again", code=1)
     c = result.manifest["counts"]
     console.print(
         f"[green]done[/green]: {result.processed} inputs processed, {result.skipped} already done; "

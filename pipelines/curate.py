@@ -248,8 +248,18 @@ def _say_worker_deaths_once() -> None:
     said: list[bool] = []
 
     def print_to_stdstream(data, ignore_prefix, *args, **kwargs):
+        lines = data.get("lines", [])
+        if any("[state-dump]" in line for line in lines):  # a raylet's state when a node dies: ~36 lines
+            kept = [line for line in lines if "[state-dump]" not in line]
+            if "state" not in said:
+                said.append("state")
+                log.warning("a Ray node reported its state (a node died or stalled): Ray runs its work on the "
+                            "nodes left; nothing committed is lost")  # fmt: skip
+            if not kept:
+                return
+            data = {**data, "lines": kept}
         if data.get("pid") == "raylet" and any(m in line for line in data.get("lines", []) for m in _DEATH_LINES):
-            if not said:
+            if True not in said:
                 said.append(True)
                 log.warning("a Ray worker died (a crash in native code, or the OOM killer: dmesg says which); Ray "
                             "restarts it and curate runs the clips it held one at a time: a clip that kills it again "
@@ -344,7 +354,7 @@ def _batches_ray(cfg: PipelineConfig, uris: list[str], stages: list[StageSpec]) 
     import ray
     from ray.data import DataContext
 
-    logging.getLogger("ray.data").setLevel(logging.ERROR)
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # a failure reaches the driver as an exception: curate says it in one line
     ctx = DataContext.get_current()
     ctx.enable_progress_bars = False  # the CLI draws its own rich progress
     ctx.print_on_execution_start = False
@@ -429,12 +439,15 @@ def _run_locked(cfg: PipelineConfig, inputs: list[str], store: OutputStore, leas
         else:
             batches = _batches_local(todo, stages)
         pending: dict[str, list[pa.Table]] = {}
-        for batch in batches:
-            for uri, rows, meta in _complete_videos(batch, pending):
-                committer.add_video(_record(uri, meta), rows if meta["clips"] else None)
-                finished += 1
-                if on_progress:
-                    on_progress(finished, len(todo))
+        try:
+            for batch in batches:
+                for uri, rows, meta in _complete_videos(batch, pending):
+                    committer.add_video(_record(uri, meta), rows if meta["clips"] else None)
+                    finished += 1
+                    if on_progress:
+                        on_progress(finished, len(todo))
+        except Exception as e:
+            raise storage_cause(e) or e
         committer.flush()
         if pending:
             raise RuntimeError(f"{len(pending)} inputs ended incomplete (first: {next(iter(pending))})")
@@ -450,6 +463,27 @@ def _run_locked(cfg: PipelineConfig, inputs: list[str], store: OutputStore, leas
     manifest = committer.write_manifest(cfg.model_dump(mode="json"), run_info,
                                         {"scorers": analysis, "skipped_stages": skip_reasons})  # fmt: skip
     return RunResult(out=store.uri, manifest=manifest, skipped=skipped, processed=finished)
+
+
+def storage_cause(e: BaseException) -> OSError | None:
+    """The storage failure (an OSError) under a Ray task error, if that is what it is: a step's
+    setup or a write that found the store gone reaches the driver wrapped twice (RayTaskError,
+    UserCodeException), with pages of Ray's frames; the cause alone is what a user can act on."""
+    import re
+
+    first, seen = e, 0
+    while e is not None and seen < 8:
+        if isinstance(e, OSError):
+            return e
+        e = getattr(e, "cause", None) or e.__cause__ or e.__context__
+        seen += 1
+    if type(first).__module__.startswith("ray"):  # Ray keeps only the text of a worker's exception
+        for line in reversed(str(first).splitlines()):
+            m = re.match(r"^\s*(?:[\w.]+\.)?(OSError|FileNotFoundError|PermissionError|ConnectionError|"
+                         r"TimeoutError|ClientError|EndpointConnectionError|NoCredentialsError): (.+)$", line)
+            if m:
+                return OSError(m.group(2).strip())
+    return None
 
 
 def _complete_videos(batch: pa.Table, pending: dict[str, list[pa.Table]]):

@@ -183,3 +183,18 @@ def test_the_lease_of_a_run_that_died_on_this_host_is_taken_at_once(s3, corpus):
     r = run(cfg(), resolve_inputs(["s3://corpus/f/raw/"]), "s3://corpus/f/out4")
     assert r.processed == 3
     assert span_set("s3://corpus/f/out4") == corpus
+
+
+@pytest.mark.parametrize("executor", ["local", "ray"])
+def test_a_store_restarted_empty_mid_run_is_one_line(s3, proxy, corpus, executor):
+    """An S3 server restarted empty in the middle of a run: the fault pass saw a 125-line
+    traceback (`Bucket 'bkt' not found`) on a cluster."""
+    import urllib.request
+
+    p = cli("s3://corpus/f/out5", proxy, "shards.commit_every_videos=1", f"executor={executor}", "ray.num_cpus=2")
+    wait_for(lambda: keys(s3, "f/out5/clips/") or p.poll() is not None)
+    urllib.request.urlopen(urllib.request.Request(os.environ["AWS_ENDPOINT_URL"] + "/moto-api/reset", method="POST"))
+    _, err = p.communicate(timeout=600)
+    assert p.returncode != 0 and "Traceback" not in err, err[-3000:]
+    errors = [x for x in err.splitlines() if x.startswith("error")]
+    assert len(errors) == 1 and "corpus" in err, err[-2000:]
