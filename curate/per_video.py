@@ -74,6 +74,7 @@ class InputRecord:
         return {
             "video_id": self.video_id, "clips": len(rows),
             "duration_s": self.info.duration_s if self.info else 0.0,
+            "size_bytes": self.info.size_bytes if self.info else None,
             "clip_seconds": sum(r[schema.DURATION_S] for r in rows), "scenes": self.scenes,
             "short_scenes_dropped": self.short_scenes_dropped, "held_frames_dropped": self.held_frames_dropped,
             "failed_clips": self.failed_clips[:20], "stage_seconds": self.seconds, "quarantine": self.quarantine,

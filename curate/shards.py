@@ -159,6 +159,7 @@ class VideoRecord:
     quarantine: dict | None = None  # {"reason", "detail"[, "retry": True when the next run should try again]}
     clips_with_errors: int = 0  # rows kept with a stage's columns null and the cause in `errors` (add_video)
     rebuilt: bool = False  # rebuilt from its rows after its commit record was lost (duration_s: a lower bound)
+    size_bytes: int | None = None  # of the source: only inputs of a done one's size can be its duplicates
 
 
 class Committer:
@@ -182,6 +183,7 @@ class Committer:
         self._next_commit = 0
         self.done_sources: set[str] = set()
         self.done_video_ids: dict[str, str] = {}  # video_id -> first source_uri
+        self.done_sizes: set[int] | None = set()  # sizes of the done inputs (None: an older record lacks it)
         self.also_accept: set[str] = set()  # a rescore in progress: the hash it rescores from
 
     # -- recovery ----------------------------------------------------------------------------
@@ -246,6 +248,8 @@ class Committer:
             self.done_sources.add(v["source_uri"])
             if v.get("video_id") and not v.get("quarantine"):
                 self.done_video_ids.setdefault(v["video_id"], v["source_uri"])
+                if self.done_sizes is not None:
+                    self.done_sizes = self.done_sizes | {v["size_bytes"]} if v.get("size_bytes") else None
         return set(self.done_sources)
 
     def _fence(self) -> bool:
@@ -267,7 +271,7 @@ class Committer:
 
     def _recover_again(self, check_clips: bool) -> set[str]:
         self.records, self.live_parts = [], []
-        self.done_sources, self.done_video_ids = set(), {}
+        self.done_sources, self.done_video_ids, self.done_sizes = set(), {}, set()
         return self.recover(check_clips)
 
     def _readable(self, part: str) -> bool:
@@ -379,7 +383,7 @@ class Committer:
     def _bad_clip_files(self, rows_of: dict[str, list[dict]]) -> dict[str, str]:
         """Inputs whose committed rows name a clip file that is missing or empty in this OUT."""
         sizes = {}
-        for info in self.store.fs.get_file_info(pafs_selector(self.store.path(CLIPS))):
+        for info in self.store._r(lambda: self.store.fs.get_file_info(pafs_selector(self.store.path(CLIPS))), "list clips"):
             parts = info.path[len(self.store.root) + 1:].split("/")
             if info.is_file and len(parts) == 3:
                 sizes[(parts[1], parts[2])] = info.size
@@ -428,7 +432,7 @@ class Committer:
             log.warning("%s: a committed part cannot be read; no clip file is removed", self.store.uri)
             return 0
         removed = 0
-        for info in self.store.fs.get_file_info(pafs_selector(self.store.path(CLIPS))):
+        for info in self.store._r(lambda: self.store.fs.get_file_info(pafs_selector(self.store.path(CLIPS))), "list clips"):
             rel = info.path[len(self.store.root) + 1:].split("/")
             if info.is_file and len(rel) == 3 and CLIP_RE.match(rel[2]):
                 if (rel[1], rel[2]) not in keep:  # a temp `.part` never is

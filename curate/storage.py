@@ -269,15 +269,20 @@ def release(uri: str) -> None:
 
 
 def fingerprint(path: str, size: int) -> str:
-    """Content identity of a file: its size and a hash of its first and last MiB.
+    """Content identity of a file: its size and a hash of all of it up to 2 MiB, of its first
+    and last MiB beyond.
 
     Cheap for any size, independent of where the file lives (a bucket, a renamed copy), and
     equal for byte-identical copies, which the committer turns into `duplicate` quarantine rows.
+    (Before, a file of 1-2 MiB was hashed on its first MiB only: two such files that differed
+    after it were called duplicates.)
     """
     h = hashlib.sha1(str(size).encode())
     with open(path, "rb") as fh:
-        h.update(fh.read(1 << 20))
-        if size > 2 << 20:
+        if size <= 2 << 20:
+            h.update(fh.read())
+        else:
+            h.update(fh.read(1 << 20))
             fh.seek(-(1 << 20), os.SEEK_END)
             h.update(fh.read(1 << 20))
     return h.hexdigest()[:16]
@@ -349,6 +354,43 @@ def with_retries(fn, what: str, budget_s: float | None = None):
                 said = True
             time.sleep(delay)
             delay = min(delay * 2, 8.0)
+
+
+def duplicates_by_content(uris: list[str], known: dict[str, str] | None = None,
+                          known_sizes: set[int] | None = frozenset()) -> dict[str, tuple[str, str]]:
+    """{uri: (video_id, the input it duplicates)} for the local inputs whose bytes equal an earlier
+    input's (in `uris` order) or an input already done (`known`: video_id -> its source, of the
+    sizes `known_sizes`; None: sizes unknown), found before any work: only inputs that share their
+    size with another are read (fingerprint), so the cost is one stat per input. Remote inputs
+    are left to the committer (after their work)."""
+    known = known or {}
+    sizes: dict[int, list[str]] = {}
+    for u in uris:
+        if is_remote(u):
+            continue
+        try:
+            st = os.stat(_local(u))
+        except OSError:
+            continue  # missing: its own quarantine row
+        if st.st_size:
+            sizes.setdefault(st.st_size, []).append(u)
+    out: dict[str, tuple[str, str]] = {}
+    first: dict[str, str] = {}
+    for size, group in sizes.items():
+        if len(group) < 2 and not (known and (known_sizes is None or size in known_sizes)):
+            continue
+        for u in group:
+            try:
+                vid = fingerprint(_local(u), size)
+            except OSError:
+                continue
+            if vid in known and known[vid] != u:
+                out[u] = (vid, known[vid])
+            elif vid in first:
+                out[u] = (vid, first[vid])
+            else:
+                first[vid] = u
+    return out
 
 
 class OutError(ValueError):

@@ -24,7 +24,7 @@ from curate import __version__
 from curate.lease import lease_for
 from curate.shards import MANIFEST_FILE, MARKER_FILE, Committer, ConfigMismatch, OutNotOurs, VideoRecord, ownership_problem
 from curate.stage import AUTO, check_stage
-from curate.storage import OutputStore, check_out_path
+from curate.storage import OutputStore, check_out_path, duplicates_by_content
 from curate.per_video import VideoStage
 
 log = logging.getLogger("curate")
@@ -422,6 +422,12 @@ def _run_locked(cfg: PipelineConfig, inputs: list[str], store: OutputStore, leas
         raise ConfigMismatch(f"{e}{what_differs(store, cfg)}") from None
     todo = [u for u in inputs if u not in done]
     skipped = len(inputs) - len(todo)
+    # byte-identical copies are known from a stat and a fingerprint: quarantined before any work
+    dups = duplicates_by_content(todo, committer.done_video_ids, committer.done_sizes)
+    for uri, (vid, first) in dups.items():
+        committer.add_video(VideoRecord(source_uri=uri, video_id=vid, clips=0, quarantine={
+            "reason": schema.Q_DUPLICATE, "detail": f"same content as {first}"}), None)
+    todo = [u for u in todo if u not in dups]
     # Missing weights: fail now (before any work), or skip optional stages loudly.
     skip_stages, skip_reasons = preflight(model_stages(cfg))
     if cfg.cuts.detector != "classical":
@@ -429,9 +435,9 @@ def _run_locked(cfg: PipelineConfig, inputs: list[str], store: OutputStore, leas
 
         check_available()
     stages = build_stages(cfg, store.uri, skip_stages)
-    finished = 0
+    finished = len(dups)
     if on_progress:
-        on_progress(0, len(todo))
+        on_progress(finished, finished + len(todo))
     if todo:
         if cfg.executor == "ray":
             init_ray(cfg.ray.address, cfg.ray.num_cpus)
@@ -445,12 +451,13 @@ def _run_locked(cfg: PipelineConfig, inputs: list[str], store: OutputStore, leas
                     committer.add_video(_record(uri, meta), rows if meta["clips"] else None)
                     finished += 1
                     if on_progress:
-                        on_progress(finished, len(todo))
+                        on_progress(finished, len(dups) + len(todo))
         except Exception as e:
             raise storage_cause(e) or e
         committer.flush()
         if pending:
             raise RuntimeError(f"{len(pending)} inputs ended incomplete (first: {next(iter(pending))})")
+    committer.flush()  # the duplicates found before any work, when nothing else was to do
     committer.compact()
     committer.sweep_orphans()  # clips of inputs that were quarantined, failed or killed before a commit
     committer.write_quarantine()
@@ -527,6 +534,7 @@ def _record(uri: str, meta: dict) -> VideoRecord:
         short_scenes_dropped=meta.get("short_scenes_dropped", 0),
         held_frames_dropped=meta.get("held_frames_dropped", 0),
         failed_clips=meta.get("failed_clips", []),
+        size_bytes=meta.get("size_bytes"),
         stage_seconds=meta.get("stage_seconds", {}),
         quarantine=meta.get("quarantine"),
     )

@@ -297,3 +297,38 @@ def test_a_file_named_like_a_recipe_does_not_shadow_it(tmp_path, inputs, monkeyp
     assert load_config("demo").name == "demo"
     with pytest.raises(Exception, match="demo"):
         load_config("./demo")  # named as a path: that file, and the error says so
+
+
+def test_fingerprint_covers_the_whole_file_under_2_mib(tmp_path):
+    """Two files of 1-2 MiB that differ after their first MiB were called duplicates."""
+    from curate.storage import fingerprint
+
+    rng = __import__("numpy").random.default_rng(0)
+    data = rng.integers(0, 256, (3 << 19), dtype="uint8").tobytes()  # 1.5 MiB
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    a.write_bytes(data)
+    b.write_bytes(data[:-10] + b"0123456789")
+    c.write_bytes(data)
+    assert fingerprint(str(a), len(data)) != fingerprint(str(b), len(data))
+    assert fingerprint(str(a), len(data)) == fingerprint(str(c), len(data))
+
+
+def test_a_duplicate_input_is_quarantined_before_any_work(tmp_path, three_shots, text_video):
+    """Byte-identical copies were cut and encoded in full before the committer called them
+    duplicates: now a stat and a fingerprint find them first, in one run or on a resume."""
+    d = tmp_path / "in"
+    d.mkdir()
+    for name in ("a.mp4", "b.mp4"):
+        shutil.copy(three_shots.path, d / name)
+    shutil.copy(text_video.path, d / "c.mp4")
+    out = tmp_path / "out"
+    r = run(cfg(), sorted(str(p) for p in d.iterdir()), str(out))
+    assert r.processed == 3 and r.manifest["counts"]["quarantine_reasons"] == {"duplicate": 1}
+    records = [v for f in sorted((out / "_commits").glob("*.json")) for v in json.loads(f.read_text())["videos"]]
+    dup = next(v for v in records if v["quarantine"])
+    assert dup["source_uri"].endswith("b.mp4") and "a.mp4" in dup["quarantine"]["detail"]
+    assert dup["stage_seconds"] == {} and dup["clips"] == 0  # no probe, no cuts, no clips
+    shutil.copy(text_video.path, d / "d.mp4")  # a copy of a done input, on a resume
+    r = run(cfg(), sorted(str(p) for p in d.iterdir()), str(out))
+    assert r.processed == 1 and r.manifest["counts"]["quarantine_reasons"] == {"duplicate": 2}
+    assert verify(str(out)).ok, verify(str(out)).problems
