@@ -134,10 +134,10 @@ def _run(config: Optional[Path], inputs: list[str], out: str, sets: list[str], r
     if c.get("clips_with_errors"):
         console.print(f"[yellow]{c['clips_with_errors']} clips kept with a stage's scores missing: their `errors` "
                       "column says which stage and why (a filter on a missing score refuses them unless told: "
-                      "select's `nulls`)[/yellow]")
+                      "select's `nulls`)[/yellow]", soft_wrap=True)
     if c.get("to_retry"):
         console.print(f"[yellow]{c['to_retry']} inputs failed for a reason that may pass (a missing file, a full "
-                      "disk): run the same command again to retry them[/yellow]")
+                      "disk, a storage outage): run the same command again to retry them[/yellow]", soft_wrap=True)
     return result.manifest
 
 

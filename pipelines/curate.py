@@ -453,7 +453,9 @@ def _run_locked(cfg: PipelineConfig, inputs: list[str], store: OutputStore, leas
                     if on_progress:
                         on_progress(finished, len(dups) + len(todo))
         except Exception as e:
-            raise storage_cause(e) or e
+            if type(e).__module__.startswith("ray"):
+                raise storage_cause(e) or e
+            raise
         committer.flush()
         if pending:
             raise RuntimeError(f"{len(pending)} inputs ended incomplete (first: {next(iter(pending))})")
@@ -482,7 +484,7 @@ def storage_cause(e: BaseException) -> OSError | None:
     while e is not None and seen < 8:
         if isinstance(e, OSError):
             return e
-        e = getattr(e, "cause", None) or e.__cause__ or e.__context__
+        e = getattr(e, "cause", None) or e.__cause__ or (None if e.__suppress_context__ else e.__context__)
         seen += 1
     if type(first).__module__.startswith("ray"):  # Ray keeps only the text of a worker's exception
         for line in reversed(str(first).splitlines()):
