@@ -340,13 +340,25 @@ def add_steps(ds, cfg: PipelineConfig, stages: list[StageSpec], gpus_in_cluster:
     return ds
 
 
+def input_blocks(n: int, cluster: dict[str, float], per_block: int = 8) -> int:
+    """How many blocks the input list is cut into: one task per block, which runs its inputs one
+    batch (one input) at a time, so a block of several inputs still hands each on as it finishes.
+    One block per input cost a Ray task per input (290 -> 207 ms per 1-second input on 2 CPUs,
+    bench/scale.py); blocks of `per_block` inputs, but never fewer than 4 blocks per CPU: a long
+    input holds back at most the rest of its own block while the other blocks keep the CPUs busy
+    (the long-input issue splits such inputs into segments). A retried block redelivers inputs the
+    committer already has: it ignores them (Committer.add_video)."""
+    cpus = max(1, int(cluster.get("CPU", 1)))
+    return max(1, min(n, max(4 * cpus, -(-n // per_block))))
+
+
 def build_dataset(cfg: PipelineConfig, uris: list[str], stages: list[StageSpec], cluster: dict[str, float]):
     """The graph of `curate run` for a cluster of these resources (ray.cluster_resources()):
     one block per input, then the stages."""
     import ray
 
     apart = video_tasks_apart(stages, cluster)
-    ds = ray.data.from_items([{schema.SOURCE_URI: u} for u in uris], override_num_blocks=max(1, len(uris)))
+    ds = ray.data.from_items([{schema.SOURCE_URI: u} for u in uris], override_num_blocks=input_blocks(len(uris), cluster))
     return add_steps(ds, cfg, stages, cluster.get("GPU", 0.0) > 0, apart)
 
 
