@@ -198,3 +198,23 @@ def test_a_store_restarted_empty_mid_run_is_one_line(s3, proxy, corpus, executor
     assert p.returncode != 0 and "Traceback" not in err, err[-3000:]
     errors = [x for x in err.splitlines() if x.startswith("error")]
     assert len(errors) == 1 and "corpus" in err, err[-2000:]
+
+
+def test_a_raylet_state_dump_is_one_curate_line(capsys, caplog):
+    """When a node dies, ~36 lines of a raylet's [state-dump] reached the driver's terminal."""
+    pytest.importorskip("ray")
+    from ray._private import worker as ray_worker
+
+    from pipelines.curate import _say_worker_deaths_once
+
+    _say_worker_deaths_once()
+    dump = "\n".join(["[state-dump] NodeManager:", *[f"[state-dump] Queue {k}: 0 tasks" for k in range(35)]])
+    for _ in range(3):
+        ray_worker.print_to_stdstream({"lines": [dump], "pid": "raylet", "is_err": False}, ignore_prefix=False)
+    out = capsys.readouterr()
+    assert "state-dump" not in out.out + out.err
+    said = [r for r in caplog.records if "reported its state" in r.getMessage()]
+    assert len(said) <= 1  # once per driver (an earlier test's dying node may have said it already)
+    ray_worker.print_to_stdstream({"lines": ["hello from a task"], "pid": 123, "is_err": False, "ip": "1.2.3.4",
+                                   "task_name": "t", "actor_name": ""}, ignore_prefix=True)  # fmt: skip
+    assert "hello from a task" in capsys.readouterr().out  # anything else still reaches the terminal
