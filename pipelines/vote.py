@@ -258,6 +258,9 @@ async function vote(choice) {
   try {
     const r = await fetch("/api/vote", {method: "POST", headers: {"Content-Type": "application/json"},
       body: JSON.stringify({ticket: cur.ticket, choice: choice, rater: rater})});
+    if (r.status === 400) {  // its ticket is unknown: the server restarted since the pair was shown
+      await load(); $("status").textContent = "not saved: that pair had expired (the server restarted); here is another"; return;
+    }
     if (!r.ok) { $("status").textContent = "the vote was refused (" + r.status + ")"; return; }
     const j = await r.json(); saved = "saved: " + choice + " (" + j.votes + " votes)";
     // "saved" only once the next pair is up: a key pressed before that would be a vote on nothing

@@ -95,9 +95,10 @@ def test_fewest_votes_first_and_two_raters_at_once(cmp):
     assert len(lines) == 12 + 40 and all(json.loads(x)["winner"] in ("A", "B", "C", "tie") for x in lines)
 
 
-def _start(cmp: Path) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "vote", str(cmp), "--port", "0"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "CI": "true"})  # fmt: skip
+def _start(cmp: Path, port: int = 0) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "vote", str(cmp), "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "CI": "true"})  # fmt: skip
     for line in proc.stdout:
         m = re.search(r"(http://127\.0\.0\.1:\d+/)", line)
         if m:
@@ -140,6 +141,15 @@ def test_vote_page_in_headless_chromium_survives_a_killed_server(cmp):
             cast(lambda: page.keyboard.press("s"), "skip")
             os.kill(proc.pid, signal.SIGKILL)  # between votes: nothing acknowledged may be lost
             proc.wait()
+            port = int(url.rsplit(":", 1)[1].strip("/"))
+            proc, same = _start(cmp, port)  # the same address: the open page's pair is one the new server never issued
+            assert same == url
+            page.evaluate("document.getElementById('status').textContent = ''")
+            page.keyboard.press("t")
+            page.wait_for_function("document.getElementById('status').textContent.includes('expired')")
+            cast(lambda: page.keyboard.press("ArrowLeft"), "left")  # the page carries on with a new pair
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
             proc, url2 = _start(cmp)
             page.goto(url2)  # (another port: another origin, so the name is asked again)
             page.fill("#rater", "ann")
@@ -151,7 +161,7 @@ def test_vote_page_in_headless_chromium_survives_a_killed_server(cmp):
         proc.kill()
         proc.wait()
     votes = read_votes(cmp / VOTES_FILE)
-    assert len(votes) == len(acknowledged) == 5
+    assert len(votes) == len(acknowledged) == 6
     for v, choice in zip(votes, acknowledged):
         assert v["rater"] == "ann"
         want = {"left": v["left"], "right": v["right"], "tie": "tie", "skip": "skip"}[choice]
