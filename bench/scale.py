@@ -66,7 +66,7 @@ def make_inputs(directory: Path, n: int, seed: int = 0) -> None:
     total = t + 2.0
     points = ",".join(f"{x:.3f}" for x in times)
     vf = "hue=h='360*t/97+if(lt(mod(t\\,7.3)\\,3.65)\\,0\\,180)'"  # distinct colours over time, a hard cut every 7.3 s
-    subprocess.run([ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size=64x64:rate=24",
+    subprocess.run([ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=64x64:rate=24",
                     "-t", f"{total:.3f}", "-vf", vf, "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
                     "-force_key_frames", points, "-f", "segment", "-segment_times", points, "-reset_timestamps", "1",
                     str(directory / "%05d.mp4")], check=True)  # fmt: skip

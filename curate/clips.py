@@ -14,7 +14,6 @@ cannot promise that (non-H.264 source, odd frame size, non-4:2:0, rotation), and
 
 from __future__ import annotations
 
-import errno
 import math
 import os
 import shutil
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from curate.config import ClipsParams
+from curate.storage import is_transient  # a full disk, a network fault: the next run retries
 from curate.video import VideoInfo, ffmpeg_exe, ffmpeg_run
 
 
@@ -562,7 +562,3 @@ class _Timeout(Exception):
 
 class _Transient(Exception):
     pass
-
-
-from curate.storage import is_transient  # noqa: E402,F401 - a full disk, a network fault: the next run retries
-

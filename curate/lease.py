@@ -122,7 +122,7 @@ def _dead_here(info: dict) -> bool:
     except ProcessLookupError:
         return True
     except PermissionError:  # alive, someone else's
-        return False
+        pass
     return False
 
 

@@ -110,9 +110,9 @@ def read_records(store: OutputStore) -> tuple[list[tuple[str, dict]], list[str]]
 
 def lost_records(good: list[tuple[str, dict]], damaged: list[str]) -> list[str]:
     """Commit record names that are missing or damaged and that no repair record stands for."""
-    numbers = {int(n[7:13]) for n, _ in good} | {int(n[7:13]) for n in damaged}
-    top = max(numbers, default=-1)
-    lost = [f"commit-{k:06d}.json" for k in range(top + 1) if k not in {int(n[7:13]) for n, _ in good}]
+    readable = {int(n[7:13]) for n, _ in good}
+    top = max(readable | {int(n[7:13]) for n in damaged}, default=-1)
+    lost = [f"commit-{k:06d}.json" for k in range(top + 1) if k not in readable]
     repaired = {r for _, rec in good for r in rec.get("repairs", [])}
     return [n for n in lost if n not in repaired]
 
@@ -248,8 +248,10 @@ class Committer:
             self.done_sources.add(v["source_uri"])
             if v.get("video_id") and not v.get("quarantine"):
                 self.done_video_ids.setdefault(v["video_id"], v["source_uri"])
-                if self.done_sizes is not None:
-                    self.done_sizes = self.done_sizes | {v["size_bytes"]} if v.get("size_bytes") else None
+                if not v.get("size_bytes"):
+                    self.done_sizes = None  # a record from before sizes were kept: sizes unknown
+                elif self.done_sizes is not None:
+                    self.done_sizes.add(v["size_bytes"])
         return set(self.done_sources)
 
     def _fence(self) -> bool:
@@ -382,11 +384,7 @@ class Committer:
 
     def _bad_clip_files(self, rows_of: dict[str, list[dict]]) -> dict[str, str]:
         """Inputs whose committed rows name a clip file that is missing or empty in this OUT."""
-        sizes = {}
-        for info in self.store._r(lambda: self.store.fs.get_file_info(pafs_selector(self.store.path(CLIPS))), "list clips"):
-            parts = info.path[len(self.store.root) + 1:].split("/")
-            if info.is_file and len(parts) == 3:
-                sizes[(parts[1], parts[2])] = info.size
+        sizes = {key: info.size for key, info in self._clip_files()}
         bad = {}
         for src, rows in rows_of.items():
             for r in rows:
@@ -396,6 +394,14 @@ class Committer:
                     bad[src] = f"its clip file clips/{key[0]}/{key[1]} {what}"
                     break
         return bad
+
+    def _clip_files(self):
+        """((video dir, file name), FileInfo) of every file at clips/<video_id>/<name> in OUT."""
+        listing = self.store._r(lambda: self.store.fs.get_file_info(pafs_selector(self.store.path(CLIPS))), "list clips")
+        for info in listing:
+            rel = info.path[len(self.store.root) + 1:].split("/")
+            if info.is_file and len(rel) == 3:
+                yield (rel[1], rel[2]), info
 
     def accepted_hashes(self, records: list[dict]) -> set[str]:
         """This writer's config hash, and the hashes a finished `curate rescore` turned into it
@@ -432,12 +438,10 @@ class Committer:
             log.warning("%s: a committed part cannot be read; no clip file is removed", self.store.uri)
             return 0
         removed = 0
-        for info in self.store._r(lambda: self.store.fs.get_file_info(pafs_selector(self.store.path(CLIPS))), "list clips"):
-            rel = info.path[len(self.store.root) + 1:].split("/")
-            if info.is_file and len(rel) == 3 and CLIP_RE.match(rel[2]):
-                if (rel[1], rel[2]) not in keep:  # a temp `.part` never is
-                    self.store.fs.delete_file(info.path)
-                    removed += 1
+        for key, info in self._clip_files():
+            if CLIP_RE.match(key[1]) and key not in keep:  # a temp `.part` never is
+                self.store.fs.delete_file(info.path)
+                removed += 1
         if self.store.local and os.path.isdir(self.store.path(CLIPS)):
             for d in os.listdir(self.store.path(CLIPS)):
                 _remove_seg_dirs(self.store.path(CLIPS, d))
@@ -634,7 +638,7 @@ def pafs_selector(path: str):
     return pafs.FileSelector(path, recursive=True, allow_not_found=True)
 
 
-def rescore_in_progress(records: list[dict], manifest: dict | None = None) -> str | None:
+def rescore_in_progress(records: list[dict]) -> str | None:
     """What a `curate rescore` that stopped before its end left (some parts rescored, some not),
     and the command that finishes it; None when there is none."""
     finished = {rec["config_hash"] for rec in records if rec.get("kind") == RESCORE_DONE}

@@ -407,14 +407,12 @@ def enclosing_output(path: str) -> str | None:
         return None
     p = os.path.realpath(os.path.abspath(_local(path)))
     while True:
-        if os.path.isdir(p):
-            try:
-                names = os.listdir(p)
-            except OSError:
-                names = []
-            dirs = [n for n in names if os.path.isdir(os.path.join(p, n))]
-            if _is_curate_output_dir(p, dirs, [n for n in names if n not in dirs]):
-                return p
+        # the same marks as _is_curate_output_dir, looked up by name (no listing of big directories)
+        marks = [n for n in ("_curate", "manifest.json") if os.path.isfile(os.path.join(p, n))]
+        if os.path.isdir(os.path.join(p, "_commits")):
+            marks.append("_commits")
+        if marks and _is_curate_output_dir(p, [m for m in marks if m == "_commits"], [m for m in marks if m != "_commits"]):
+            return p
         parent = os.path.dirname(p)
         if parent == p:
             return None
@@ -471,6 +469,9 @@ class OutputStore:
         is not retried here: a full disk is the run's to report (the next run retries it)."""
         return fn() if self.local else with_retries(fn, f"{self.uri}: {what}")
 
+    def _parent_dir(self, path: str) -> None:
+        self._r(lambda: self.fs.create_dir(os.path.dirname(path), recursive=True), "create a directory")
+
     def top_level(self) -> list[str]:
         """Names directly in OUT (files and directories); empty when OUT does not exist."""
         infos = self._r(lambda: self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True)), "list")
@@ -495,7 +496,7 @@ class OutputStore:
 
     def write_bytes(self, data: bytes, *parts: str) -> None:
         final = self.path(*parts)
-        self._r(lambda: self.fs.create_dir(os.path.dirname(final), recursive=True), "create a directory")
+        self._parent_dir(final)
         if self.local:
             tmp = os.path.join(os.path.dirname(final), f".{os.path.basename(final)}.tmp")
             with open(tmp, "wb") as fh:
@@ -516,7 +517,7 @@ class OutputStore:
         Local: a hard link of a complete temp file (atomic, refuses an existing name). S3: a PUT
         with `If-None-Match: *`. Other stores have no conditional write: check, then write."""
         final = self.path(*parts)
-        self._r(lambda: self.fs.create_dir(os.path.dirname(final), recursive=True), "create a directory")
+        self._parent_dir(final)
         if self.local:
             fd, tmp = tempfile.mkstemp(dir=os.path.dirname(final), prefix=f".{os.path.basename(final)}.", suffix=".tmp")
             try:
@@ -567,7 +568,7 @@ class OutputStore:
     def put_file(self, local_path: str, *parts: str) -> None:
         """Move a finished local file into OUT (rename locally, upload to object storage)."""
         final = self.path(*parts)
-        self._r(lambda: self.fs.create_dir(os.path.dirname(final), recursive=True), "create a directory")
+        self._parent_dir(final)
         if self.local:
             os.replace(local_path, final)
         else:
@@ -580,7 +581,7 @@ class OutputStore:
 
     def move(self, src: tuple[str, ...], dst: tuple[str, ...]) -> None:
         """Rename; locally it refuses to replace an existing file (link, then unlink)."""
-        self._r(lambda: self.fs.create_dir(os.path.dirname(self.path(*dst)), recursive=True), "create a directory")
+        self._parent_dir(self.path(*dst))
         if self.local:
             try:
                 os.link(self.path(*src), self.path(*dst))
@@ -588,10 +589,13 @@ class OutputStore:
                 raise AlreadyExists(self.path(*dst)) from None
             os.unlink(self.path(*src))
         else:
-            def move() -> None:  # a copy then a delete on S3: a retry after the copy finds no source
-                if self.fs.get_file_info(self.path(*src)).type == pafs.FileType.NotFound \
+            tried: list[bool] = []
+
+            def move() -> None:  # a copy then a delete on S3: a retry after the copy may find no source
+                if tried and self.fs.get_file_info(self.path(*src)).type == pafs.FileType.NotFound \
                         and self.fs.get_file_info(self.path(*dst)).type == pafs.FileType.File:
                     return
+                tried.append(True)
                 self.fs.move(self.path(*src), self.path(*dst))
 
             self._r(move, f"move {'/'.join(src)}")

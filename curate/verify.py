@@ -63,21 +63,16 @@ def verify(out: str, deep: bool = False) -> Report:
         return rep
     good, damaged = read_records(store)
     records = [rec for _, rec in good]
-    for name in damaged:
-        if name not in {r for rec in records for r in rec.get("repairs", [])}:
-            bad(f"{COMMITS}/{name} is damaged (empty, cut off or not a commit record): `curate run` with OUT's "
-                "config rebuilds what it held from the rows")  # fmt: skip
     for name in lost_records(good, damaged):
-        if name not in damaged:
-            bad(f"{COMMITS}/{name} is missing (a lost commit record): `curate run` with OUT's config rebuilds what "
-                "it held from the rows")  # fmt: skip
+        what = "is damaged (empty, cut off or not a commit record)" if name in damaged else "is missing (a lost commit record)"
+        bad(f"{COMMITS}/{name} {what}: `curate run` with OUT's config rebuilds what it held from the rows")
     for rec in records:
         if rec.get("kind") == REPAIR:
             what = [f"records {', '.join(rec.get('repairs') or [])} lost" if rec.get("repairs") else "",
                     f"parts {', '.join(rec.get('damaged') or [])} damaged (in {DAMAGED}/)" if rec.get("damaged") else "",
                     f"{sum(1 for v in rec['videos'] if v.get('rebuilt'))} inputs rebuilt from their rows"]
             rep.notes.append("a run repaired this OUT: " + "; ".join(w for w in what if w))
-    half = rescore_in_progress(records, manifest)
+    half = rescore_in_progress(records)
     if half:
         bad(half)
     removed = {p for r in records for p in r.get("removes", [])}

@@ -193,7 +193,7 @@ def rescore_cmd(
         return
     if result.manifest.get("counts", {}).get("to_retry"):
         console.print(f"[yellow]{result.manifest['counts']['to_retry']} inputs lost rows to damage and are to be redone: "
-                      "`curate run` with OUT's config and inputs redoes them[/yellow]")
+                      "`curate run` with OUT's config and inputs redoes them[/yellow]", soft_wrap=True)
     what = ", ".join(result.scorers) or "none"
     console.print(f"[green]done[/green]: recomputed {what}"
                   + (f"; cleared {', '.join(result.cleared)}" if result.cleared else "")
@@ -346,6 +346,7 @@ def select_cmd(
     """Apply thresholds to stored scores: write SUBSET/subset.parquet and SUBSET/funnel.json."""
     from curate.config import ConfigError
     from curate.shards import DamagedOut
+    from curate.storage import OutError
     from pipelines.select import DedupRule, SelectError, load_rules, rules_from_flags, run_select
 
     if nulls not in (None, "refuse", "drop", "keep"):
@@ -355,7 +356,7 @@ def select_cmd(
         if dedup:
             r = r.model_copy(update={"dedup": DedupRule(groups=dedup, keep=keep)})
         funnel = run_select(source, out, r)
-    except (ConfigError, SelectError, FileNotFoundError, DamagedOut) as e:
+    except (ConfigError, SelectError, FileNotFoundError, DamagedOut, OutError) as e:
         _fail(str(e))
     t = Table(title=f"funnel -> {out}")
     for col in ("filter", "threshold", "removes alone", "removes here", "kept clips", "kept hours"):

@@ -245,22 +245,22 @@ def _say_worker_deaths_once() -> None:
     original = getattr(ray_worker, "print_to_stdstream", None)
     if original is None or getattr(original, "curate", False):
         return
-    said: list[bool] = []
+    said: set[str] = set()  # what was said once: "death", "state"
 
     def print_to_stdstream(data, ignore_prefix, *args, **kwargs):
         lines = data.get("lines", [])
         if any("[state-dump]" in line for line in lines):  # a raylet's state when a node dies: ~36 lines
             kept = [line for line in lines if "[state-dump]" not in line]
             if "state" not in said:
-                said.append("state")
+                said.add("state")
                 log.warning("a Ray node reported its state (a node died or stalled): Ray runs its work on the "
                             "nodes left; nothing committed is lost")  # fmt: skip
             if not kept:
                 return
             data = {**data, "lines": kept}
         if data.get("pid") == "raylet" and any(m in line for line in data.get("lines", []) for m in _DEATH_LINES):
-            if True not in said:
-                said.append(True)
+            if "death" not in said:
+                said.add("death")
                 log.warning("a Ray worker died (a crash in native code, or the OOM killer: dmesg says which); Ray "
                             "restarts it and curate runs the clips it held one at a time: a clip that kills it again "
                             "is kept unscored, with the cause in its errors column")  # fmt: skip
@@ -487,23 +487,19 @@ def _run_locked(cfg: PipelineConfig, inputs: list[str], store: OutputStore, leas
 
 
 def storage_cause(e: BaseException) -> OSError | None:
-    """The storage failure (an OSError) under a Ray task error, if that is what it is: a step's
-    setup or a write that found the store gone reaches the driver wrapped twice (RayTaskError,
-    UserCodeException), with pages of Ray's frames; the cause alone is what a user can act on."""
+    """The storage failure (an OSError) under a Ray task error `e`, if that is what it is: a
+    step's setup or a write that found the store gone reaches the driver wrapped twice
+    (RayTaskError, UserCodeException: no cause kept, only its text), with pages of Ray's frames;
+    the cause alone is what a user can act on."""
     import re
 
-    first, seen = e, 0
-    while e is not None and seen < 8:
-        if isinstance(e, OSError):
-            return e
-        e = getattr(e, "cause", None) or e.__cause__ or (None if e.__suppress_context__ else e.__context__)
-        seen += 1
-    if type(first).__module__.startswith("ray"):  # Ray keeps only the text of a worker's exception
-        for line in reversed(str(first).splitlines()):
-            m = re.match(r"^\s*(?:[\w.]+\.)?(OSError|FileNotFoundError|PermissionError|ConnectionError|"
-                         r"TimeoutError|ClientError|EndpointConnectionError|NoCredentialsError): (.+)$", line)
-            if m:
-                return OSError(m.group(2).strip())
+    if isinstance(e, OSError):  # RayTaskError(OSError) is one
+        return e
+    for line in reversed(str(e).splitlines()):  # else Ray keeps only the text of a worker's exception
+        m = re.match(r"^\s*(?:[\w.]+\.)?(OSError|FileNotFoundError|PermissionError|ConnectionError|"
+                     r"TimeoutError|ClientError|EndpointConnectionError|NoCredentialsError): (.+)$", line)
+        if m:
+            return OSError(m.group(2).strip())
     return None
 
 

@@ -206,12 +206,9 @@ def run_dedup(outs: list[str], dest: str | Path, p: DedupParams, executor: str =
     dest = Path(dest)
     if dest.exists() and not dest.is_dir():
         raise DedupError(f"-o {dest}: exists and is not a directory")
-    from curate.storage import OutError, refuse_inside_output
+    from curate.storage import refuse_inside_output
 
-    try:
-        refuse_inside_output(str(dest))
-    except OutError as e:
-        raise DedupError(str(e)) from None
+    refuse_inside_output(str(dest))  # an OutError (a ValueError): one line from the CLI
     if dest.is_dir() and any(dest.iterdir()) and not (dest / SUMMARY_FILE).is_file():
         raise DedupError(f"-o {dest}: not empty and not a dedup output; choose a new directory")
     table = load(outs)

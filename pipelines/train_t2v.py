@@ -182,8 +182,9 @@ class Trainer:
         torch.save(state, tmp)
         os.replace(tmp, path)
 
-    def load(self, path: Path, weights_only_init: bool = False) -> None:
-        state = read_checkpoint(path, self.device)
+    def load(self, path: Path, weights_only_init: bool = False, state: dict | None = None) -> None:
+        """From the checkpoint at `path` (or its `state`, already read by read_checkpoint)."""
+        state = state if state is not None else read_checkpoint(path, self.device)
         self.unet.load_state_dict(state["unet"])
         self.text.load_state_dict(state["text"])
         self.ema.load_state_dict(state["ema"])
@@ -217,21 +218,19 @@ def read_checkpoint(path: str | Path, device="cpu") -> dict:
 def train(cfg: TrainConfig, data: str | Path, run_dir: str | Path, init_from: str | None = None,
           max_steps: int | None = None, samples: bool = True) -> dict:
     """Train (or resume RUN/ckpt.pt) to cfg.optim.max_steps (or `max_steps`, to stop early)."""
-    from curate.storage import OutError, refuse_inside_output
+    from curate.storage import refuse_inside_output
 
     run_dir = Path(run_dir)
     rows = load_rows(data)  # before creating anything: a mistyped --data leaves no directory behind
     if run_dir.exists() and not run_dir.is_dir():
         raise DataError(f"-o {run_dir}: exists and is not a directory")
-    try:
-        refuse_inside_output(str(run_dir))
-    except OutError as e:
-        raise DataError(str(e)) from None
+    refuse_inside_output(str(run_dir))  # an OutError (a ValueError): one line from the CLI
     ckpt = run_dir / "ckpt.pt"
+    init_state = None
     if init_from and not ckpt.exists():
         if not Path(init_from).is_file():
             raise DataError(f"--init-from {init_from}: no such file")
-        read_checkpoint(init_from)  # before anything is created: a wrong file leaves no run directory
+        init_state = read_checkpoint(init_from)  # before anything is created: a wrong file leaves no run directory
     run_dir.mkdir(parents=True, exist_ok=True)
     if ckpt.exists():
         check_resumable(cfg, data, run_dir)  # before building anything
@@ -240,7 +239,7 @@ def train(cfg: TrainConfig, data: str | Path, run_dir: str | Path, init_from: st
         tr.load(ckpt)  # resume exactly where it stopped
     elif init_from:
         try:
-            tr.load(Path(init_from), weights_only_init=True)  # warm start (e.g. a higher-res fine-tune)
+            tr.load(Path(init_from), weights_only_init=True, state=init_state)  # warm start (e.g. a higher-res fine-tune)
         except RuntimeError as e:  # another architecture: load_state_dict names the first keys
             if not any(run_dir.iterdir()):
                 run_dir.rmdir()
