@@ -48,7 +48,7 @@ def synthetic(n: int, seed: int = 0, dup_share: float = 0.1, k: int = 5) -> tupl
 
 def grouping(sizes: list[int]) -> None:
     from curate.dedup import components
-    from pipelines.dedup import DedupParams, hash_edges
+    from datatools.dedup import DedupParams, hash_edges
 
     p = DedupParams()
     times = {}

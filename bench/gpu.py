@@ -136,8 +136,8 @@ def train_tiny(dev: str, smoke: bool) -> dict:
     import pyarrow.parquet as pq
 
     from curate.config import RECIPES
-    from pipelines.t2v_config import load_train_config
-    from pipelines.train_t2v import train
+    from t2v.config import load_train_config
+    from t2v.train import train
 
     overrides = [f"device={dev}"] + (["optim.max_steps=4", "eval.every=4", "ckpt_every=4", "sample.steps=2", "eval.max_clips=4",
                                       "eval.timesteps=[500]", "eval.distractors=1", "sample.seeds=[0]"] if smoke else [])

@@ -24,7 +24,7 @@ import resource, sys
 sys.path.insert(0, {root!r})
 from curate.config import load_config
 from curate.storage import resolve_inputs
-from pipelines.curate import run
+from pipelines.run import run
 cfg = load_config({cfg!r}, ["executor=local", "shards.max_rows=50"])
 inputs = resolve_inputs([{inputs!r}])[:{n}]
 r = run(cfg, inputs, {out!r})

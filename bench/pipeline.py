@@ -74,7 +74,7 @@ def pyscenedetect(videos: list[Path], work: Path) -> float:
 
 
 def curate_run(videos_dir: Path, out: Path, sets: list[str]) -> tuple[float, dict]:
-    cmd = [sys.executable, "-m", "pipelines.cli", "run", "demo", "-i", str(videos_dir), "-o", str(out)]
+    cmd = [sys.executable, "-m", "curate_cli.main", "run", "demo", "-i", str(videos_dir), "-o", str(out)]
     for s in sets:
         cmd += ["--set", s]
     wall = timed(cmd, {**os.environ, "CI": "true", "RAY_USAGE_STATS_ENABLED": "0"})

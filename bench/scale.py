@@ -38,7 +38,7 @@ import json, resource, sys, time
 sys.path.insert(0, {root!r})
 from curate.config import load_config
 from curate.storage import resolve_inputs
-from pipelines.curate import run
+from pipelines.run import run
 t0 = time.perf_counter()
 cfg = load_config("demo", {sets!r})
 inputs = sorted(resolve_inputs([{inputs!r}]))[:{n}]
@@ -97,7 +97,7 @@ def curate_run(inputs: Path, n: int, out: Path, workers: int, executor: str) -> 
 
 def cli_seconds(*args: str) -> float:
     t0 = time.perf_counter()
-    p = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True,
+    p = subprocess.run([sys.executable, "-m", "curate_cli.main", *args], capture_output=True, text=True,
                        env={**os.environ, "CI": "true"})  # fmt: skip
     if p.returncode not in (0, 1):
         raise SystemExit(p.stderr[-2000:])

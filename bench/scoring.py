@@ -58,7 +58,10 @@ def main(argv: list[str] | None = None) -> int:
     from curate.sample import SampleStage
     from curate.shards import read_shards
     from curate.synth import demo_corpus
-    from pipelines.curate import SCORERS, run
+    from curate.registry import scorers
+    from pipelines.run import run
+
+    SCORERS = scorers()
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=3)

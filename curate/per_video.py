@@ -33,6 +33,7 @@ from curate import stage as _stage
 from curate.config import ClipsParams, CutsParams, ProbeParams
 from curate.clips import SAMPLE_BUDGET_BYTES
 from curate.faults import fault
+from curate.shards import VideoRecord
 from curate.video import VideoInfo
 
 # imported once by the forkserver, so each input's child starts with its decoders loaded
@@ -72,16 +73,16 @@ class InputRecord:
     def set_quarantine(self, reason: str, detail: str, retry: bool = False) -> None:
         self.quarantine = {"reason": reason, "detail": detail[:2000], **({"retry": True} if retry else {})}
 
-    def summary(self, rows: list[dict]) -> dict:
-        """The committer's view (curate.shards.VideoRecord's fields)."""
-        return {
-            "video_id": self.video_id, "clips": len(rows),
-            "duration_s": self.info.duration_s if self.info else 0.0,
-            "size_bytes": self.info.size_bytes if self.info else None,
-            "clip_seconds": sum(r[schema.DURATION_S] for r in rows), "scenes": self.scenes,
-            "short_scenes_dropped": self.short_scenes_dropped, "held_frames_dropped": self.held_frames_dropped,
-            "failed_clips": self.failed_clips[:20], "stage_seconds": self.seconds, "quarantine": self.quarantine,
-        }  # fmt: skip
+    def summary(self, rows: list[dict]) -> VideoRecord:
+        """What the committer keeps of this input."""
+        return VideoRecord(
+            source_uri=self.uri, video_id=self.video_id, clips=len(rows),
+            duration_s=self.info.duration_s if self.info else 0.0,
+            size_bytes=self.info.size_bytes if self.info else None,
+            clip_seconds=sum(r[schema.DURATION_S] for r in rows), scenes=self.scenes,
+            short_scenes_dropped=self.short_scenes_dropped, held_frames_dropped=self.held_frames_dropped,
+            failed_clips=self.failed_clips[:20], stage_seconds=self.seconds, quarantine=self.quarantine,
+        )  # fmt: skip
 
 
 def process_input(uri: str, probe_p: ProbeParams, cuts_p: CutsParams, clips_p: ClipsParams, store,
@@ -110,12 +111,12 @@ def process_input(uri: str, probe_p: ProbeParams, cuts_p: CutsParams, clips_p: C
     return _table(uri, rec.summary(rows), rows, rec.video_id)
 
 
-def _table(uri: str, summary: dict, rows: list[dict], video_id: str | None) -> pa.Table:
-    packed = json.dumps(summary)
+def _table(uri: str, summary: VideoRecord, rows: list[dict], video_id: str | None) -> pa.Table:
+    packed = summary.to_json()
     rows = rows or [{schema.SOURCE_URI: uri, schema.VIDEO_ID: video_id or ""}]
     for r in rows:
         r[schema.VIDEO_META] = packed
-    fields = [*schema.CLIP_SCHEMA, pa.field(schema.VIDEO_META, pa.string()), pa.field(schema.SAMPLES, pa.binary())]
+    fields = [*schema.CLIP_FIELDS, pa.field(schema.VIDEO_META, pa.string()), pa.field(schema.SAMPLES, pa.binary())]
     relaxed = pa.schema([pa.field(f.name, f.type) for f in fields])  # marker rows have null ids
     return pa.Table.from_pylist(rows, schema=relaxed)
 
@@ -137,7 +138,7 @@ class VideoStage(_stage.StageBase):
     name: ClassVar[str] = "video"
     Params: ClassVar[type] = ClipsParams
     # the scorers' frames an input carries with its rows, at most (curate.clips); declaring it
-    # also keeps Ray from fusing this step into a scorer's actor pool (pipelines/curate.py)
+    # also keeps Ray from fusing this step into a scorer's actor pool (pipelines/run.py)
     resources: ClassVar[_stage.Resources] = _stage.Resources(num_cpus=1, batch_size=1, memory=SAMPLE_BUDGET_BYTES)
     output_columns: ClassVar[tuple[str, ...]] = (
         schema.CLIP_ID, schema.VIDEO_ID, schema.SOURCE_URI, schema.CLIP_URI, schema.CLIP_INDEX,

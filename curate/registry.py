@@ -1,6 +1,6 @@
 """The one ordered registry of scorers. It drives the config's `scorers` section, the stage checks,
-model preflight and the Ray wiring, so a new scorer is one file (plus its schema columns) and one
-entry point. Scorers come from the `curate.scorers` entry points (this project's, in
+model preflight, the shard schema (each scorer declares its own columns) and the Ray wiring, so a
+new scorer is one file and one entry point. Scorers come from the `curate.scorers` entry points (this project's, in
 pyproject.toml, and any installed plugin's) or from `register()`; curate/ never imports scoring/.
 They run in `order` (captions before the LLM merges them, before CLIP scores them), then by name.
 """
@@ -35,6 +35,16 @@ def scorers() -> dict[str, type]:
         _loaded = _from_entry_points()
     both = {**_loaded, **_registered}
     return dict(sorted(both.items(), key=lambda kv: (getattr(kv[1], "order", 100), kv[0])))
+
+
+def reload() -> None:
+    """Read the entry points again (a plugin installed or removed since they were read)."""
+    global _loaded, version
+    import importlib
+
+    importlib.invalidate_caches()
+    _loaded = None
+    version += 1
 
 
 def register(cls: type) -> type:

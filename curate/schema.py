@@ -1,10 +1,13 @@
 """The row schemas and every column name, in one place.
 
-A shard row is one clip. Later stages add columns here first, then fill them; a stage may only
-write columns declared in this module (checked by `curate.stage.check_stage`).
+A shard row is one clip: the clip fields below, then each scorer's own (`output_fields`, declared
+in the scorer's file, so a plugin package adds columns without editing curate/). A stage may only
+write the clip fields or the fields it declares (checked by `curate.stage.check_stage`).
 """
 
 from __future__ import annotations
+
+import functools
 
 import pyarrow as pa
 
@@ -72,27 +75,42 @@ PHASH = "phash"  # 64-bit DCT hash (pHash) of the clip's mean frame (scoring/pha
 PHASH_FRAMES = "phash_frames"  # pHashes of the mean frame, then each sampled frame, each under curate.dedup.CROPS
 PHASH_COLOR = "phash_color"  # mean R, G, B (0..255) of the sampled frames: the colour pHash (luma) cannot see
 
-SCORE_FIELDS: list[pa.Field] = [
-    pa.field(FLOW_MEAN, pa.float32()),
-    pa.field(FLOW_MAX, pa.float32()),
-    pa.field(OCR_AREA_RATIO, pa.float32()),
-    pa.field(OCR_TEXT, pa.string()),
-    pa.field(QUALITY_SHARPNESS, pa.float32()),
-    pa.field(QUALITY_BRIGHTNESS, pa.float32()),
-    pa.field(QUALITY_CONTRAST, pa.float32()),
-    pa.field(QUALITY_COLORFULNESS, pa.float32()),
-    pa.field(CLIP_SIM, pa.float32()),
-    pa.field(CLIP_EMBEDDING, pa.list_(pa.float16())),
-    pa.field(AESTHETIC_SCORE, pa.float32()),
-    pa.field(CAPTION_COCA, pa.string()),
-    pa.field(CAPTION_VBLIP, pa.string()),
-    pa.field(CAPTION_LLM, pa.string()),
-    pa.field(PHASH, pa.uint64()),
-    pa.field(PHASH_FRAMES, pa.list_(pa.uint64())),
-    pa.field(PHASH_COLOR, pa.list_(pa.float32())),
-]
+# Each scorer declares the fields (types) of its columns itself (`output_fields`, scoring/); the
+# names above are the built-in scorers' and stay here because select, dedup and the trainer read
+# them. A shard row's schema is the clip fields, then every registered scorer's, in run order.
 
-CLIP_SCHEMA = pa.schema(CLIP_FIELDS + SCORE_FIELDS)
+
+def score_fields() -> list[pa.Field]:
+    """The columns of every registered scorer (curate.registry), in run order: a plugin's too."""
+    from curate import registry
+
+    return list(_score_fields(registry.version))
+
+
+@functools.lru_cache(maxsize=4)
+def _score_fields(version: int) -> tuple[pa.Field, ...]:
+    from curate import registry
+
+    fields: dict[str, pa.Field] = {f.name: f for f in CLIP_FIELDS}
+    for name, cls in registry.scorers().items():
+        for f in cls.output_fields:
+            if f.name in fields and not fields[f.name].type.equals(f.type):
+                raise TypeError(f"scorer {name!r} declares column {f.name!r} as {f.type}; it is already {fields[f.name].type}")
+            fields.setdefault(f.name, f)
+    return tuple(list(fields.values())[len(CLIP_FIELDS):])
+
+
+def clip_schema() -> pa.Schema:
+    """A shard row: the clip fields, then the scorers' (score_fields)."""
+    from curate import registry
+
+    return _clip_schema(registry.version)
+
+
+@functools.lru_cache(maxsize=4)
+def _clip_schema(version: int) -> pa.Schema:
+    return pa.schema(CLIP_FIELDS + list(_score_fields(version)))
+
 
 # --- quarantine ------------------------------------------------------------------------------
 REASON = "reason"
@@ -125,23 +143,24 @@ QUARANTINE_REASONS = (
 # Columns that travel between stages inside a run and are never written to shards. A row is
 # either a clip, or (clip_id null) a marker for a video that produced no clips, so the committer
 # always learns that a video is finished, whatever happened to it.
-VIDEO_META = "_video"  # JSON: per-video facts the committer needs (see pipelines.curate)
-SECONDS = "_seconds"  # JSON {stage: seconds} charged to this row (pipelines.curate.timed)
+VIDEO_META = "_video"  # JSON: per-video facts the committer needs (curate.shards.VideoRecord.to_json)
+SECONDS = "_seconds"  # JSON {stage: seconds} charged to this row (pipelines.graph.timed)
 SAMPLES = "_samples"  # npz bytes: the frames each scorer asked for, decoded once (curate.sample)
 INTERNAL_PREFIX = "_"
 
 
 def column_names() -> set[str]:
     """Every column a stage may write."""
-    return {f.name for f in CLIP_SCHEMA}
+    return set(clip_schema().names)
 
 
 def conform(table: pa.Table) -> pa.Table:
     """Shard-ready table: the declared columns in schema order, cast to their types."""
+    target = clip_schema()
     cols = []
-    for field in CLIP_SCHEMA:
+    for field in target:
         if field.name in table.column_names:
             cols.append(table.column(field.name).cast(field.type))
         else:
             cols.append(pa.nulls(table.num_rows, field.type))
-    return pa.Table.from_arrays(cols, schema=CLIP_SCHEMA)
+    return pa.Table.from_arrays(cols, schema=target)

@@ -161,6 +161,15 @@ class VideoRecord:
     rebuilt: bool = False  # rebuilt from its rows after its commit record was lost (duration_s: a lower bound)
     size_bytes: int | None = None  # of the source: only inputs of a done one's size can be its duplicates
 
+    # the one summary form from the per-video stage to the commit record: it travels between
+    # stages as this JSON (schema.VIDEO_META), and is stored as it
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__)
+
+    @classmethod
+    def from_json(cls, text: str) -> "VideoRecord":
+        return cls(**json.loads(text))
+
 
 class Committer:
     def __init__(self, store: OutputStore, config_hash: str, max_rows: int = 1000, compression: str = "zstd",
@@ -678,7 +687,7 @@ def read_shards(out: str, columns: list[str] | None = None) -> pa.Table:
         elif store.exists(SHARDS, TMP, p):
             parts.append((SHARDS, TMP, p))
     if not parts:
-        return schema.CLIP_SCHEMA.empty_table()
+        return schema.clip_schema().empty_table()
     tables = []
     for where in parts:
         p = where[-1]

@@ -2,14 +2,14 @@
 
 A stage is a class: a cheap constructor (runs on the driver too), `setup()` for heavy imports and
 model loading (once per Ray actor), and `__call__(batch) -> batch` that keeps the rows and adds
-columns. The Ray wiring lives in pipelines/curate.py; without Ray a test does
+columns. The Ray wiring lives in pipelines/run.py; without Ray a test does
 `s = Stage(params); s.setup(); s(table)`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import ClassVar
 
 import pyarrow as pa
 from pydantic import BaseModel
@@ -32,30 +32,24 @@ class Resources:
     memory: int | None = None
 
 
-@runtime_checkable
-class Stage(Protocol):
-    name: ClassVar[str]
-    Params: ClassVar[type[BaseModel]]
-    resources: ClassVar[Resources]
-    output_columns: ClassVar[tuple[str, ...]]
-
-    def __init__(self, params: BaseModel) -> None: ...
-
-    def setup(self) -> None: ...
-
-    def __call__(self, batch: pa.Table) -> pa.Table: ...
-
-
 class StageBase:
-    """The contract's defaults; every stage subclasses it (the Protocol above stays the spec).
+    """The contract's defaults; every stage subclasses it.
 
-    The wiring (pipelines/curate.py) builds a stage where it runs, calls `setup()` once (per Ray
+    The wiring (pipelines/run.py) builds a stage where it runs, calls `setup()` once (per Ray
     actor, per task, or once locally) and then only `__call__`: a stage never calls its own
     setup. The hooks below have defaults, so the wiring never asks `hasattr`."""
 
     resources: ClassVar[Resources] = Resources()
+    # a scorer's own columns, typed: they join the shard schema where the scorer is registered
+    output_fields: ClassVar[tuple[pa.Field, ...]] = ()
+    # the columns it writes (its fields' names unless it writes clip fields, as the core stages do)
     output_columns: ClassVar[tuple[str, ...]] = ()
     order: ClassVar[int] = 100  # scorers run in this order (curate.registry)
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if "output_fields" in cls.__dict__ and "output_columns" not in cls.__dict__:
+            cls.output_columns = tuple(f.name for f in cls.output_fields)
 
     @classmethod
     def plans(cls, params: BaseModel) -> list:
@@ -82,12 +76,68 @@ class StageBase:
     def setup(self) -> None:
         pass
 
+    # -- the batch loop: a scorer writes `score` (one row) or `score_batch` (rows at once) -------
+    needs_frames: ClassVar[bool] = True  # a row with a clip and no sampled frames is an error
+
+    def inputs(self, batch: pa.Table) -> list:
+        """What each row hands `score` (None: nothing to score): by default its sampled frames."""
+        from curate.sample import frames_for
+
+        return frames_for(batch, self.name)
+
+    def score(self, item) -> dict:
+        """One row's {column: value}."""
+        raise NotImplementedError(f"{type(self).__name__} writes score() or score_batch()")
+
+    def score_batch(self, items: list) -> list[dict]:
+        """Several rows at once (a model's batch): one dict per item."""
+        return [self.score(item) for item in items]
+
+    def chunk_key(self, item) -> object:
+        """Items that may share a score_batch call share this key (e.g. their frame count)."""
+        return None
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        """Score every row that has inputs, in chunks (a model's batch_size, else one row); a
+        chunk that raises leaves its rows' columns null with "<stage>: <message>" in `errors`,
+        so one bad row never kills a batch."""
+        from curate.params import ModelParams
+
+        n = batch.num_rows
+        items = self.inputs(batch)
+        out: dict[str, list] = {c: [None] * n for c in self.output_columns}
+        errors = batch.column(schema.ERRORS).to_pylist() if schema.ERRORS in batch.column_names else [None] * n
+        uris = batch.column(schema.CLIP_URI).to_pylist() if schema.CLIP_URI in batch.column_names else [None] * n
+        groups: dict[object, list[int]] = {}
+        for i, item in enumerate(items):
+            if item is not None:
+                groups.setdefault(self.chunk_key(item), []).append(i)
+            elif uris[i] and self.needs_frames:
+                errors[i] = add_error(errors[i], self.name, "no frames sampled")
+        params = getattr(self, "params", None)
+        size = params.batch_size if isinstance(params, ModelParams) else 1
+        for rows in groups.values():
+            for k in range(0, len(rows), size):
+                chunk = rows[k:k + size]
+                try:
+                    results = self.score_batch([items[i] for i in chunk])
+                except Exception as e:  # noqa: BLE001 - the chunk's rows say why, the batch goes on
+                    for i in chunk:
+                        errors[i] = add_error(errors[i], self.name, f"{type(e).__name__}: {e}")
+                    continue
+                for i, result in zip(chunk, results):
+                    for c, v in result.items():
+                        out[c][i] = v
+        out[schema.ERRORS] = errors
+        return set_columns(batch, out, self.output_fields)
+
 
 def check_stage(cls: type) -> None:
     """Fail early (at import of the pipeline) when a stage declares columns the schema lacks."""
-    unknown = [c for c in cls.output_columns if c not in schema.column_names()]
+    own = {f.name for f in getattr(cls, "output_fields", ())}
+    unknown = [c for c in cls.output_columns if c not in own and c not in {f.name for f in schema.CLIP_FIELDS}]
     if unknown:
-        raise TypeError(f"stage {cls.name!r} declares columns missing from curate/schema.py: {unknown}")
+        raise TypeError(f"stage {cls.name!r} writes columns it does not declare in output_fields: {unknown}")
 
 
 def add_error(errors: list[str] | None, stage: str, message: str) -> list[str]:
@@ -96,9 +146,12 @@ def add_error(errors: list[str] | None, stage: str, message: str) -> list[str]:
 
 
 # --- helpers for scorers ------------------------------------------------------------------------
-def set_columns(batch: pa.Table, values: dict[str, list]) -> pa.Table:
-    """Set (or add) columns, typed as curate/schema.py declares them."""
-    types = {f.name: f.type for f in schema.CLIP_SCHEMA}
+def set_columns(batch: pa.Table, values: dict[str, list], fields: tuple[pa.Field, ...] = ()) -> pa.Table:
+    """Set (or add) columns, typed as their stage declares them (`fields`) or the shard schema does.
+    A stage's own fields come first: a Ray worker's registry may predate a plugin installed since."""
+    types = {f.name: f.type for f in schema.CLIP_FIELDS} | {f.name: f.type for f in fields}
+    if any(name not in types for name in values):
+        types = {f.name: f.type for f in schema.clip_schema()} | types
     for name, vals in values.items():
         col = pa.array(vals, types[name])
         if name in batch.column_names:
@@ -106,28 +159,3 @@ def set_columns(batch: pa.Table, values: dict[str, list]) -> pa.Table:
         else:
             batch = batch.append_column(name, col)
     return batch
-
-
-def score_each(batch: pa.Table, stage_name: str, frames: list, columns: tuple[str, ...], fn) -> pa.Table:
-    """Apply `fn(frames) -> {column: value}` to each row that has frames.
-
-    Rows without frames (no clip, or decode failed) keep null scores; a row whose scoring raises
-    gets null scores and an "<stage>: <message>" entry in `errors`: one bad row never kills a batch.
-    """
-    out: dict[str, list] = {c: [None] * batch.num_rows for c in columns}
-    errors = batch.column(schema.ERRORS).to_pylist() if schema.ERRORS in batch.column_names else [None] * batch.num_rows
-    uris = batch.column(schema.CLIP_URI).to_pylist() if schema.CLIP_URI in batch.column_names else [None] * batch.num_rows
-    for i, f in enumerate(frames):
-        if f is None:
-            if uris[i]:
-                errors[i] = add_error(errors[i], stage_name, "no frames sampled")
-            continue
-        try:
-            result = fn(f)
-        except Exception as e:  # noqa: BLE001
-            errors[i] = add_error(errors[i], stage_name, f"{type(e).__name__}: {e}")
-            continue
-        for c in columns:
-            out[c][i] = result[c]
-    out[schema.ERRORS] = errors
-    return set_columns(batch, out)

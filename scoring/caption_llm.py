@@ -14,7 +14,7 @@ from pydantic import Field
 from curate import schema
 from curate.models import ModelRef
 from curate.params import ModelParams
-from curate.stage import Resources, StageBase, add_error, set_columns
+from curate.stage import Resources, StageBase
 
 DEFAULT_PROMPT = (
     "Two captions describe the same short video clip.\n"
@@ -37,7 +37,7 @@ class LlmCaptioner(StageBase):
     order: ClassVar[int] = 60  # after both captioners: it merges them
     Params: ClassVar[type] = LlmParams
     resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=8, actors=1)
-    output_columns: ClassVar[tuple[str, ...]] = (schema.CAPTION_LLM,)
+    output_fields: ClassVar[tuple[pa.Field, ...]] = (pa.field(schema.CAPTION_LLM, pa.string()),)
 
     def __init__(self, params: LlmParams):
         self.params = params
@@ -84,22 +84,12 @@ class LlmCaptioner(StageBase):
         new = out[:, enc["input_ids"].shape[1]:]
         return [" ".join(t.split()) for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    needs_frames: ClassVar[bool] = False  # it reads the two captions, not frames
+
+    def inputs(self, batch: pa.Table) -> list:
         n = batch.num_rows
         col = lambda c: batch.column(c).to_pylist() if c in batch.column_names else [None] * n  # noqa: E731
-        coca, vblip = col(schema.CAPTION_COCA), col(schema.CAPTION_VBLIP)
-        out: list[str | None] = [None] * n
-        errors = batch.column(schema.ERRORS).to_pylist()
-        rows = [i for i in range(n) if coca[i] or vblip[i]]
-        bs = self.params.batch_size
-        for k in range(0, len(rows), bs):
-            chunk = rows[k:k + bs]
-            try:
-                merged = self.merge([(coca[i], vblip[i]) for i in chunk])
-            except Exception as e:  # noqa: BLE001
-                for i in chunk:
-                    errors[i] = add_error(errors[i], self.name, f"{type(e).__name__}: {e}")
-                continue
-            for i, m in zip(chunk, merged):
-                out[i] = m
-        return set_columns(batch, {schema.CAPTION_LLM: out, schema.ERRORS: errors})
+        return [(c, v) if c or v else None for c, v in zip(col(schema.CAPTION_COCA), col(schema.CAPTION_VBLIP))]
+
+    def score_batch(self, items: list) -> list[dict]:
+        return [{schema.CAPTION_LLM: m} for m in self.merge(items)]

@@ -17,8 +17,8 @@ from pydantic import Field
 from curate import schema
 from curate.models import ModelRef
 from curate.params import ModelParams
-from curate.sample import SamplePlan, frames_for
-from curate.stage import Resources, StageBase, add_error, set_columns
+from curate.sample import SamplePlan
+from curate.stage import Resources, StageBase
 
 
 class VblipParams(ModelParams):
@@ -34,7 +34,7 @@ class VblipCaptioner(StageBase):
     order: ClassVar[int] = 50
     Params: ClassVar[type] = VblipParams
     resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=4, actors=1)
-    output_columns: ClassVar[tuple[str, ...]] = (schema.CAPTION_VBLIP,)
+    output_fields: ClassVar[tuple[pa.Field, ...]] = (pa.field(schema.CAPTION_VBLIP, pa.string()),)
 
     def __init__(self, params: VblipParams):
         self.params = params
@@ -83,24 +83,8 @@ class VblipCaptioner(StageBase):
                                             max_new_tokens=self.params.max_new_tokens)  # fmt: skip
         return [" ".join(t.split()) for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        frames = frames_for(batch, self.name)
-        out: list[str | None] = [None] * batch.num_rows
-        errors = batch.column(schema.ERRORS).to_pylist()
-        rows = [i for i, f in enumerate(frames) if f is not None]
-        groups: dict[int, list[int]] = {}
-        for i in rows:  # short clips may have fewer frames: batch clips of equal length together
-            groups.setdefault(len(frames[i]), []).append(i)
-        bs = self.params.batch_size
-        for idx in groups.values():
-            for k in range(0, len(idx), bs):
-                chunk = idx[k:k + bs]
-                try:
-                    caps = self.caption([frames[i] for i in chunk])
-                except Exception as e:  # noqa: BLE001
-                    for i in chunk:
-                        errors[i] = add_error(errors[i], self.name, f"{type(e).__name__}: {e}")
-                    continue
-                for i, c in zip(chunk, caps):
-                    out[i] = c
-        return set_columns(batch, {schema.CAPTION_VBLIP: out, schema.ERRORS: errors})
+    def chunk_key(self, frames) -> int:
+        return len(frames)  # short clips may have fewer frames: a batch holds clips of one length
+
+    def score_batch(self, items: list) -> list[dict]:
+        return [{schema.CAPTION_VBLIP: c} for c in self.caption(items)]

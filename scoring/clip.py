@@ -16,10 +16,11 @@ import pyarrow as pa
 from pydantic import Field
 
 from curate import schema
+from curate.dataset import CAPTION_PREFERENCE
 from curate.models import ModelRef
 from curate.params import ModelParams
 from curate.sample import SamplePlan, frames_for
-from curate.stage import Resources, StageBase, add_error, set_columns
+from curate.stage import Resources, StageBase
 
 
 class ClipParams(ModelParams):
@@ -27,7 +28,7 @@ class ClipParams(ModelParams):
     pretrained: str | None = Field("openai", description="open_clip tag, or a local checkpoint file")
     model_config_path: str | None = Field(None, description="open_clip model config JSON for custom architectures")
     aesthetic_head: str | None = Field(None, description="LAION aesthetic predictor weights (.pth/.safetensors)")
-    caption_columns: list[str] = Field(default_factory=lambda: [schema.CAPTION_LLM, schema.CAPTION_COCA, schema.CAPTION_VBLIP])
+    caption_columns: list[str] = Field(default_factory=lambda: list(CAPTION_PREFERENCE))
     frames: int = Field(3, ge=1)
     embedding: bool = True
 
@@ -70,7 +71,11 @@ class ClipScorer(StageBase):
     order: ClassVar[int] = 90  # last: it scores the captions
     Params: ClassVar[type] = ClipParams
     resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=16, actors=1)
-    output_columns: ClassVar[tuple[str, ...]] = (schema.CLIP_SIM, schema.CLIP_EMBEDDING, schema.AESTHETIC_SCORE)
+    output_fields: ClassVar[tuple[pa.Field, ...]] = (
+        pa.field(schema.CLIP_SIM, pa.float32()),
+        pa.field(schema.CLIP_EMBEDDING, pa.list_(pa.float16())),
+        pa.field(schema.AESTHETIC_SCORE, pa.float32()),
+    )
 
     def __init__(self, params: ClipParams):
         self.params = params
@@ -130,37 +135,22 @@ class ClipScorer(StageBase):
             tokens = self.tokenizer(texts).to(self.device)
             return torch.nn.functional.normalize(self.model.encode_text(tokens).float(), dim=-1).cpu().numpy()
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def inputs(self, batch: pa.Table) -> list:
+        """Per row its frames and its caption (the first of caption_columns it has, else None)."""
+        frames = frames_for(batch, self.name)
+        cols = [batch.column(c).to_pylist() for c in self.params.caption_columns if c in batch.column_names]
+        return [None if f is None else (f, next((col[i] for col in cols if col[i]), None)) for i, f in enumerate(frames)]
+
+    def score_batch(self, items: list) -> list[dict]:
         import torch
 
-        frames = frames_for(batch, self.name)
-        n = batch.num_rows
-        sims, embs, aes = [None] * n, [None] * n, [None] * n
-        errors = batch.column(schema.ERRORS).to_pylist()
-        rows = [i for i, f in enumerate(frames) if f is not None]
-        try:
-            emb = self.embed_frames([frames[i] for i in rows]) if rows else np.zeros((0, 1))
-            captions = {}
-            for i in rows:
-                for col in self.params.caption_columns:
-                    if col in batch.column_names and (text := batch.column(col)[i].as_py()):
-                        captions[i] = text
-                        break
-            text_emb = dict(zip(captions, self.embed_texts(list(captions.values())))) if captions else {}
-            scores = None
-            if self.head is not None and rows:
-                with torch.no_grad():
-                    scores = self.head(torch.from_numpy(emb).to(self.device)).float().cpu().numpy()[:, 0]
-            for k, i in enumerate(rows):
-                if self.params.embedding:
-                    embs[i] = emb[k].astype(np.float16).tolist()
-                if i in text_emb:
-                    sims[i] = float(np.dot(emb[k], text_emb[i]))
-                if scores is not None:
-                    aes[i] = float(scores[k])
-        except Exception as e:  # noqa: BLE001 - the whole batch failed: every row says so
-            for i in rows:
-                errors[i] = add_error(errors[i], self.name, f"{type(e).__name__}: {e}")
-                sims[i] = embs[i] = aes[i] = None
-        return set_columns(batch, {schema.CLIP_SIM: sims, schema.CLIP_EMBEDDING: embs, schema.AESTHETIC_SCORE: aes,
-                                   schema.ERRORS: errors})  # fmt: skip
+        emb = self.embed_frames([f for f, _ in items])
+        captioned = [k for k, (_, c) in enumerate(items) if c]
+        text = dict(zip(captioned, self.embed_texts([items[k][1] for k in captioned]))) if captioned else {}
+        scores = None
+        if self.head is not None:
+            with torch.no_grad():
+                scores = self.head(torch.from_numpy(emb).to(self.device)).float().cpu().numpy()[:, 0]
+        return [{schema.CLIP_EMBEDDING: emb[k].astype(np.float16).tolist() if self.params.embedding else None,
+                 schema.CLIP_SIM: float(np.dot(emb[k], text[k])) if k in text else None,
+                 schema.AESTHETIC_SCORE: float(scores[k]) if scores is not None else None} for k in range(len(items))]  # fmt: skip

@@ -17,7 +17,7 @@ from pydantic import Field
 from curate import schema
 from curate.params import Strict
 from curate.sample import SamplePlan, unpack
-from curate.stage import Resources, StageBase, score_each
+from curate.stage import Resources, StageBase
 
 
 class FlowParams(Strict):
@@ -34,7 +34,10 @@ class FlowScorer(StageBase):
     order: ClassVar[int] = 10
     Params: ClassVar[type] = FlowParams
     resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=16)
-    output_columns: ClassVar[tuple[str, ...]] = (schema.FLOW_MEAN, schema.FLOW_MAX)
+    output_fields: ClassVar[tuple[pa.Field, ...]] = (
+        pa.field(schema.FLOW_MEAN, pa.float32()),
+        pa.field(schema.FLOW_MAX, pa.float32()),
+    )
 
     def __init__(self, params: FlowParams):
         self.params = params
@@ -70,11 +73,15 @@ class FlowScorer(StageBase):
             per_pair.append(float(mag.mean()) / max(1, int(indices[k] - indices[k - 1])))
         return {schema.FLOW_MEAN: float(np.mean(per_pair)), schema.FLOW_MAX: float(np.max(per_pair))}
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    def inputs(self, batch: pa.Table) -> list:
+        """Per row its frames and their indices in the clip (a gap of k frames is k frames of motion)."""
         blobs = batch.column(schema.SAMPLES).to_pylist() if schema.SAMPLES in batch.column_names else [None] * batch.num_rows
         items = []
         for blob in blobs:
             arrays = unpack(blob, (self.name, f"{self.name}__idx"))
             items.append((arrays[self.name], arrays[f"{self.name}__idx"]) if self.name in arrays else None)
-        return score_each(batch, self.name, items, self.output_columns, lambda it: self.score(*it))
+        return items
+
+    def score_batch(self, items: list) -> list[dict]:
+        return [self.score(frames, indices) for frames, indices in items]
 

@@ -31,9 +31,9 @@ from pydantic import Field, model_validator
 
 from curate import schema
 from curate.params import Strict
-from curate.sample import SamplePlan, frames_for
+from curate.sample import SamplePlan
 from curate.models import MissingModelError
-from curate.stage import AUTO, Resources, StageBase, score_each
+from curate.stage import AUTO, Resources, StageBase
 
 
 class OcrParams(Strict):
@@ -344,7 +344,10 @@ class OcrScorer(StageBase):
     Params: ClassVar[type] = OcrParams
     # holds the OCR engine; one thread per actor, as many actors as the cluster has CPUs to spare
     resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=8, actors=AUTO)
-    output_columns: ClassVar[tuple[str, ...]] = (schema.OCR_AREA_RATIO, schema.OCR_TEXT)
+    output_fields: ClassVar[tuple[pa.Field, ...]] = (
+        pa.field(schema.OCR_AREA_RATIO, pa.float32()),
+        pa.field(schema.OCR_TEXT, pa.string()),
+    )
 
     def __init__(self, params: OcrParams):
         self.params = params
@@ -397,9 +400,6 @@ class OcrScorer(StageBase):
             texts += [t for t in same[2] if t and t not in texts]
         ratio = max(ratios) if self.params.reduce == "max" else float(np.mean(ratios))
         return {schema.OCR_AREA_RATIO: ratio, schema.OCR_TEXT: " | ".join(texts) if self.params.recognize else None}
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return score_each(batch, self.name, frames_for(batch, self.name), self.output_columns, self.score)
 
 
 def easyocr_model_dir(configured: str | None) -> str:

@@ -17,8 +17,8 @@ from pydantic import Field
 
 from curate import schema
 from curate.params import Strict
-from curate.sample import SamplePlan, frames_for
-from curate.stage import Resources, StageBase, score_each
+from curate.sample import SamplePlan
+from curate.stage import Resources, StageBase
 
 
 class QualityParams(Strict):
@@ -39,9 +39,12 @@ class QualityScorer(StageBase):
     order: ClassVar[int] = 30
     Params: ClassVar[type] = QualityParams
     resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=16)
-    output_columns: ClassVar[tuple[str, ...]] = (
-        schema.QUALITY_SHARPNESS, schema.QUALITY_BRIGHTNESS, schema.QUALITY_CONTRAST, schema.QUALITY_COLORFULNESS,
-    )  # fmt: skip
+    output_fields: ClassVar[tuple[pa.Field, ...]] = (
+        pa.field(schema.QUALITY_SHARPNESS, pa.float32()),
+        pa.field(schema.QUALITY_BRIGHTNESS, pa.float32()),
+        pa.field(schema.QUALITY_CONTRAST, pa.float32()),
+        pa.field(schema.QUALITY_COLORFULNESS, pa.float32()),
+    )
 
     def __init__(self, params: QualityParams):
         self.params = params
@@ -71,6 +74,3 @@ class QualityScorer(StageBase):
             schema.QUALITY_CONTRAST: float(np.mean(contrast)),
             schema.QUALITY_COLORFULNESS: float(np.mean(colour)),
         }
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return score_each(batch, self.name, frames_for(batch, self.name), self.output_columns, self.score)

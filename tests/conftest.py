@@ -43,7 +43,7 @@ def truth(shared_data) -> dict:
 @pytest.fixture(scope="session")
 def ray_session():
     """Ray costs ~5 s and ~1.5 GB to start: once per test session."""
-    from pipelines.curate import init_ray
+    from pipelines.graph import init_ray
 
     init_ray(None, num_cpus=2)
     yield

@@ -13,7 +13,7 @@ from curate import schema
 from curate.dedup import semdedup_edges
 from curate.sample import SampleParams, SampleStage
 from curate.synth import VARIANTS, Scene, make_video, near_duplicates
-from pipelines.dedup import DUP_GROUP, OUT_COLUMN, DedupParams, group, hash_arrays
+from datatools.dedup import DUP_GROUP, OUT_COLUMN, DedupParams, group, hash_arrays
 from scoring.phash import PHashParams, PHashScorer
 from tests.conftest import DATA
 
@@ -101,7 +101,7 @@ def test_lsh_finds_the_groups_all_pairs_would(small):
     ok = (mean_distance(mean, i, j) <= p.max_mean) & (frame_distance(frames, i, j) <= p.max_frames)
     ok &= color_distance(color, i, j) <= p.max_color
     exact = components(n, np.stack([i[ok], j[ok]], axis=1))
-    from pipelines.dedup import hash_edges
+    from datatools.dedup import hash_edges
 
     lsh = components(n, hash_edges(mean, frames, p, color=color))
     assert (exact == lsh).all()
@@ -134,7 +134,7 @@ def test_dedup_command_select_ray_and_idempotent(tmp_path, small, ray_session):
     again; curate select --dedup keeps one clip per group and the funnel says how many went."""
     from typer.testing import CliRunner
 
-    from pipelines.cli import app
+    from curate_cli.main import app
 
     table, truth = small
     out = tmp_path / "out"
@@ -191,7 +191,7 @@ def test_same_layout_in_other_colours_is_not_a_duplicate():
                 img = np.clip(img.astype(np.int16) + np.random.default_rng(f).integers(-6, 7, img.shape), 0, 255).astype(np.uint8)
             frames[f] = img
         rows.append({schema.CLIP_ID: f"card{k}", schema.DURATION_S: 1.0, **scorer.score(frames)})
-    table = schema.conform(pa.Table.from_pylist(rows, schema=pa.schema([f for f in schema.CLIP_SCHEMA if f.name in rows[0]])))
+    table = schema.conform(pa.Table.from_pylist(rows, schema=pa.schema([f for f in schema.clip_schema() if f.name in rows[0]])))
     table = table.select([c for c in table.column_names if c in rows[0] or c == schema.CLIP_EMBEDDING])
     result, _ = group(table.append_column(OUT_COLUMN, pa.array(["t"] * 4)), DedupParams())
     assert result.column(DUP_GROUP).to_pylist() == ["card0", "card1", "card2", "card0"]

@@ -28,8 +28,8 @@ from curate.config import ClipsParams, ConfigError, load_config
 from curate.shards import read_shards
 from curate.storage import _local, resolve_inputs
 from curate.video import VideoInfo, ffmpeg_exe
-from pipelines.curate import run
-from pipelines.select import Filter, evaluate
+from pipelines.run import run
+from datatools.select import Filter, evaluate
 from tests.conftest import DATA
 from tests.test_reliability import NO_SCORERS, cfg
 
@@ -103,8 +103,9 @@ from typing import ClassVar
 sys.path.insert(0, {root!r})
 from curate import registry, schema
 from curate.params import Strict
-from curate.sample import SamplePlan, frames_for
-from curate.stage import Resources, StageBase, score_each
+import pyarrow as pa
+from curate.sample import SamplePlan
+from curate.stage import Resources, StageBase
 
 
 class CrashParams(Strict):
@@ -117,7 +118,7 @@ class CrashScorer(StageBase):
     order: ClassVar[int] = 90
     Params: ClassVar[type] = CrashParams
     resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=8, actors=1)
-    output_columns: ClassVar[tuple[str, ...]] = (schema.QUALITY_BRIGHTNESS,)
+    output_fields: ClassVar[tuple] = (pa.field(schema.QUALITY_BRIGHTNESS, pa.float32()),)
 
     def __init__(self, params):
         self.params = params
@@ -129,8 +130,10 @@ class CrashScorer(StageBase):
     def __call__(self, batch):
         if any("crash_me" in u for u in batch.column(schema.SOURCE_URI).to_pylist()):
             os._exit(3)
-        return score_each(batch, self.name, frames_for(batch, self.name), self.output_columns,
-                          lambda f: {{schema.QUALITY_BRIGHTNESS: 0.5}})
+        return super().__call__(batch)
+
+    def score(self, frames):
+        return {{schema.QUALITY_BRIGHTNESS: 0.5}}
 
 
 if __name__ == "__main__":
@@ -138,7 +141,7 @@ if __name__ == "__main__":
 
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # Ray's workers cannot import this file
     registry.register(CrashScorer)
-    from pipelines.cli import app
+    from curate_cli.main import app
 
     app(sys.argv[1:])
 '''
@@ -192,7 +195,7 @@ def test_guarded_runs_a_retried_batch_row_by_row_and_never_reruns_a_row_that_die
     import pyarrow.compute as pc
     import ray
 
-    from pipelines.curate import WORKER_DIED, CrashLedger, guarded
+    from pipelines.graph import WORKER_DIED, CrashLedger, guarded
 
     class Dies(BaseException):
         pass
@@ -404,7 +407,7 @@ def test_a_kill_at_a_random_moment_redoes_at_most_the_videos_in_flight(tmp_path,
         data = Path(srcs[k % 3].path).read_bytes() + b"\0" * (k + 1)
         (d / f"v{k:02d}.mp4").write_bytes(data)
     out = tmp_path / "out"
-    args = [sys.executable, "-m", "pipelines.cli", "run", DEMO, "-i", str(d), "-o", str(out),
+    args = [sys.executable, "-m", "curate_cli.main", "run", DEMO, "-i", str(d), "-o", str(out),
             *[x for s in ["executor=local", "clips.min_s=1", "clips.max_s=3", "shards.commit_every_s=0.001",
                           *NO_SCORERS] for x in ("--set", s)]]  # fmt: skip
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "CI": "true"})
@@ -541,7 +544,7 @@ def test_inputs_that_used_to_raise_tracebacks(tmp_path, small_out):
 
 
 def app_():
-    from pipelines.cli import app
+    from curate_cli.main import app
 
     return app
 
@@ -555,7 +558,7 @@ def test_a_killed_driver_leaves_no_ray_process_behind(tmp_path, three_shots, slo
     d.mkdir()
     for k in range(6):
         (d / f"v{k}.mp4").write_bytes(Path(three_shots.path).read_bytes() + b"\0" * (k + 1))
-    args = [sys.executable, "-m", "pipelines.cli", "run", DEMO, "-i", str(d), "-o", str(tmp_path / "out"),
+    args = [sys.executable, "-m", "curate_cli.main", "run", DEMO, "-i", str(d), "-o", str(tmp_path / "out"),
             *[x for s in ["executor=ray", "ray.num_cpus=2", *NO_SCORERS] for x in ("--set", s)]]  # fmt: skip
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "CI": "true"})
     seen: dict[int, str] = {}
@@ -591,7 +594,7 @@ def test_a_killed_driver_leaves_no_ray_process_behind(tmp_path, three_shots, slo
 @pytest.mark.slow
 def test_a_first_demo_prints_only_curates_lines(tmp_path):
     """Ray's C++ core worker logs a known-harmless actor warning to fd 2 (ray-project/ray#57733)."""
-    r = subprocess.run([sys.executable, "-m", "pipelines.cli", "demo", "-o", str(tmp_path / "demo")], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "curate_cli.main", "demo", "-o", str(tmp_path / "demo")], capture_output=True,
                        text=True, env={**os.environ, "CI": "true"}, timeout=600)  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     assert "done: 6 inputs processed" in r.stderr

@@ -15,14 +15,14 @@ from typer.testing import CliRunner
 
 from curate.shards import read_shards
 from curate.verify import verify
-from pipelines.curate import run
+from pipelines.run import run
 from tests.test_reliability import cfg
 
 runner = CliRunner()
 
 
 def app_():
-    from pipelines.cli import app
+    from curate_cli.main import app
 
     return app
 
@@ -197,7 +197,7 @@ def test_a_failed_re_export_leaves_the_previous_export_whole(tmp_path, base_out)
     one_line_error(runner.invoke(app, ["export", str(sub), "-o", str(exp), "--max-rows", "3"]), "is missing", "unchanged")
     assert {p.name: p.read_bytes() for p in exp.iterdir()} == first  # untouched, index.json included
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no work left aside
-    from pipelines.export import iter_samples
+    from curate.dataset import iter_samples
 
     assert len(list(iter_samples(exp))) == len(rows_of(base_out))
 
@@ -246,7 +246,7 @@ def test_a_rescore_killed_half_way_is_named_with_the_command_that_finishes_it(tm
     from pipelines.rescore import rescore
 
     out = fresh(base_out, tmp_path)
-    cli = [sys.executable, "-m", "pipelines.cli", "rescore", str(out), "--set", "scorers.quality.enabled=true"]
+    cli = [sys.executable, "-m", "curate_cli.main", "rescore", str(out), "--set", "scorers.quality.enabled=true"]
     env = {**os.environ, "CI": "true", "CURATE_FAULT": "before_parts@2"}
     assert subprocess.run(cli, capture_output=True, text=True, env=env, timeout=300).returncode == -9
     problems = verify(str(out)).problems

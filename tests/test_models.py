@@ -148,7 +148,7 @@ def test_missing_weights_fail_with_a_clear_message(tiny_models, stage, setting, 
 
 
 def test_pipeline_with_tiny_models_and_optional_skip(tmp_path, tiny_models, three_shots):
-    from pipelines.curate import run
+    from pipelines.run import run
 
     base = ["executor=local", "clips.min_s=1", "clips.max_s=3"]
     res = run(load_config(None, [*base, *scorer_sets(tiny_models)]), resolve_inputs([three_shots.path]), str(tmp_path / "a"))
@@ -171,7 +171,7 @@ def test_pipeline_with_tiny_models_and_optional_skip(tmp_path, tiny_models, thre
 
 
 def test_models_cli(tmp_path, tiny_models):
-    from pipelines.cli import app
+    from curate_cli.main import app
 
     runner = CliRunner()
     cfg = tmp_path / "c.yaml"
@@ -187,7 +187,7 @@ def test_models_cli(tmp_path, tiny_models):
 
 @pytest.mark.slow
 def test_model_stages_as_ray_actor_pools_match_local(tmp_path, tiny_models, three_shots, ray_session):
-    from pipelines.curate import run
+    from pipelines.run import run
 
     sets = ["clips.min_s=1", "clips.max_s=3", *scorer_sets(tiny_models)]
     sets += [f"scorers.{s}.num_cpus=0.25" for s in ("caption_coca", "caption_vblip", "caption_llm", "clip")]

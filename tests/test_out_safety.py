@@ -18,17 +18,17 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
-from pipelines.cli import app
+from curate_cli.main import app
 from curate.lease import LeaseHeld, LeaseLost, LocalLease, S3Lease
 from curate.shards import read_shards
 from curate.storage import AlreadyExists, InputError, OutError, OutputStore, check_out_path, resolve_inputs
 from curate.verify import verify
-from pipelines.curate import run
+from pipelines.run import run
 from tests.conftest import DATA
 from tests.test_reliability import NO_SCORERS, cfg
 
 ROOT = Path(__file__).parents[1]
-CLI = [sys.executable, "-m", "pipelines.cli", "run", str(ROOT / "curate" / "configs" / "demo.yaml")]
+CLI = [sys.executable, "-m", "curate_cli.main", "run", str(ROOT / "curate" / "configs" / "demo.yaml")]
 SETS = ["executor=local", "clips.min_s=1", "clips.max_s=3", "shards.max_rows=2", "shards.commit_every_videos=1",
         "clips.mode=exact", *NO_SCORERS]  # fmt: skip
 

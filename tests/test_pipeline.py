@@ -9,11 +9,11 @@ import pytest
 from typer.testing import CliRunner
 
 from curate import schema
-from pipelines.cli import app
+from curate_cli.main import app
 from curate.config import load_config
 from curate.shards import Committer, read_shards
 from curate.storage import OutputStore, resolve_inputs
-from pipelines.curate import run
+from pipelines.run import run
 from tests.conftest import DATA, assert_same_rows
 
 runner = CliRunner()

@@ -17,7 +17,7 @@ from curate.config import load_config
 from curate.shards import read_shards
 from curate.storage import InputError, resolve_inputs
 from curate.synth import Scene, encode, render_scene
-from pipelines.curate import run
+from pipelines.run import run
 from tests.conftest import DATA
 
 ROOT = Path(__file__).parents[1]
@@ -97,7 +97,7 @@ def test_sigkill_of_the_driver_then_resume_is_exactly_once(tmp_path, three_shots
     shutil.copy(DATA / "counter.mp4", inputs / "counter.mp4")
     args = ["-i", str(inputs), "--set", "executor=local", "--set", "clips.min_s=1", "--set", "clips.max_s=3",
             "--set", "shards.max_rows=1", "--set", "clips.mode=exact", *[x for s in NO_SCORERS for x in ("--set", s)]]  # fmt: skip
-    cli = [sys.executable, "-m", "pipelines.cli", "run", str(ROOT / "curate" / "configs" / "demo.yaml")]
+    cli = [sys.executable, "-m", "curate_cli.main", "run", str(ROOT / "curate" / "configs" / "demo.yaml")]
     clean = tmp_path / "clean"
     subprocess.run([*cli, *args, "-o", str(clean)], check=True, capture_output=True, env={**os.environ, "CI": "true"})
     killed = tmp_path / "killed"
@@ -161,7 +161,7 @@ def test_multi_node_cluster_gives_the_local_result(tmp_path, three_shots, text_v
     try:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
-        args = [sys.executable, "-m", "pipelines.cli", "run", str(ROOT / "curate" / "configs" / "demo.yaml"), "-i", str(inputs),
+        args = [sys.executable, "-m", "curate_cli.main", "run", str(ROOT / "curate" / "configs" / "demo.yaml"), "-i", str(inputs),
                 "-o", str(tmp_path / "cluster"), "--ray-address", cluster.address,
                 *[x for s in [*sets, "ray.num_cpus=null"] for x in ("--set", s)]]  # fmt: skip
         proc = subprocess.run(args, capture_output=True, text=True, env={**os.environ, "CI": "true"}, timeout=600)
@@ -187,7 +187,7 @@ def test_remote_inputs_on_a_two_node_cluster_give_the_local_result(tmp_path, s3,
     try:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
-        args = [sys.executable, "-m", "pipelines.cli", "run", str(ROOT / "curate" / "configs" / "demo.yaml"),
+        args = [sys.executable, "-m", "curate_cli.main", "run", str(ROOT / "curate" / "configs" / "demo.yaml"),
                 "-i", "s3://corpus/cluster/raw/", "-o", "s3://corpus/cluster/out", "--ray-address", cluster.address,
                 *[x for s in ["clips.min_s=1", "clips.max_s=3", "shards.max_rows=2", "ray.num_cpus=null", *NO_SCORERS]
                   for x in ("--set", s)]]  # fmt: skip

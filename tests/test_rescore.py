@@ -13,7 +13,7 @@ from curate import schema
 from curate.config import ConfigError, load_config
 from curate.shards import ConfigMismatch, read_shards
 from curate.verify import verify
-from pipelines.curate import run
+from pipelines.run import run
 from pipelines.rescore import rescore
 from tests.conftest import assert_same_rows
 from tests.conftest import DATA
@@ -88,7 +88,7 @@ def test_rescore_killed_between_parts_resumes_exactly_once(tmp_path, inputs):
     out = str(tmp_path / "out")
     run(cfg(), inputs, out)
     before = by_id(out)
-    cli = [sys.executable, "-m", "pipelines.cli", "rescore", out, "--set", "scorers.flow.enabled=true"]
+    cli = [sys.executable, "-m", "curate_cli.main", "rescore", out, "--set", "scorers.flow.enabled=true"]
     env = {**os.environ, "CI": "true", "CURATE_FAULT": "after_record@2"}  # 2nd part: record written, not moved
     killed = subprocess.run(cli, capture_output=True, text=True, env=env, timeout=300)
     assert killed.returncode == -9, killed.stderr

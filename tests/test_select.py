@@ -12,9 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from curate import schema
-from pipelines.cli import app
-from pipelines.export import CLIP_BYTES, export, iter_samples
-from pipelines.select import CaptionMix, Filter, Rules, SelectError, choose_captions, select
+from curate_cli.main import app
+from curate.dataset import CLIP_BYTES, iter_samples
+from datatools.export import export
+from datatools.select import CaptionMix, Filter, Rules, SelectError, choose_captions, select
 from tests.conftest import DATA
 
 runner = CliRunner()
@@ -109,7 +110,7 @@ def demo_out(tmp_path_factory):
     """A real (small) curate output with the weight-free scores, made in-process."""
     from curate.config import load_config
     from curate.synth import demo_corpus
-    from pipelines.curate import run
+    from pipelines.run import run
 
     d = tmp_path_factory.mktemp("demo")
     demo_corpus(str(d / "inputs"))

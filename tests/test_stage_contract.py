@@ -16,7 +16,7 @@ from curate.params import ModelParams
 from curate.sample import SampleStage
 from curate.stage import Resources, StageBase
 from curate.registry import scorers
-from pipelines.curate import actor_class
+from pipelines.graph import actor_class
 
 ALL_STAGES = [VideoStage, SampleStage, *scorers().values()]
 
@@ -97,17 +97,18 @@ def test_the_per_video_stage_gets_tasks_of_its_own_where_the_cpus_allow(ray_sess
     left beside the pools; where none is, fused is what can run; where the pools alone do not
     fit, the run refuses at once instead of waiting forever."""
     from curate.config import RECIPES, load_config
-    from pipelines.curate import ResourcesShort, build_dataset, build_stages
+    from pipelines.graph import ResourcesShort, build_dataset
+    from pipelines.run import build_stages
 
     cfg = load_config(RECIPES / "demo.yaml", sets)
     stages = build_stages(cfg, "/nonexistent-out")  # (the model stages' weights are not needed to plan)
     assert stages[0].cls is VideoStage and VideoStage.resources.batch_size == 1
     if expect == "short":
         with pytest.raises(ResourcesShort, match=r"need 5 CPUs .*caption_coca 1 CPU.*this Ray cluster has 2 CPUs"):
-            build_dataset(cfg, ["a.mp4", "b.mp4"], stages, {"CPU": cpus})
+            build_dataset(cfg, [pa.table({"source_uri": [u]}) for u in ("a.mp4", "b.mp4")], stages, {"CPU": cpus})
         return
     capsys.readouterr()
-    build_dataset(cfg, ["a.mp4", "b.mp4"], stages, {"CPU": cpus}).explain()  # lazy: planned, nothing runs
+    build_dataset(cfg, [pa.table({"source_uri": [u]}) for u in ("a.mp4", "b.mp4")], stages, {"CPU": cpus}).explain()  # lazy: planned, nothing runs
     physical = capsys.readouterr().out.split("Physical Plan (Optimized)")[1]
     ops = [line.split("[", 1)[1].rstrip("]") for line in physical.splitlines() if "Operator[" in line]
     if expect == "apart":
@@ -122,7 +123,8 @@ def test_model_pools_that_need_more_gpus_than_there_are_are_refused_and_can_shar
     """On one GPU, four model stages of a whole GPU each would start one pool and wait forever for
     the rest: refused, naming them; at a quarter of a GPU each they share it."""
     from curate.config import RECIPES, load_config
-    from pipelines.curate import ResourcesShort, build_stages, video_tasks_apart
+    from pipelines.graph import ResourcesShort, video_tasks_apart
+    from pipelines.run import build_stages
 
     whole = build_stages(load_config(RECIPES / "demo.yaml"), "/nonexistent-out")
     with pytest.raises(ResourcesShort, match=r"4 GPUs .*caption_coca 1 CPU \+ 1 GPU.*has 16 CPUs and 1 GPUs"):

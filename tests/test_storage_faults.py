@@ -17,7 +17,7 @@ import pytest
 from curate.shards import read_shards
 from curate.storage import OutputStore, is_transient, resolve_inputs, with_retries
 from curate.verify import verify
-from pipelines.curate import run
+from pipelines.run import run
 from tests.faultproxy import FaultProxy
 from tests.test_reliability import NO_SCORERS, cfg
 
@@ -51,7 +51,7 @@ def span_set(out) -> set[tuple]:
 
 
 def cli(out: str, proxy: FaultProxy, *extra: str, **env) -> subprocess.Popen:
-    args = [sys.executable, "-m", "pipelines.cli", "run", "demo", "-i", "s3://corpus/f/raw/", "-o", out,
+    args = [sys.executable, "-m", "curate_cli.main", "run", "demo", "-i", "s3://corpus/f/raw/", "-o", out,
             *[x for s in [*SETS, *extra] for x in ("--set", s)]]  # fmt: skip
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "CI": "true", "AWS_ENDPOINT_URL": proxy.url, **env})  # fmt: skip
@@ -131,7 +131,7 @@ def test_a_writer_stalled_past_its_lease_never_commits_after_a_takeover(s3, prox
     assert tmp()  # A's part is written; its record is in flight
     lease = json.loads(s3.get_object(Bucket="corpus", Key="f/out2/_lease")["Body"].read())
     wait_for(lambda: time.time() > lease["expires"] + 0.5, timeout=30)
-    b = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "run", "demo", "-i", "s3://corpus/f/raw/", "-o", out,
+    b = subprocess.Popen([sys.executable, "-m", "curate_cli.main", "run", "demo", "-i", "s3://corpus/f/raw/", "-o", out,
                           *[x for s in SETS for x in ("--set", s)]], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          text=True, env={**os.environ, "CI": "true", **ttl})  # fmt: skip
     wait_for(lambda: not tmp())  # B took the lease over and its recovery removed A's uncommitted part
@@ -144,7 +144,7 @@ def test_a_writer_stalled_past_its_lease_never_commits_after_a_takeover(s3, prox
     assert "stopped" in a_err
     assert span_set(out) == corpus  # readable, complete, no duplicate
     assert verify(out, deep=True).ok, verify(out, deep=True).problems
-    again = subprocess.run([sys.executable, "-m", "pipelines.cli", "run", "demo", "-i", "s3://corpus/f/raw/", "-o", out,
+    again = subprocess.run([sys.executable, "-m", "curate_cli.main", "run", "demo", "-i", "s3://corpus/f/raw/", "-o", out,
                             *[x for s in SETS for x in ("--set", s)]], capture_output=True, text=True, timeout=600,
                            env={**os.environ, "CI": "true"})  # fmt: skip
     assert again.returncode == 0 and "0 inputs processed, 3 already done" in again.stderr, again.stderr[-2000:]
@@ -205,7 +205,7 @@ def test_a_raylet_state_dump_is_one_curate_line(capsys, caplog):
     pytest.importorskip("ray")
     from ray._private import worker as ray_worker
 
-    from pipelines.curate import _say_worker_deaths_once
+    from pipelines.graph import _say_worker_deaths_once
 
     _say_worker_deaths_once()
     dump = "\n".join(["[state-dump] NodeManager:", *[f"[state-dump] Queue {k}: 0 tasks" for k in range(35)]])

@@ -11,8 +11,8 @@ import pytest
 pytest.importorskip("diffusers", reason="the trainer needs the 'train' extra (diffusers, torch)")
 
 from curate.synth import captioned_clips  # noqa: E402
-from pipelines.compare import bootstrap, elo, markdown, metric_games, vote_games  # noqa: E402
-from pipelines.train_t2v import Trainer, batch_indices, evaluate, load_rows, load_train_config, train  # noqa: E402
+from t2v.compare import bootstrap, elo, markdown, metric_games, vote_games  # noqa: E402
+from t2v.train import Trainer, batch_indices, evaluate, load_rows, load_train_config, train  # noqa: E402
 
 TINY = Path(__file__).parents[1] / "curate" / "configs" / "train" / "tiny.yaml"
 FAST = [  # a smaller cousin of configs/train/tiny.yaml, for tests
@@ -128,7 +128,7 @@ def test_games_votes_and_bootstrap(tmp_path):
 def test_compare_clean_arm_beats_the_defective_one(tmp_path, corpus):
     """The whole idea, controlled: same steps, batch, seeds; one arm's clips carry injected defects
     (static clips, text overlays). Evaluated on held-out clean clips, the clean arm must win."""
-    from pipelines.compare import compare
+    from t2v.compare import compare
 
     clean = subset(tmp_path / "clean", corpus["clean"][:12])
     dirty = subset(tmp_path / "dirty", corpus["clean"][:6] + corpus["static"][:3] + corpus["text"][:3])
@@ -151,7 +151,7 @@ def test_compare_clean_arm_beats_the_defective_one(tmp_path, corpus):
 
 
 def test_latent_mode_with_a_trained_vae(tmp_path, corpus):
-    from pipelines.train_t2v import sample, train_vae
+    from t2v.train import sample, train_vae
 
     data = subset(tmp_path / "d", corpus["clean"][:6])
     cfg = load_train_config(TINY, [*FAST, "data.holdout_frac=0"])
@@ -178,7 +178,7 @@ def test_background_decode_gives_the_same_run(tmp_path, corpus):
 
 @pytest.mark.parametrize("fmt", ["webdataset", "parquet"])
 def test_trains_from_an_export_reading_clips_lazily(tmp_path, corpus, fmt):
-    from pipelines.export import export
+    from datatools.export import export
 
     data = subset(tmp_path / "d", corpus["clean"][:6])
     export(data, tmp_path / "exp", fmt, max_rows=4)
@@ -189,7 +189,7 @@ def test_trains_from_an_export_reading_clips_lazily(tmp_path, corpus, fmt):
     train(cfg, tmp_path / "exp", tmp_path / "run", samples=False)
     assert len(losses(tmp_path / "run")) == 3
     # the clip decoded from the export's bytes is the clip decoded from its file
-    from pipelines.train_t2v import decode_clip
+    from t2v.train import decode_clip
 
     r = rows[0]
     assert np.array_equal(decode_clip(r, 4, 4.0, 16), decode_clip({**r, "member": None}, 4, 4.0, 16))
@@ -220,8 +220,8 @@ def test_frozen_user_text_encoder(tmp_path, corpus, encoder):
 def test_resume_with_another_config_is_refused_naming_the_keys(tmp_path, corpus):
     from typer.testing import CliRunner
 
-    from pipelines.cli import app
-    from pipelines.train_t2v import ResumeMismatch
+    from curate_cli.main import app
+    from t2v.train import ResumeMismatch
 
     data = subset(tmp_path / "d", corpus["clean"][:6])
     cfg = load_train_config(TINY, [*FAST, "optim.max_steps=6", "data.holdout_frac=0"])
@@ -238,7 +238,7 @@ def test_resume_with_another_config_is_refused_naming_the_keys(tmp_path, corpus)
 
 
 def test_the_last_step_is_evaluated_once(tmp_path, corpus, monkeypatch):
-    import pipelines.train_t2v as t2v
+    import t2v.train as t2v
 
     calls = []
     real = t2v.evaluate

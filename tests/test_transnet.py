@@ -99,7 +99,7 @@ def test_hybrid_shows_the_network_only_windows(flashes_in_a_real_shot, monkeypat
 def test_same_clips_on_ray_and_locally(tmp_path, flashes_in_a_real_shot, ray_session, detector):  # noqa: F811
     from curate.config import load_config
     from curate.shards import read_shards
-    from pipelines.curate import run
+    from pipelines.run import run
 
     inputs = [str(DATA / "counter.mp4"), flashes_in_a_real_shot]
     sets = [f"cuts.detector={detector}", "clips.min_s=0.5", "clips.max_s=3", "scorers.flow.enabled=false",

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.vote import VOTES_FILE, index, make_app, read_votes
+from t2v.vote import VOTES_FILE, index, make_app, read_votes
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["a moving texture", "text on screen"]
@@ -96,7 +96,7 @@ def test_fewest_votes_first_and_two_raters_at_once(cmp):
 
 
 def _start(cmp: Path, port: int = 0) -> tuple[subprocess.Popen, str]:
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "vote", str(cmp), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "curate_cli.main", "vote", str(cmp), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "CI": "true"})  # fmt: skip
     for line in proc.stdout:
@@ -171,7 +171,7 @@ def test_vote_page_in_headless_chromium_survives_a_killed_server(cmp):
 def test_votes_with_a_known_preference_rank_it_first(tmp_path):
     """Votes drawn with arm A preferred 70% of the time over B: the human judge ranks A first,
     its win rate interval excludes a coin flip, and rerank retrains nothing."""
-    from pipelines.compare import rerank
+    from t2v.compare import rerank
 
     cmp = tmp_path / "cmp"
     for arm in ("A", "B"):
@@ -196,7 +196,7 @@ def test_votes_with_a_known_preference_rank_it_first(tmp_path):
 def test_cli_rerank_and_vote_refusals(tmp_path):
     from typer.testing import CliRunner
 
-    from pipelines.cli import app
+    from curate_cli.main import app
 
     r = CliRunner()
     res = r.invoke(app, ["vote", str(tmp_path)])
@@ -249,7 +249,7 @@ def _board(cmp: Path, arms=("A", "B")) -> None:
 
 def test_skipped_pairs_are_not_games(tmp_path):
     """Round three: six skips gave the right-hand arm 1.00 [1.00, 1.00]."""
-    from pipelines.compare import rerank, vote_games
+    from t2v.compare import rerank, vote_games
 
     cmp = tmp_path / "cmp"
     _board(cmp)
@@ -268,7 +268,7 @@ def test_skipped_pairs_are_not_games(tmp_path):
 def test_a_line_that_is_not_a_vote_is_one_line_naming_file_and_line(tmp_path, bad):
     from typer.testing import CliRunner
 
-    from pipelines.cli import app
+    from curate_cli.main import app
 
     cmp = fake_compare(tmp_path / "cmp", arms=("A", "B"))
     for arm in ("A", "B"):

@@ -54,14 +54,15 @@ class DedupParams(Strict):
 
 def load(outs: list[str]) -> pa.Table:
     """The columns dedup needs from each OUT, with the OUT it came from."""
-    from curate.shards import MANIFEST_FILE, read_shards
-    from curate.storage import OutputStore
+    from curate.dataset import DatasetError, open_out
+    from curate.shards import read_shards
 
     tables = []
     for out in outs:
-        store = OutputStore(out, create=False)
-        if not store.exists(MANIFEST_FILE):
-            raise DedupError(f"{out}: no {MANIFEST_FILE}: not a curate output, or no run has finished on it")
+        try:
+            store, _ = open_out(out)
+        except DatasetError as e:
+            raise DedupError(str(e)) from None
         t = schema.conform(read_shards(out)).select(COLUMNS)
         tables.append(t.append_column(OUT_COLUMN, pa.array([store.uri] * t.num_rows, pa.string())))
     return pa.concat_tables(tables)
@@ -97,7 +98,7 @@ def hash_edges(mean: np.ndarray, frames: np.ndarray, p: DedupParams, executor: s
     if executor == "ray":
         import ray
 
-        from pipelines.curate import init_ray
+        from pipelines.graph import init_ray
 
         init_ray(address)
         mref, fref, cref = ray.put(mean), ray.put(frames), ray.put(color)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 
-from pipelines.t2v_config import TextConfig, TrainConfig
+from t2v.config import TextConfig, TrainConfig
 
 
 def build_text_encoder(cfg: TextConfig):

@@ -150,7 +150,9 @@ def make_app(cmp: str | Path, seed: int | None = None):
             counts[v["pair"]] += 1
     lock = threading.Lock()
     rng = random.Random(seed)
-    video_ids = [secrets.token_hex(8) for _ in files]  # opaque: not the index order (the arms' order)
+    # Opaque (not the index order, which is the arms' order) and never all digits: a bare hex id
+    # is all digits about once in 2,000, and would read as the old index numbers.
+    video_ids = ["v" + secrets.token_hex(8) for _ in files]
     by_video = {vid: n for n, vid in enumerate(video_ids)}
     tickets: OrderedDict[str, tuple[Pair, str, str]] = OrderedDict()  # ticket -> (pair, left arm, right arm)
     app = Flask(__name__)

@@ -22,9 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate import schema
-
-INDEX_FILE = "index.json"
-CLIP_BYTES = "clip_bytes"
+from curate.dataset import CLIP_BYTES, INDEX_FILE, SUBSET_FILE
 
 
 def _read_clip(uri: str) -> bytes:
@@ -61,7 +59,7 @@ def _groups(rows: Iterator[tuple[dict, bytes | None]], max_rows: int, max_bytes:
 def export(subset: str | Path, out: str | Path, fmt: Literal["parquet", "webdataset"] = "parquet",
            max_rows: int = 1000, max_bytes: int | None = None, embed: bool = True) -> dict:
     subset = Path(subset)
-    path = subset / "subset.parquet" if subset.is_dir() else subset
+    path = subset / SUBSET_FILE if subset.is_dir() else subset
     if not path.is_file():
         raise FileNotFoundError(f"no subset at {path} (make one with `curate select`)")
     table = pq.read_table(path)
@@ -189,70 +187,3 @@ def _export_schema(src: pa.Schema, embed: bool) -> pa.Schema:
     if embed:
         fields.append(pa.field(CLIP_BYTES, pa.binary()))
     return pa.schema(fields)
-
-
-def index_samples(directory: str | Path) -> Iterator[dict]:
-    """Metadata of every sample of an export, without its clip bytes: each record's `member`
-    says where the bytes are (tar offset and size, or parquet shard and row), for read_member.
-    A loader can hold millions of these; the bytes are read one clip at a time."""
-    directory = Path(directory)
-    index = json.loads((directory / INDEX_FILE).read_text())
-    for shard in index["shards"]:
-        p = directory / shard["file"]
-        if index["format"] == "parquet":
-            pf = pq.ParquetFile(p)
-            cols = [c for c in pf.schema_arrow.names if c != CLIP_BYTES]
-            for i, rec in enumerate(pf.read(columns=cols).to_pylist()):
-                rec["member"] = {"parquet": str(p), "row": i} if index["embedded"] else None
-                yield rec
-        else:
-            with tarfile.open(p) as tar:
-                members: dict[str, dict[str, tarfile.TarInfo]] = {}
-                for m in tar.getmembers():
-                    key, ext = m.name.rsplit(".", 1)
-                    members.setdefault(key, {})[ext] = m
-                for key, parts in members.items():
-                    rec = json.loads(tar.extractfile(parts["json"]).read())
-                    rec["caption"] = tar.extractfile(parts["txt"]).read().decode() or None
-                    mp4 = parts.get("mp4")
-                    rec["member"] = {"tar": str(p), "offset": mp4.offset_data, "size": mp4.size} if mp4 else None
-                    yield rec
-
-
-_parquet_shard: dict[str, list] = {}
-
-
-def read_member(member: dict) -> bytes:
-    """The clip bytes a record of index_samples points at."""
-    if "tar" in member:
-        with open(member["tar"], "rb") as fh:
-            fh.seek(member["offset"])
-            return fh.read(member["size"])
-    path = member["parquet"]
-    if path not in _parquet_shard:  # keep one shard's clip column: sequential readers hit it
-        _parquet_shard.clear()
-        _parquet_shard[path] = pq.read_table(path, columns=[CLIP_BYTES]).column(CLIP_BYTES).to_pylist()
-    return _parquet_shard[path][member["row"]]
-
-
-def iter_samples(directory: str | Path) -> Iterator[dict]:
-    """Read an export back: dicts with the metadata, `caption` and `clip_bytes` (when embedded)."""
-    directory = Path(directory)
-    index = json.loads((directory / INDEX_FILE).read_text())
-    for shard in index["shards"]:
-        p = directory / shard["file"]
-        if index["format"] == "parquet":
-            yield from pq.read_table(p).to_pylist()
-        else:
-            with tarfile.open(p) as tar:
-                current: dict[str, dict] = {}
-                for m in tar.getmembers():
-                    key, ext = m.name.rsplit(".", 1)
-                    data = tar.extractfile(m).read()
-                    current.setdefault(key, {})[ext] = data
-                for key, parts in current.items():
-                    rec = json.loads(parts["json"])
-                    rec["caption"] = parts["txt"].decode() or None
-                    if "mp4" in parts:
-                        rec[CLIP_BYTES] = parts["mp4"]
-                    yield rec

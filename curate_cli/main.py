@@ -104,7 +104,7 @@ def _run(config: Optional[Path], inputs: list[str], out: str, sets: list[str], r
         _fail(display(str(e)))
     if not uris:
         _fail(f"no video inputs found in: {' '.join(inputs)}")
-    from pipelines.curate import run
+    from pipelines.run import run
 
     if cfg.executor == "ray":
         _filter_native_stderr()
@@ -206,7 +206,7 @@ def rescore_cmd(
 def dedup_cmd(
     outs: list[str] = typer.Argument(..., help="one or several curate OUTs"),
     dest: Path = typer.Option(..., "-o", "--out", help="directory for dedup.parquet and dedup.json"),
-    sets: list[str] = typer.Option([], "--set", help="a grouping setting: --set max_frames=8 (see pipelines/dedup.py)"),
+    sets: list[str] = typer.Option([], "--set", help="a grouping setting: --set max_frames=8 (see datatools/dedup.py)"),
     on_ray: bool = typer.Option(False, "--ray", help="one Ray task per LSH table"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="attach to a running Ray cluster (implies --ray)"),
 ) -> None:
@@ -214,7 +214,7 @@ def dedup_cmd(
     DIR/dedup.parquet gives each clip its group's representative; `curate select --dedup DIR`
     keeps one per group."""
     from curate.config import ConfigError, load_model
-    from pipelines.dedup import DedupError, DedupParams, run_dedup
+    from datatools.dedup import DedupError, DedupParams, run_dedup
 
     try:
         params = load_model(DedupParams, None, sets)
@@ -272,21 +272,20 @@ def demo(
     console.print(f"inspect with: curate inspect {Path(out) / 'curated'}")
 
 
+def _open_out(out: str) -> dict:
+    """OUT's manifest, or one line saying why `out` is not a finished curate output."""
+    from curate.dataset import DatasetError, open_out
+
+    try:
+        return open_out(out)[1]
+    except DatasetError as e:
+        _fail(str(e))
+
+
 @app.command()
 def inspect(out: str = typer.Argument(..., help="an OUT directory or URI"), as_json: bool = typer.Option(False, "--json")) -> None:
     """Summarise an OUT: counts, hours in/out, per-stage timings, quarantine reasons."""
-    from curate.shards import MANIFEST_FILE
-    from curate.storage import OutputStore
-
-    store = OutputStore(out) if "://" in out else None
-    if store is None and not Path(out, MANIFEST_FILE).is_file():
-        _fail(f"{out} has no {MANIFEST_FILE}: not a curate output (or the run has not finished once)")
-    store = store or OutputStore(out, create=False)
-    try:
-        manifest = json.loads(store.read_bytes(MANIFEST_FILE))
-        assert isinstance(manifest, dict) and "curate_version" in manifest and "counts" in manifest
-    except (ValueError, AssertionError, OSError):
-        _fail(f"{out}/{MANIFEST_FILE} is not a curate manifest: not a curate output")
+    manifest = _open_out(out)
     if as_json:
         typer.echo(json.dumps(manifest, indent=2))
         return
@@ -347,7 +346,7 @@ def select_cmd(
     from curate.config import ConfigError
     from curate.shards import DamagedOut
     from curate.storage import OutError
-    from pipelines.select import DedupRule, SelectError, load_rules, rules_from_flags, run_select
+    from datatools.select import DedupRule, SelectError, load_rules, rules_from_flags, run_select
 
     if nulls not in (None, "refuse", "drop", "keep"):
         _fail(f"--nulls {nulls!r}: choose refuse, drop or keep")
@@ -379,7 +378,7 @@ def export_cmd(
     embed: bool = typer.Option(True, "--embed/--no-embed", help="store clip bytes (default) or only their URIs"),
 ) -> None:
     """Write training shards (clip bytes or paths, caption, scores) with an index.json."""
-    from pipelines.export import export
+    from datatools.export import export
 
     if fmt not in ("parquet", "webdataset"):
         _fail(f"--format {fmt!r}: choose parquet or webdataset")
@@ -401,17 +400,10 @@ def report_cmd(
 ) -> None:
     """One self-contained HTML report: score histograms, funnel, decile thumbnails, timings, quarantine."""
     from curate.config import ConfigError
-    from curate.shards import MANIFEST_FILE
-    from pipelines.dedup import DedupError
-    from pipelines.report import write_report
+    from datatools.dedup import DedupError
+    from datatools.report import write_report
 
-    if not Path(out, MANIFEST_FILE).is_file():
-        _fail(f"{out} has no {MANIFEST_FILE}: not a curate output")
-    try:
-        manifest = json.loads(Path(out, MANIFEST_FILE).read_text())
-        assert isinstance(manifest, dict) and "curate_version" in manifest and "counts" in manifest
-    except (ValueError, AssertionError, OSError):
-        _fail(f"{out}/{MANIFEST_FILE} is not a curate manifest: not a curate output")
+    _open_out(out)
     if dest is not None and Path(dest).is_dir():
         _fail(f"-o {dest}: is a directory; name the HTML file to write")
     try:
@@ -432,7 +424,7 @@ def train_cmd(
 ) -> None:
     """Train a small ModelScope-style text-to-video model: metrics.jsonl, checkpoints, samples."""
     from curate.config import ConfigError
-    from pipelines.train_t2v import load_train_config, train
+    from t2v.train import load_train_config, train
 
     try:
         cfg = load_train_config(config, sets)
@@ -453,7 +445,7 @@ def train_vae_cmd(
 ) -> None:
     """Train a small AutoencoderKL on the clips, for `model.mode: latent` (`--set model.vae=OUT`)."""
     from curate.config import ConfigError
-    from pipelines.train_t2v import load_train_config, train_vae
+    from t2v.train import load_train_config, train_vae
 
     try:
         cfg = load_train_config(config, sets)
@@ -475,8 +467,8 @@ def compare_cmd(
 ) -> None:
     """Train every arm identically, evaluate all on shared sets, rank with bootstrap CIs and Elo."""
     from curate.config import ConfigError
-    from pipelines.compare import compare
-    from pipelines.train_t2v import load_train_config
+    from t2v.compare import compare
+    from t2v.train import load_train_config
 
     import re
 
@@ -522,7 +514,7 @@ def vote_cmd(
 ) -> None:
     """Serve a page where people vote which arm's sample video is better (arms hidden, sides
     random); votes go to CMP/votes.jsonl. `curate rerank CMP` folds them into the leaderboard."""
-    from pipelines.vote import index, serve
+    from t2v.vote import index, serve
 
     if not (cmp / "arms").is_dir():
         _fail(f"{cmp}: not a `curate compare` output (no arms/)")
@@ -546,7 +538,7 @@ def rerank_cmd(
     votes: Optional[str] = typer.Option(None, "--votes", help="human votes (default: CMP/votes.jsonl from `curate vote`)"),
 ) -> None:
     """Rank the arms again with the human votes as a judge beside the automatic ones; nothing retrains."""
-    from pipelines.compare import rerank
+    from t2v.compare import rerank
 
     if votes is not None and not Path(votes).is_file():
         _fail(f"--votes {votes}: no such file")
@@ -566,7 +558,7 @@ def _model_statuses(config: Optional[Path], sets: list[str]):
     from curate.config import ConfigError, load_config
     from curate.models import check
     from curate.registry import scorers
-    from pipelines.curate import model_stages
+    from pipelines.graph import model_stages
 
     try:
         cfg = load_config(config, sets)

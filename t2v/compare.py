@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.train_t2v import TrainConfig, is_heldout, load_rows, train
+from t2v.train import TrainConfig, is_heldout, load_rows, train
 
 
 def elo(games: list[tuple[str, str, float]], players: list[str], k: float = 1.0, start: float = 1000.0,
@@ -65,7 +65,7 @@ def metric_games(per_arm: dict[str, np.ndarray], lower_is_better: bool = True) -
 def vote_games(path: str | Path) -> list[tuple[str, str, float]]:
     """(a, b, score of a) per human vote: 1 a won, 0 b won, 0.5 a tie. A skip is no game, nor
     is a vote whose winner is neither arm; a line that is not a vote is refused, naming the line."""
-    from pipelines.vote import read_votes
+    from t2v.vote import read_votes
 
     games = []
     for v in read_votes(Path(path), strict=True):

@@ -8,41 +8,24 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.t2v_config import DataConfig
+from t2v.config import DataConfig
 
 
 def load_rows(data: str | Path) -> list[dict]:
     """[{clip_id, caption, uri | bytes, start_frame, end_frame, fps}] from any curate output."""
-    import pyarrow.parquet as pq
-
     from curate import schema
+    from curate.dataset import DatasetError, best_caption, read_rows
     from curate.sample import clip_frames
 
-    p = Path(data)
-    if not p.exists():
-        raise DataError(f"--data {data}: no such file or directory")
-    if (p / "index.json").is_file():
-        from pipelines.export import index_samples
-
-        rows = list(index_samples(p))  # metadata now; clip bytes read lazily from the shard
-    elif (p / "subset.parquet").is_file():
-        rows = pq.read_table(p / "subset.parquet").to_pylist()
-    elif p.suffix == ".parquet":
-        rows = pq.read_table(p).to_pylist()
-    else:
-        from curate.shards import COMMITS, MANIFEST_FILE, read_shards
-
-        if not (p.is_dir() and ((p / MANIFEST_FILE).is_file() or (p / COMMITS).is_dir())):
-            raise DataError(f"--data {data}: not a curate output, a `curate select` subset, an export or a .parquet")
-        rows = read_shards(str(p)).to_pylist()
+    try:
+        rows = read_rows(data, "--data").to_pylist()  # an export: metadata now, clip bytes read lazily
+    except DatasetError as e:
+        raise DataError(str(e)) from None
     out = []
     for r in rows:
         if not (r.get("member") or r.get(schema.CLIP_URI)):
             continue
-        caption = r.get("caption")
-        if caption is None:  # an OUT or a subset without a chosen caption: the best available one
-            caption = next((r[c] for c in (schema.CAPTION_LLM, schema.CAPTION_COCA, schema.CAPTION_VBLIP) if r.get(c)), "")
-        out.append({"clip_id": r[schema.CLIP_ID], "caption": caption or "", "uri": r.get(schema.CLIP_URI),
+        out.append({"clip_id": r[schema.CLIP_ID], "caption": best_caption(r) or "", "uri": r.get(schema.CLIP_URI),
                     "member": r.get("member"), "n": clip_frames(r), "fps": r[schema.FPS]})  # fmt: skip
     if not out:
         raise DataError(f"--data {data}: no clips with a clip file ({len(rows)} rows): nothing to train or evaluate on")
@@ -68,7 +51,7 @@ def decode_clip(row: dict, frames: int, fps: float, size: int) -> np.ndarray:
     step = max(1.0, row["fps"] / fps)
     idx = [min(row["n"] - 1, int(round(k * step))) for k in range(frames)]
     if row.get("member"):  # an export with embedded clips: read just this clip's bytes
-        from pipelines.export import read_member
+        from curate.dataset import read_member
 
         with tempfile.NamedTemporaryFile(suffix=".mp4") as fh:
             fh.write(read_member(row["member"]))

@@ -1,9 +1,10 @@
-"""Config -> the curation graph, on Ray Data (or in-process for debugging), committed to OUT.
+"""The curation graph on Ray Data (or in-process): the one executor `curate run` and `curate
+rescore` both call, and the only module that knows about Ray.
 
-This is the only module that knows about Ray. Every stage is a class with the Stage contract;
-here each becomes a `map_batches` step: model-free stages as Ray tasks, stages that hold state
-(models, later) as actor pools. The driver consumes the stream and commits whole videos
-(curate.shards), which is what makes a killed run resumable without duplicates.
+Every stage is a class with the Stage contract (curate.stage); here each becomes a `map_batches`
+step: model-free stages as Ray tasks, stages that hold state (models) as actor pools set up once
+per actor. `execute` streams tables through the steps; `regroup` hands back each unit of work (an
+input, a committed part) once all its rows came through, which is what the callers commit.
 """
 
 from __future__ import annotations
@@ -19,31 +20,17 @@ import pyarrow as pa
 from pydantic import BaseModel
 
 from curate import schema
-from curate.config import ConfigError, PipelineConfig, config_differences
-from curate import __version__
-from curate.lease import lease_for
-from curate.shards import MANIFEST_FILE, MARKER_FILE, Committer, ConfigMismatch, OutNotOurs, VideoRecord, ownership_problem
-from curate.stage import AUTO, check_stage
-from curate.storage import OutputStore, check_out_path, duplicates_by_content
+from curate.config import ConfigError, PipelineConfig
+from curate.models import ModelRef
 from curate.per_video import VideoStage
+from curate.registry import scorers as registered_scorers
+from curate.sample import SampleStage
+from curate.stage import AUTO, check_stage
 
 log = logging.getLogger("curate")
 
-from curate.sample import SampleStage  # noqa: E402
-from curate.models import ModelRef, preflight  # noqa: E402
-from curate.registry import scorers as registered_scorers  # noqa: E402
-
 for _cls in (VideoStage, SampleStage):
     check_stage(_cls)  # (the scorers are checked as the registry loads them)
-
-
-@dataclass
-class RunResult:
-    out: str
-    manifest: dict
-    skipped: int  # inputs already done by an earlier run
-    processed: int  # inputs finished by this run
-
 
 def enabled_scorers(cfg: PipelineConfig, skip: set[str] = frozenset()) -> list[tuple[type, BaseModel]]:
     """(scorer class, its params) for every enabled scorer, in run order (curate.registry)."""
@@ -65,18 +52,6 @@ class StageSpec:
     cls: type
     args: tuple
     params: BaseModel | None = None
-
-
-def build_stages(cfg: PipelineConfig, out: str, skip: set[str] = frozenset()) -> list[StageSpec]:
-    scorers = enabled_scorers(cfg, skip) if cfg.clips.extract else []
-    plans = [plan for cls, params in scorers for plan in cls.plans(params)]
-    # the extraction decode hands the scorers their frames where it decodes (mode exact); the
-    # sample step decodes only the clips it did not sample (copy, smart)
-    specs = [StageSpec(VideoStage, (cfg.probe, cfg.cuts, cfg.clips, out, cfg.input_timeout_s, cfg.watchdog, tuple(plans)))]
-    if scorers:
-        specs.append(StageSpec(SampleStage, (cfg.sample, plans), cfg.sample))  # one decode for all scorers
-        specs += [StageSpec(cls, (params,), params) for cls, params in scorers]
-    return specs
 
 
 def timed(stage, batch: pa.Table) -> pa.Table:
@@ -178,7 +153,7 @@ def crashed(stage, rows: pa.Table) -> pa.Table:
     errors = rows.column(schema.ERRORS).to_pylist() if schema.ERRORS in rows.column_names else [None] * n
     values: dict[str, list] = {c: [None] * n for c in stage.output_columns if c != schema.ERRORS}
     values[schema.ERRORS] = [add_error(e, stage.name, WORKER_DIED) for e in errors]
-    return set_columns(rows, values)
+    return set_columns(rows, values, getattr(stage, "output_fields", ()))
 
 
 def task_function(cls: type, args: tuple, ledger=None) -> Callable[[pa.Table], pa.Table]:
@@ -341,7 +316,7 @@ def add_steps(ds, cfg: PipelineConfig, stages: list[StageSpec], gpus_in_cluster:
 
 
 def input_blocks(n: int, cluster: dict[str, float], per_block: int = 8) -> int:
-    """How many blocks the input list is cut into: one task per block, which runs its inputs one
+    """How many blocks `n` units of work (inputs) are cut into: one task per block, which runs its inputs one
     batch (one input) at a time, so a block of several inputs still hands each on as it finishes.
     One block per input cost a Ray task per input (290 -> 207 ms per 1-second input on 2 CPUs,
     bench/scale.py); blocks of `per_block` inputs, but never fewer than 4 blocks per CPU: a long
@@ -350,140 +325,6 @@ def input_blocks(n: int, cluster: dict[str, float], per_block: int = 8) -> int:
     committer already has: it ignores them (Committer.add_video)."""
     cpus = max(1, int(cluster.get("CPU", 1)))
     return max(1, min(n, max(4 * cpus, -(-n // per_block))))
-
-
-def build_dataset(cfg: PipelineConfig, uris: list[str], stages: list[StageSpec], cluster: dict[str, float]):
-    """The graph of `curate run` for a cluster of these resources (ray.cluster_resources()):
-    one block per input, then the stages."""
-    import ray
-
-    apart = video_tasks_apart(stages, cluster)
-    ds = ray.data.from_items([{schema.SOURCE_URI: u} for u in uris], override_num_blocks=input_blocks(len(uris), cluster))
-    return add_steps(ds, cfg, stages, cluster.get("GPU", 0.0) > 0, apart)
-
-
-def _batches_ray(cfg: PipelineConfig, uris: list[str], stages: list[StageSpec]) -> Iterable[pa.Table]:
-    import ray
-    from ray.data import DataContext
-
-    logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # a failure reaches the driver as an exception: curate says it in one line
-    ctx = DataContext.get_current()
-    ctx.enable_progress_bars = False  # the CLI draws its own rich progress
-    ctx.print_on_execution_start = False
-    ds = build_dataset(cfg, uris, stages, ray.cluster_resources())
-    yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
-
-
-def _batches_local(uris: list[str], specs: list[StageSpec]) -> Iterable[pa.Table]:
-    stages = [spec.cls(*spec.args) for spec in specs]
-    for s in stages:
-        s.setup()
-    for uri in uris:
-        table = pa.table({schema.SOURCE_URI: pa.array([uri], pa.string())})
-        for s in stages:
-            table = timed(s, table)
-        yield table
-
-
-def run(
-    cfg: PipelineConfig,
-    inputs: list[str],
-    out: str,
-    *,
-    on_progress: Callable[[int, int], None] | None = None,
-    force: bool = False,
-) -> RunResult:
-    """Curate `inputs` (already resolved URIs) into OUT, resuming whatever OUT already holds."""
-    t_start = time.time()
-    check_out_path(out)
-    store = OutputStore(out, create=False)
-    problem = ownership_problem(store)
-    if problem and not (force and problem[1]):
-        raise OutNotOurs(problem[0] + ("" if not problem[1] else "; pass --force to write into it anyway "
-                                       "(curate then deletes only files it named itself)"))  # fmt: skip
-    store = OutputStore(out)
-    lease = lease_for(store)
-    lease.acquire()  # before anything in OUT is touched; a second run fails here, naming this one
-    try:
-        if not store.exists(MARKER_FILE):
-            store.write_bytes(json.dumps({"curate_version": __version__, "created": t_start}).encode(), MARKER_FILE)
-        return _run_locked(cfg, inputs, store, lease, t_start, on_progress)
-    finally:
-        lease.release()
-
-
-def what_differs(store: OutputStore, cfg: PipelineConfig) -> str:
-    """The keys that part this config from the one OUT's manifest.json records, for a refused
-    resume (a hash alone says only that something differs)."""
-    try:
-        old = json.loads(store.read_bytes(MANIFEST_FILE))["config"]
-    except Exception:  # noqa: BLE001 - no manifest yet (a first run killed early), or not readable
-        return ""
-    diffs = config_differences(old, cfg.model_dump(mode="json"))
-    return f". What differs from OUT's manifest.json: {'; '.join(diffs)}" if diffs else ""
-
-
-def _run_locked(cfg: PipelineConfig, inputs: list[str], store: OutputStore, lease, t_start: float,
-                on_progress: Callable[[int, int], None] | None) -> RunResult:
-    committer = Committer(store, cfg.hash(), cfg.shards.max_rows, cfg.shards.compression,
-                          every_s=cfg.shards.commit_every_s, every_videos=cfg.shards.commit_every_videos,
-                          lease=lease)  # fmt: skip
-    try:
-        done = committer.recover(check_clips=cfg.clips.extract)
-    except ConfigMismatch as e:
-        raise ConfigMismatch(f"{e}{what_differs(store, cfg)}") from None
-    todo = [u for u in inputs if u not in done]
-    skipped = len(inputs) - len(todo)
-    # byte-identical copies are known from a stat and a fingerprint: quarantined before any work
-    dups = duplicates_by_content(todo, committer.done_video_ids, committer.done_sizes)
-    for uri, (vid, first) in dups.items():
-        committer.add_video(VideoRecord(source_uri=uri, video_id=vid, clips=0, quarantine={
-            "reason": schema.Q_DUPLICATE, "detail": f"same content as {first}"}), None)
-    todo = [u for u in todo if u not in dups]
-    # Missing weights: fail now (before any work), or skip optional stages loudly.
-    skip_stages, skip_reasons = preflight(model_stages(cfg))
-    if cfg.cuts.detector != "classical":
-        from curate.transnet import check_available
-
-        check_available()
-    stages = build_stages(cfg, store.uri, skip_stages)
-    finished = len(dups)
-    if on_progress:
-        on_progress(finished, finished + len(todo))
-    if todo:
-        if cfg.executor == "ray":
-            init_ray(cfg.ray.address, cfg.ray.num_cpus)
-            batches = _batches_ray(cfg, todo, stages)
-        else:
-            batches = _batches_local(todo, stages)
-        pending: dict[str, list[pa.Table]] = {}
-        try:
-            for batch in batches:
-                for uri, rows, meta in _complete_videos(batch, pending):
-                    committer.add_video(_record(uri, meta), rows if meta["clips"] else None)
-                    finished += 1
-                    if on_progress:
-                        on_progress(finished, len(dups) + len(todo))
-        except Exception as e:
-            if type(e).__module__.startswith("ray"):
-                raise storage_cause(e) or e
-            raise
-        committer.flush()
-        if pending:
-            raise RuntimeError(f"{len(pending)} inputs ended incomplete (first: {next(iter(pending))})")
-    committer.flush()  # the duplicates found before any work, when nothing else was to do
-    committer.compact()
-    committer.sweep_orphans()  # clips of inputs that were quarantined, failed or killed before a commit
-    committer.write_quarantine()
-    run_info = {
-        "started": t_start, "wall_s": round(time.time() - t_start, 3), "inputs_given": len(inputs),
-        "skipped_done": skipped, "processed": finished, "executor": cfg.executor,
-    }  # fmt: skip
-    run_info["skipped_stages"] = skip_reasons
-    analysis = {cls.name: params.model_dump(mode="json") for cls, params in enabled_scorers(cfg, skip_stages)}
-    manifest = committer.write_manifest(cfg.model_dump(mode="json"), run_info,
-                                        {"scorers": analysis, "skipped_stages": skip_reasons})  # fmt: skip
-    return RunResult(out=store.uri, manifest=manifest, skipped=skipped, processed=finished)
 
 
 def storage_cause(e: BaseException) -> OSError | None:
@@ -503,48 +344,78 @@ def storage_cause(e: BaseException) -> OSError | None:
     return None
 
 
-def _complete_videos(batch: pa.Table, pending: dict[str, list[pa.Table]]):
-    """Group streamed rows by input; yield (uri, clip rows, summary) once all rows of it arrived."""
-    if batch.num_rows == 0:
+def scorer_specs(cfg: PipelineConfig, names: Iterable[str] | None = None, skip: Iterable[str] = ()) -> list[StageSpec]:
+    """The sample step (one decode for all of them) and the enabled scorers (only `names`, when
+    given), in run order; nothing when no scorer is left."""
+    skip = set(skip)
+    scorers = [(cls, p) for cls, p in enabled_scorers(cfg, skip) if names is None or cls.name in names]
+    if not scorers:
+        return []
+    plans = [plan for cls, params in scorers for plan in cls.plans(params)]
+    return [StageSpec(SampleStage, (cfg.sample, plans), cfg.sample)] + [StageSpec(cls, (p,), p) for cls, p in scorers]
+
+
+def execute(cfg: PipelineConfig, units: list[pa.Table], specs: list[StageSpec], local_rows: int = 1) -> Iterable[pa.Table]:
+    """Stream the units of work (an input's row, a committed part's rows) through the stages: on
+    Ray (units joined into `input_blocks` blocks; the stages' own batch sizes) or in this process
+    (`local_rows` rows at a time through every stage: a batch's frames are in memory at once).
+    Batches come back in no promised order: `regroup` them."""
+    if cfg.executor != "ray":
+        stages = [spec.cls(*spec.args) for spec in specs]
+        for s in stages:
+            s.setup()
+        for unit in units:
+            for start in range(0, unit.num_rows, local_rows):
+                batch = unit.slice(start, local_rows)
+                for s in stages:
+                    batch = timed(s, batch)
+                yield batch
         return
-    uris = batch.column(schema.SOURCE_URI).to_pylist()
-    metas = batch.column(schema.VIDEO_META).to_pylist()
-    order: list[str] = []
-    index: dict[str, list[int]] = {}
-    for i, u in enumerate(uris):
-        if u not in index:
-            index[u] = []
-            order.append(u)
-        index[u].append(i)
-    for u in order:
-        pending.setdefault(u, []).append(batch.take(index[u]))
-        meta = json.loads(metas[index[u][0]])
-        have = sum(t.num_rows for t in pending[u])
-        if have >= max(1, meta["clips"]):
-            rows = pa.concat_tables(pending.pop(u), promote_options="default")
-            if schema.SECONDS in rows.column_names:
-                seconds = meta.setdefault("stage_seconds", {})
-                for d in rows.column(schema.SECONDS).to_pylist():
-                    for k, v in json.loads(d or "{}").items():
-                        seconds[k] = seconds.get(k, 0.0) + v
-                rows = rows.drop_columns([schema.SECONDS])
-            if meta["clips"]:
-                rows = rows.drop_columns([schema.VIDEO_META])
-            yield u, rows, meta
+    import ray
+    from ray.data import DataContext
+
+    init_ray(cfg.ray.address, cfg.ray.num_cpus)
+    logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # a failure reaches the driver as an exception: curate says it in one line
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False  # the CLI draws its own rich progress
+    ctx.print_on_execution_start = False
+    ds = build_dataset(cfg, units, specs, ray.cluster_resources())
+    try:
+        yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
+    except Exception as e:
+        if type(e).__module__.startswith("ray"):
+            raise storage_cause(e) or e
+        raise
 
 
-def _record(uri: str, meta: dict) -> VideoRecord:
-    return VideoRecord(
-        source_uri=uri,
-        video_id=meta.get("video_id"),
-        clips=meta["clips"],
-        duration_s=meta.get("duration_s", 0.0),
-        clip_seconds=meta.get("clip_seconds", 0.0),
-        scenes=meta.get("scenes", 0),
-        short_scenes_dropped=meta.get("short_scenes_dropped", 0),
-        held_frames_dropped=meta.get("held_frames_dropped", 0),
-        failed_clips=meta.get("failed_clips", []),
-        size_bytes=meta.get("size_bytes"),
-        stage_seconds=meta.get("stage_seconds", {}),
-        quarantine=meta.get("quarantine"),
-    )
+def build_dataset(cfg: PipelineConfig, units: list[pa.Table], specs: list[StageSpec], cluster: dict[str, float]):
+    """The lazy Ray Data graph for a cluster of these resources (ray.cluster_resources()): the
+    units joined into `input_blocks` blocks, then the stages. Refuses (ResourcesShort) before any
+    work when the scorers' pools cannot all start: they would wait forever."""
+    import ray
+
+    apart = video_tasks_apart(specs, cluster)
+    n = input_blocks(len(units), cluster)
+    blocks = [pa.concat_tables(units[len(units) * i // n:len(units) * (i + 1) // n]) for i in range(n)]
+    return add_steps(ray.data.from_arrow(blocks), cfg, specs, cluster.get("GPU", 0.0) > 0, apart)
+
+
+def regroup(batches: Iterable[pa.Table], key: str, expected: Callable[[str, pa.Table], int]):
+    """(key, its rows) for each value of column `key` once all its rows came through, whatever
+    order and batching Ray delivered them in; `expected(key, first rows)` says how many make it
+    whole. Leftovers (a unit that never completed) stay in the returned generator's `pending`."""
+    pending: dict[str, list[pa.Table]] = {}
+    for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        keys = batch.column(key).to_pylist()
+        index: dict[str, list[int]] = {}
+        for i, k in enumerate(keys):
+            index.setdefault(k, []).append(i)
+        for k, rows in index.items():
+            got = pending.setdefault(k, [])
+            got.append(batch.take(rows))
+            if sum(t.num_rows for t in got) >= expected(k, got[0]):
+                yield k, pa.concat_tables(pending.pop(k), promote_options="default")
+    if pending:
+        raise RuntimeError(f"{len(pending)} units of work ended incomplete (first: {next(iter(pending))})")

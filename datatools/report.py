@@ -19,7 +19,6 @@ import pyarrow.parquet as pq
 from curate import schema
 from curate.sample import clip_frames
 
-SCORE_COLUMNS = [f.name for f in schema.SCORE_FIELDS if pa.types.is_floating(f.type)] + [schema.DURATION_S]
 
 
 def _png(fig) -> str:
@@ -48,7 +47,7 @@ def _thumb(uri: str, frames: int, width: int = 116) -> str | None:
 
 
 def _thresholds(table: pa.Table, rules) -> dict[str, list[tuple[str, float]]]:
-    from pipelines.select import evaluate
+    from datatools.select import evaluate
 
     marks: dict[str, list[tuple[str, float]]] = {}
     for f in rules.filters if rules else []:
@@ -63,7 +62,7 @@ def _thresholds(table: pa.Table, rules) -> dict[str, list[tuple[str, float]]]:
 
 def _dedup_section(table: pa.Table, dedup: str, groups_shown: int = 5, per_group: int = 8) -> str:
     """The largest near-duplicate groups of `curate dedup`, one thumbnail row each."""
-    from pipelines.dedup import DUP_DISTANCE, DUP_GROUP, GROUP_SIZE, read_groups
+    from datatools.dedup import DUP_DISTANCE, DUP_GROUP, GROUP_SIZE, read_groups
 
     g = read_groups(dedup)
     rows = {r[schema.CLIP_ID]: r for r in table.select([schema.CLIP_ID, schema.CLIP_URI, schema.START_FRAME, schema.END_FRAME,
@@ -94,7 +93,7 @@ def build_report(out: str, rules_path: str | None = None, dedup: str | None = No
     import matplotlib.pyplot as plt
 
     from curate.shards import MANIFEST_FILE, QUARANTINE_FILE, read_shards
-    from pipelines.select import load_rules, select
+    from datatools.select import load_rules, select
 
     table = read_shards(out)
     manifest = json.loads((Path(out) / MANIFEST_FILE).read_text())
@@ -144,7 +143,7 @@ def build_report(out: str, rules_path: str | None = None, dedup: str | None = No
     thumbs: dict[str, str | None] = {}
     rows = table.to_pylist()
     parts.append("<h2>Scores</h2>")
-    for col in SCORE_COLUMNS:
+    for col in [f.name for f in schema.score_fields() if pa.types.is_floating(f.type)] + [schema.DURATION_S]:
         if col not in table.column_names or table.column(col).null_count == table.num_rows:
             continue
         vals = np.array([r[col] for r in rows if r[col] is not None], dtype=np.float64)

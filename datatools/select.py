@@ -26,9 +26,9 @@ from pydantic import Field, model_validator
 
 from curate import schema
 from curate.config import load_model
+from curate.dataset import SUBSET_FILE
 from curate.params import Strict
 
-SUBSET_FILE = "subset.parquet"
 FUNNEL_FILE = "funnel.json"
 CAPTION = "caption"  # the training caption chosen per clip (select adds it)
 CAPTION_SOURCE = "caption_source"
@@ -253,7 +253,7 @@ def dedup_mask(table: pa.Table, keep: np.ndarray, rule: DedupRule) -> tuple[np.n
     """True for the clips that stay: every clip outside a group, and per group the kept member
     (`rule.keep`) among those the filters kept; clips the dedup output does not know stay (and
     are counted, so a stale dedup output shows)."""
-    from pipelines.dedup import DUP_GROUP, DedupError, read_groups
+    from datatools.dedup import DUP_GROUP, DedupError, read_groups
 
     try:
         groups = read_groups(rule.groups)
@@ -298,20 +298,13 @@ def rules_from_flags(rules: Rules, where: list[str], drop_bottom: list[str], dro
 
 
 def run_select(source: str, out: str | Path, rules: Rules) -> dict:
-    from curate.shards import read_shards
+    from curate.dataset import OUT, PARQUET, DatasetError, read_rows
+    from curate.storage import refuse_inside_output
 
-    from curate.shards import COMMITS, MANIFEST_FILE
-    from curate.storage import is_remote, refuse_inside_output
-
-    src = str(source)
-    if src.endswith(".parquet"):
-        if not is_remote(src) and not Path(src).is_file():
-            raise SelectError(f"-s {src}: no such parquet file")
-        table = pq.read_table(source)
-    else:
-        if not is_remote(src) and not (Path(src, MANIFEST_FILE).is_file() or Path(src, COMMITS).is_dir()):
-            raise SelectError(f"-s {src}: not a curate output (no {MANIFEST_FILE}); give an OUT of `curate run` or a .parquet")
-        table = read_shards(src)
+    try:
+        table = read_rows(str(source), "-s", kinds=(OUT, PARQUET))
+    except DatasetError as e:
+        raise SelectError(str(e)) from None
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SelectError(f"-o {out}: exists and is not a directory")

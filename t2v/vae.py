@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.t2v_config import TrainConfig
-from pipelines.t2v_data import ClipSet, batch_indices, is_heldout, load_rows
+from t2v.config import TrainConfig
+from t2v.data import ClipSet, batch_indices, is_heldout, load_rows
 
 
 def train_vae(cfg: TrainConfig, data: str | Path, out: str | Path, steps: int = 500, lr: float = 1e-3,

@@ -28,11 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.t2v_config import TrainConfig, load_train_config
-from pipelines.t2v_data import ClipSet, DataError, batch_indices, decode_clip, is_heldout, load_rows
-from pipelines.t2v_eval import evaluate, sample, sample_distances, write_samples
-from pipelines.t2v_model import FrozenText, build_text_encoder, build_unet, tokenize
-from pipelines.t2v_vae import train_vae
+from curate.models import resolve_device
+from t2v.config import TrainConfig, load_train_config
+from t2v.data import ClipSet, DataError, batch_indices, decode_clip, is_heldout, load_rows
+from t2v.eval import evaluate, sample, sample_distances, write_samples
+from t2v.model import FrozenText, build_text_encoder, build_unet, tokenize
+from t2v.vae import train_vae
 
 __all__ = ["DataError", "Trainer", "TrainConfig", "batch_indices", "decode_clip", "evaluate", "is_heldout",
            "load_rows", "load_train_config", "sample", "train", "train_vae"]  # the trainer's public face
@@ -44,7 +45,7 @@ class Trainer:
         from diffusers import DDIMScheduler, DDPMScheduler
 
         self.cfg, self.run_dir = cfg, run_dir
-        self.device = "cuda" if cfg.device == "auto" and torch.cuda.is_available() else ("cpu" if cfg.device == "auto" else cfg.device)
+        self.device = resolve_device(cfg.device)
         torch.manual_seed(cfg.seed)
         self.vae = None
         channels = 3

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipelines.t2v_config import TrainConfig
+from t2v.config import TrainConfig
 
 if TYPE_CHECKING:
-    from pipelines.train_t2v import Trainer
+    from t2v.train import Trainer
 
 
 def eval_noise(cfg: TrainConfig, clip_id: str, shape) -> "torch.Tensor":  # noqa: F821

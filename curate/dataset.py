@@ -1,0 +1,167 @@
+"""What is at this path, and its rows: the one opener every verb asks.
+
+curate writes five kinds of thing, each recognised by its own mark:
+- an OUT (`curate run`): `manifest.json` holding `curate_version`, `_curate` or `_commits/`;
+- a subset (`curate select`): `subset.parquet` (and `funnel.json`);
+- an export (`curate export`): `index.json` and its shards;
+- a training run (`curate train`): `config.json` and `ckpt.pt`;
+- a lone `.parquet` file (a subset or shard someone moved).
+`what_is` names the kind; `open_out` opens an OUT with its manifest (or says in one line why it
+cannot); `read_rows` reads the clip rows of any of them. Also the caption preference, and the
+reader of the export format (the writer is datatools/export.py; the trainer reads it).
+"""
+
+from __future__ import annotations
+
+import json
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from curate import schema
+from curate.shards import MANIFEST_FILE, MARKER_FILE
+from curate.storage import OutputStore, is_output_dir, is_remote
+
+OUT, SUBSET, EXPORT, TRAIN_RUN, PARQUET = "out", "subset", "export", "train_run", "parquet"
+SUBSET_FILE = "subset.parquet"
+INDEX_FILE = "index.json"
+CLIP_BYTES = "clip_bytes"
+TRAIN_CONFIG, TRAIN_CHECKPOINT = "config.json", "ckpt.pt"
+# the training caption where no `curate select` chose one: the merged caption, then the image
+# captioner's, then the video captioner's (also the CLIP scorer's default order)
+CAPTION_PREFERENCE = (schema.CAPTION_LLM, schema.CAPTION_COCA, schema.CAPTION_VBLIP)
+
+
+class DatasetError(ValueError):
+    """A path that is not the kind of curate data a verb needs (one line for the CLI)."""
+
+
+@dataclass(frozen=True)
+class Found:
+    kind: str | None  # one of the kinds above; None: nothing curate wrote (or nothing at all)
+    path: str
+    exists: bool = True
+
+
+def what_is(path: str | Path) -> Found:
+    """The kind of curate data at `path` (an OUT on object storage too)."""
+    path = str(path)
+    if is_remote(path):
+        store = OutputStore(path, create=False)
+        if store.exists(MANIFEST_FILE) or store.exists(MARKER_FILE):
+            return Found(OUT, path)
+        return Found(PARQUET if path.endswith(".parquet") else None, path)
+    p = Path(path)
+    if not p.exists():
+        return Found(None, path, exists=False)
+    if p.is_file():
+        return Found(PARQUET if p.suffix == ".parquet" else None, path)
+    if (p / SUBSET_FILE).is_file():
+        return Found(SUBSET, path)
+    if (p / INDEX_FILE).is_file():
+        return Found(EXPORT, path)
+    if (p / TRAIN_CONFIG).is_file() and (p / TRAIN_CHECKPOINT).is_file():
+        return Found(TRAIN_RUN, path)
+    if is_output_dir(str(p)):
+        return Found(OUT, path)
+    return Found(None, path)
+
+
+def open_out(path: str, flag: str = "") -> tuple[OutputStore, dict]:
+    """(OUT's store, its manifest) for a finished curate output, or DatasetError saying why not."""
+    name = f"{flag} {path}".strip()
+    store = OutputStore(path, create=False)
+    if not store.exists(MANIFEST_FILE):
+        raise DatasetError(f"{name} has no {MANIFEST_FILE}: not a curate output, or no run has finished on it")
+    try:
+        manifest = json.loads(store.read_bytes(MANIFEST_FILE))
+        assert isinstance(manifest, dict) and "curate_version" in manifest and "counts" in manifest
+        assert isinstance(manifest.get("config"), dict)
+    except (ValueError, AssertionError, OSError):
+        raise DatasetError(f"{name}/{MANIFEST_FILE} is not a curate manifest: not a curate output") from None
+    return store, manifest
+
+
+def read_rows(path: str | Path, flag: str = "", kinds: tuple[str, ...] = (OUT, SUBSET, EXPORT, PARQUET)) -> pa.Table:
+    """The clip rows at `path` (committed rows of an OUT; an export without its clip bytes: each
+    row's `member` says where they are, see read_member), or DatasetError naming `flag`."""
+    found = what_is(path)
+    name = f"{flag} {path}".strip()
+    if not found.exists:
+        raise DatasetError(f"{name}: no such file or directory")
+    if found.kind not in kinds:
+        wanted = {OUT: "a curate output", SUBSET: "a `curate select` subset", EXPORT: "an export", PARQUET: "a .parquet"}
+        raise DatasetError(f"{name}: not {', '.join(wanted[k] for k in kinds if k in wanted)}")
+    if found.kind == OUT:
+        from curate.shards import read_shards
+
+        return read_shards(str(path))
+    if found.kind == EXPORT:
+        return pa.Table.from_pylist(list(index_samples(path)))
+    file = Path(path, SUBSET_FILE) if found.kind == SUBSET else path
+    return pq.read_table(file)
+
+
+def best_caption(row: dict) -> str | None:
+    """The caption `select` chose, else the first present in CAPTION_PREFERENCE."""
+    if row.get("caption") is not None:
+        return row["caption"]
+    return next((row[c] for c in CAPTION_PREFERENCE if row.get(c)), None)
+
+
+# --- the export format, read back ----------------------------------------------------------------
+def index_samples(directory: str | Path) -> Iterator[dict]:
+    """Metadata of every sample of an export, without its clip bytes: each record's `member`
+    says where the bytes are (tar offset and size, or parquet shard and row), for read_member.
+    A loader can hold millions of these; the bytes are read one clip at a time."""
+    directory = Path(directory)
+    index = json.loads((directory / INDEX_FILE).read_text())
+    for shard in index["shards"]:
+        p = directory / shard["file"]
+        if index["format"] == "parquet":
+            pf = pq.ParquetFile(p)
+            cols = [c for c in pf.schema_arrow.names if c != CLIP_BYTES]
+            for i, rec in enumerate(pf.read(columns=cols).to_pylist()):
+                rec["member"] = {"parquet": str(p), "row": i} if index["embedded"] else None
+                yield rec
+        else:
+            with tarfile.open(p) as tar:
+                members: dict[str, dict[str, tarfile.TarInfo]] = {}
+                for m in tar.getmembers():
+                    key, ext = m.name.rsplit(".", 1)
+                    members.setdefault(key, {})[ext] = m
+                for key, parts in members.items():
+                    rec = json.loads(tar.extractfile(parts["json"]).read())
+                    rec["caption"] = tar.extractfile(parts["txt"]).read().decode() or None
+                    mp4 = parts.get("mp4")
+                    rec["member"] = {"tar": str(p), "offset": mp4.offset_data, "size": mp4.size} if mp4 else None
+                    yield rec
+
+
+_parquet_shard: dict[str, list] = {}
+
+
+def read_member(member: dict) -> bytes:
+    """The clip bytes a record of index_samples points at."""
+    if "tar" in member:
+        with open(member["tar"], "rb") as fh:
+            fh.seek(member["offset"])
+            return fh.read(member["size"])
+    path = member["parquet"]
+    if path not in _parquet_shard:  # keep one shard's clip column: sequential readers hit it
+        _parquet_shard.clear()
+        _parquet_shard[path] = pq.read_table(path, columns=[CLIP_BYTES]).column(CLIP_BYTES).to_pylist()
+    return _parquet_shard[path][member["row"]]
+
+
+def iter_samples(directory: str | Path) -> Iterator[dict]:
+    """Read an export back: dicts with the metadata, `caption` and `clip_bytes` (when embedded)."""
+    for rec in index_samples(directory):
+        member = rec.pop("member")
+        if member is not None:
+            rec[CLIP_BYTES] = read_member(member)
+        yield rec

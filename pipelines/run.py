@@ -1,0 +1,145 @@
+"""`curate run`: inputs -> the curation graph (pipelines.graph) -> OUT, one transaction.
+
+The driver consumes the stream and commits whole inputs (curate.shards), which is what makes a
+killed run resumable without duplicates.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import pyarrow as pa
+
+from curate import __version__, schema
+from curate.config import PipelineConfig, config_differences
+from curate.lease import lease_for
+from curate.models import preflight
+from curate.per_video import VideoStage
+from curate.shards import MANIFEST_FILE, MARKER_FILE, Committer, ConfigMismatch, OutNotOurs, VideoRecord, ownership_problem
+from curate.storage import OutputStore, check_out_path, duplicates_by_content
+from pipelines.graph import StageSpec, enabled_scorers, execute, model_stages, regroup, scorer_specs
+
+@dataclass
+class RunResult:
+    out: str
+    manifest: dict
+    skipped: int  # inputs already done by an earlier run
+    processed: int  # inputs finished by this run
+
+
+def build_stages(cfg: PipelineConfig, out: str, skip: set[str] = frozenset()) -> list[StageSpec]:
+    """The per-video stage, then the sample step and the scorers: the extraction decode hands the
+    scorers their frames where it decodes (mode exact); the sample step decodes only the clips it
+    did not sample (copy, smart)."""
+    scorers = scorer_specs(cfg, skip=skip) if cfg.clips.extract else []
+    plans = tuple(scorers[0].args[1]) if scorers else ()
+    video = StageSpec(VideoStage, (cfg.probe, cfg.cuts, cfg.clips, out, cfg.input_timeout_s, cfg.watchdog, plans))
+    return [video, *scorers]
+
+
+def run(
+    cfg: PipelineConfig,
+    inputs: list[str],
+    out: str,
+    *,
+    on_progress: Callable[[int, int], None] | None = None,
+    force: bool = False,
+) -> RunResult:
+    """Curate `inputs` (already resolved URIs) into OUT, resuming whatever OUT already holds."""
+    t_start = time.time()
+    check_out_path(out)
+    store = OutputStore(out, create=False)
+    problem = ownership_problem(store)
+    if problem and not (force and problem[1]):
+        raise OutNotOurs(problem[0] + ("" if not problem[1] else "; pass --force to write into it anyway "
+                                       "(curate then deletes only files it named itself)"))  # fmt: skip
+    store = OutputStore(out)
+    lease = lease_for(store)
+    lease.acquire()  # before anything in OUT is touched; a second run fails here, naming this one
+    try:
+        if not store.exists(MARKER_FILE):
+            store.write_bytes(json.dumps({"curate_version": __version__, "created": t_start}).encode(), MARKER_FILE)
+        return _run_locked(cfg, inputs, store, lease, t_start, on_progress)
+    finally:
+        lease.release()
+
+
+def what_differs(store: OutputStore, cfg: PipelineConfig) -> str:
+    """The keys that part this config from the one OUT's manifest.json records, for a refused
+    resume (a hash alone says only that something differs)."""
+    try:
+        old = json.loads(store.read_bytes(MANIFEST_FILE))["config"]
+    except Exception:  # noqa: BLE001 - no manifest yet (a first run killed early), or not readable
+        return ""
+    diffs = config_differences(old, cfg.model_dump(mode="json"))
+    return f". What differs from OUT's manifest.json: {'; '.join(diffs)}" if diffs else ""
+
+
+def _run_locked(cfg: PipelineConfig, inputs: list[str], store: OutputStore, lease, t_start: float,
+                on_progress: Callable[[int, int], None] | None) -> RunResult:
+    committer = Committer(store, cfg.hash(), cfg.shards.max_rows, cfg.shards.compression,
+                          every_s=cfg.shards.commit_every_s, every_videos=cfg.shards.commit_every_videos,
+                          lease=lease)  # fmt: skip
+    try:
+        done = committer.recover(check_clips=cfg.clips.extract)
+    except ConfigMismatch as e:
+        raise ConfigMismatch(f"{e}{what_differs(store, cfg)}") from None
+    todo = [u for u in inputs if u not in done]
+    skipped = len(inputs) - len(todo)
+    # byte-identical copies are known from a stat and a fingerprint: quarantined before any work
+    dups = duplicates_by_content(todo, committer.done_video_ids, committer.done_sizes)
+    for uri, (vid, first) in dups.items():
+        committer.add_video(VideoRecord(source_uri=uri, video_id=vid, clips=0, quarantine={
+            "reason": schema.Q_DUPLICATE, "detail": f"same content as {first}"}), None)
+    todo = [u for u in todo if u not in dups]
+    # Missing weights: fail now (before any work), or skip optional stages loudly.
+    skip_stages, skip_reasons = preflight(model_stages(cfg))
+    if cfg.cuts.detector != "classical":
+        from curate.transnet import check_available
+
+        check_available()
+    stages = build_stages(cfg, store.uri, skip_stages)
+    finished = len(dups)
+    if on_progress:
+        on_progress(finished, finished + len(todo))
+    if todo:
+        units = [pa.table({schema.SOURCE_URI: pa.array([u], pa.string())}) for u in todo]
+        for uri, rows in regroup(execute(cfg, units, stages), schema.SOURCE_URI, _rows_of_input):
+            record, rows = _finished_input(rows)
+            committer.add_video(record, rows if record.clips else None)
+            finished += 1
+            if on_progress:
+                on_progress(finished, len(dups) + len(todo))
+        committer.flush()
+    committer.flush()  # the duplicates found before any work, when nothing else was to do
+    committer.compact()
+    committer.sweep_orphans()  # clips of inputs that were quarantined, failed or killed before a commit
+    committer.write_quarantine()
+    run_info = {
+        "started": t_start, "wall_s": round(time.time() - t_start, 3), "inputs_given": len(inputs),
+        "skipped_done": skipped, "processed": finished, "executor": cfg.executor,
+    }  # fmt: skip
+    run_info["skipped_stages"] = skip_reasons
+    analysis = {cls.name: params.model_dump(mode="json") for cls, params in enabled_scorers(cfg, skip_stages)}
+    manifest = committer.write_manifest(cfg.model_dump(mode="json"), run_info,
+                                        {"scorers": analysis, "skipped_stages": skip_reasons})  # fmt: skip
+    return RunResult(out=store.uri, manifest=manifest, skipped=skipped, processed=finished)
+
+
+def _rows_of_input(uri: str, first: pa.Table) -> int:
+    """How many rows make an input whole: its clips, or its one marker row."""
+    return max(1, VideoRecord.from_json(first.column(schema.VIDEO_META)[0].as_py()).clips)
+
+
+def _finished_input(rows: pa.Table) -> tuple[VideoRecord, pa.Table]:
+    """An input's summary (with the seconds each stage charged its rows) and its shard rows."""
+    record = VideoRecord.from_json(rows.column(schema.VIDEO_META)[0].as_py())
+    if schema.SECONDS in rows.column_names:
+        for d in rows.column(schema.SECONDS).to_pylist():
+            for k, v in json.loads(d or "{}").items():
+                record.stage_seconds[k] = record.stage_seconds.get(k, 0.0) + v
+    drop = [c for c in (schema.SECONDS, schema.VIDEO_META) if c in rows.column_names]
+    return record, rows.drop_columns(drop)
