@@ -22,16 +22,25 @@ import tempfile
 import time
 from bisect import bisect_right
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from curate import schema
 from curate.config import ClipsParams
 from curate.storage import is_transient  # a full disk, a network fault: the next run retries
 from curate.video import VideoInfo, ffmpeg_exe, ffmpeg_run
 
+if TYPE_CHECKING:  # the record per_video.py runs these steps over (it imports this module)
+    from curate.per_video import InputRecord
+
 
 class ExtractError(Exception):
     pass
+
+
+class ExtractTimeout(ExtractError):
+    """ffmpeg outlived the input's time budget: the input is a `timeout`, not a failed clip."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +115,7 @@ def _run(cmd: list[str], timeout: float | None) -> None:
     try:
         proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        raise ExtractError(f"ffmpeg timed out after {timeout:.0f}s") from None
+        raise ExtractTimeout(f"ffmpeg timed out after {timeout:.0f}s") from None
     if proc.returncode != 0:
         msg = proc.stderr.decode("utf-8", "replace").strip().splitlines()
         raise ExtractError(f"ffmpeg exited {proc.returncode}: {' | '.join(msg[-3:])}")
@@ -314,7 +323,7 @@ def extract_video(src: str, info: VideoInfo, spans: list[ClipSpan], params: Clip
         group_plans = (plans or []) if carried < SAMPLE_BUDGET_BYTES else []
         try:
             if left is not None and left <= 0:
-                raise ExtractError("ffmpeg timed out: time budget spent")
+                raise ExtractTimeout("ffmpeg timed out: time budget spent")
             _extract_group(src, info, [spans[i] for i in members], [results[i] for i in members], geo, params,
                            os.path.join(workdir, f"g{gi:05d}"), group_plans, left)  # fmt: skip
             carried += sum(len(results[i].sample or b"") for i in members)
@@ -382,7 +391,7 @@ def _extract_group(src: str, info: VideoInfo, spans: list[ClipSpan], results: li
         rc = proc.wait()
         if rc != 0:
             if expired.is_set():
-                raise ExtractError(f"ffmpeg timed out after {timeout:.0f}s")
+                raise ExtractTimeout(f"ffmpeg timed out after {timeout:.0f}s")
             err.seek(0)
             msg = err.read().decode("utf-8", "replace").strip().splitlines()
             raise ExtractError(f"ffmpeg exited {rc}: {' | '.join(msg[-3:])}")
@@ -423,15 +432,12 @@ def _frames_in(path: str) -> int:
 # --- step 3 of an input (curate.per_video): clip rows and files ---------------------------------
 
 
-from curate import schema  # noqa: E402
-
-
 def clip_id(video_id: str, start: int, end: int) -> str:
     """Deterministic: the same source content and frame range always give the same id."""
     return f"{video_id}-{start:07d}-{end:07d}"
 
 
-def make_clips(rec, params: ClipsParams, store, plans: list | None = None) -> list[dict]:
+def make_clips(rec: InputRecord, params: ClipsParams, store, plans: list | None = None) -> list[dict]:
     """Step 3 of an input (curate.per_video): plan the clips, write their files, return their rows
     (with the scorers' frames for `plans`, when the extraction decoded them).
     A clip whose file cannot be written is not a row (counted in `rec.failed_clips`); a transient
@@ -447,7 +453,7 @@ def make_clips(rec, params: ClipsParams, store, plans: list | None = None) -> li
     return []
 
 
-def _clips(rec, params: ClipsParams, store, plans: list) -> list[dict]:
+def _clips(rec: InputRecord, params: ClipsParams, store, plans: list) -> list[dict]:
     info, n_frames, uri = rec.info, rec.n_frames, rec.uri
     spans, rec.short_scenes_dropped, rec.held_frames_dropped = plan_clips(info, rec.cuts, n_frames, params)
     rec.scenes = len(rec.cuts) + 1
@@ -493,15 +499,15 @@ def _clips(rec, params: ClipsParams, store, plans: list) -> list[dict]:
     return kept
 
 
-def _failed(rec, cid: str, e: Exception) -> None:
-    if "timed out" in str(e):
+def _failed(rec: InputRecord, cid: str, e: Exception) -> None:
+    if isinstance(e, ExtractTimeout):
         raise _Timeout(str(e)) from None
     if is_transient(e):  # the whole input again on the next run, not a hole in it now
         raise _Transient(f"{cid}: {e}") from None
     rec.failed_clips.append(f"{cid}: {e}"[:500])  # no file, so not a clip: counted, not a row
 
 
-def _one_pass(rec, spans: list[ClipSpan], rows: list[dict], params: ClipsParams, store, plans: list) -> list[dict]:
+def _one_pass(rec: InputRecord, spans: list[ClipSpan], rows: list[dict], params: ClipsParams, store, plans: list) -> list[dict]:
     """All clips of the input from one decode (extract_video), moved into OUT under their names."""
     vid = rec.video_id
     if store.local:  # beside the clips, so each is a rename; a killed run's leftovers are swept

@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
 from curate.params import Strict
+from curate.sample import SampleParams
 
 
 class ConfigError(ValueError):
@@ -150,9 +151,6 @@ class RayParams(Strict):
     address: str | None = None
     num_cpus: int | None = Field(None, ge=1, description="local Ray only")
     video_concurrency: int | None = Field(None, ge=1, description="parallel inputs; default = CPUs")
-
-
-from curate.sample import SampleParams  # noqa: E402
 
 
 def scorers_model() -> type[BaseModel]:

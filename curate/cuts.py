@@ -15,10 +15,12 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
+from curate import schema
 from curate.config import (
     AdaptiveDetectorParams,
     ContentDetectorParams,
@@ -26,7 +28,10 @@ from curate.config import (
     DetectorParams,
     ThresholdDetectorParams,
 )
-from curate.video import VideoInfo, iter_frames, scaled_size
+from curate.video import DecodeTimeout, VideoInfo, iter_frames, scaled_size
+
+if TYPE_CHECKING:  # the record per_video.py runs these steps over (it imports this module)
+    from curate.per_video import InputRecord
 
 
 @dataclass
@@ -442,11 +447,7 @@ def _union(candidates: list[tuple[int, int, float]], tol: int, min_len: int, n_f
 # --- step 2 of an input (curate.per_video): cuts into the record ----------------------------------
 
 
-from curate import schema  # noqa: E402
-from curate.video import DecodeTimeout  # noqa: E402
-
-
-def find_cuts(rec, params: CutsParams, min_frames: int = 1) -> None:
+def find_cuts(rec: InputRecord, params: CutsParams, min_frames: int = 1) -> None:
     """Step 2 of an input (curate.per_video): the cut list and the true decoded frame count."""
     left = rec.remaining_s()
     try:

@@ -91,11 +91,12 @@ def read_rows(path: str | Path, flag: str = "", kinds: tuple[str, ...] = (OUT, S
     row's `member` says where they are, see read_member), or DatasetError naming `flag`."""
     found = what_is(path)
     name = f"{flag} {path}".strip()
+    names = {OUT: "a curate output", SUBSET: "a `curate select` subset", EXPORT: "an export", PARQUET: "a .parquet"}
+    wanted = " or ".join(names[k] for k in kinds)
     if not found.exists:
-        raise DatasetError(f"{name}: no such file or directory")
+        raise DatasetError(f"{name}: no such file or directory, so not {wanted}")
     if found.kind not in kinds:
-        wanted = {OUT: "a curate output", SUBSET: "a `curate select` subset", EXPORT: "an export", PARQUET: "a .parquet"}
-        raise DatasetError(f"{name}: not {', '.join(wanted[k] for k in kinds if k in wanted)}")
+        raise DatasetError(f"{name}: not {wanted}")
     if found.kind == OUT:
         from curate.shards import read_shards
 

@@ -1,17 +1,14 @@
 """The base of every config model: unknown keys are errors (imported by config and scorers)."""
 
-from pydantic import BaseModel, ConfigDict
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Strict(BaseModel):
     # allow_inf_nan=False: `.inf`/`.nan` in YAML or --set is refused here, not written into
     # manifest.json as `Infinity` (not JSON)
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=(), allow_inf_nan=False)
-
-
-from typing import Literal  # noqa: E402
-
-from pydantic import Field  # noqa: E402
 
 
 class ModelParams(Strict):

@@ -144,7 +144,7 @@ QUARANTINE_REASONS = (
 # either a clip, or (clip_id null) a marker for a video that produced no clips, so the committer
 # always learns that a video is finished, whatever happened to it.
 VIDEO_META = "_video"  # JSON: per-video facts the committer needs (curate.shards.VideoRecord.to_json)
-SECONDS = "_seconds"  # JSON {stage: seconds} charged to this row (pipelines.graph.timed)
+SECONDS = "_seconds"  # `_seconds.<stage>`: the seconds a stage charged to this row (pipelines.graph.timed)
 SAMPLES = "_samples"  # npz bytes: the frames each scorer asked for, decoded once (curate.sample)
 INTERNAL_PREFIX = "_"
 

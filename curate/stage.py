@@ -39,7 +39,7 @@ class StageBase:
     actor, per task, or once locally) and then only `__call__`: a stage never calls its own
     setup. The hooks below have defaults, so the wiring never asks `hasattr`."""
 
-    resources: ClassVar[Resources] = Resources()
+    resources: ClassVar[Resources] = Resources()  # a model stage's come from its params (resources_for)
     # a scorer's own columns, typed: they join the shard schema where the scorer is registered
     output_fields: ClassVar[tuple[pa.Field, ...]] = ()
     # the columns it writes (its fields' names unless it writes clip fields, as the core stages do)

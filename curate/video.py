@@ -16,11 +16,16 @@ import tempfile
 import threading
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import IO, Iterator
+from typing import IO, TYPE_CHECKING, Iterator
 
 import numpy as np
 
 from curate import schema
+from curate.config import ProbeParams
+from curate.faults import hang
+
+if TYPE_CHECKING:  # the record per_video.py runs these steps over (it imports this module)
+    from curate.per_video import InputRecord
 
 
 class ProbeError(Exception):
@@ -281,11 +286,8 @@ def iter_frames(
 
 # --- step 1 of an input (curate.per_video): probe into the record ---------------------------------
 
-from curate.config import ProbeParams  # noqa: E402
-from curate.faults import hang  # noqa: E402
 
-
-def probe_input(rec, params: ProbeParams) -> None:
+def probe_input(rec: InputRecord, params: ProbeParams) -> None:
     """Step 1 of an input (curate.per_video): a local copy, its identity (content fingerprint),
     geometry, timing and keyframes into the record, or a quarantine reason."""
     from curate.storage import fingerprint, localize

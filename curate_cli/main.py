@@ -18,10 +18,11 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+import curate
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Curate video corpora into training data.")
 console = Console(stderr=True)
 
-import curate  # noqa: E402
 
 PACKAGE = Path(curate.__file__).resolve().parent
 REPO_CONFIGS = PACKAGE / "configs"  # the recipes ship inside the package

@@ -9,7 +9,6 @@ input, a committed part) once all its rows came through, which is what the calle
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -55,24 +54,18 @@ class StageSpec:
 
 
 def timed(stage, batch: pa.Table) -> pa.Table:
-    """Call a stage and charge its seconds to the batch's rows (evenly), in the internal
-    `_seconds` column; the driver sums them per input into the manifest's stage_seconds. The
-    per-video stage times its own steps (probe, cuts, clips) inside the video record."""
+    """Call a stage and charge its seconds to the batch's rows (evenly), in an internal column of
+    its own (`_seconds.<stage>`); the driver sums them per input into the manifest's
+    stage_seconds. The per-video stage times its own steps (probe, cuts, clips) in its record."""
     t0 = time.perf_counter()
     out = stage(batch)
     if stage.name == VideoStage.name or out.num_rows == 0:
         return out
-    share = (time.perf_counter() - t0) / out.num_rows
-    old = out.column(schema.SECONDS).to_pylist() if schema.SECONDS in out.column_names else [None] * out.num_rows
-    new = []
-    for o in old:
-        d = json.loads(o) if o else {}
-        d[stage.name] = d.get(stage.name, 0.0) + share
-        new.append(json.dumps(d))
-    col = pa.array(new, pa.string())
-    if schema.SECONDS in out.column_names:
-        return out.set_column(out.column_names.index(schema.SECONDS), schema.SECONDS, col)
-    return out.append_column(schema.SECONDS, col)
+    name = f"{schema.SECONDS}.{stage.name}"
+    col = pa.array([(time.perf_counter() - t0) / out.num_rows] * out.num_rows, pa.float64())
+    if name in out.column_names:  # (a stage runs once per row: only a retried batch gets here)
+        return out.set_column(out.column_names.index(name), name, col)
+    return out.append_column(name, col)
 
 
 class CrashLedger:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curate import __version__, schema
 from curate.config import PipelineConfig, config_differences
@@ -137,9 +138,8 @@ def _rows_of_input(uri: str, first: pa.Table) -> int:
 def _finished_input(rows: pa.Table) -> tuple[VideoRecord, pa.Table]:
     """An input's summary (with the seconds each stage charged its rows) and its shard rows."""
     record = VideoRecord.from_json(rows.column(schema.VIDEO_META)[0].as_py())
-    if schema.SECONDS in rows.column_names:
-        for d in rows.column(schema.SECONDS).to_pylist():
-            for k, v in json.loads(d or "{}").items():
-                record.stage_seconds[k] = record.stage_seconds.get(k, 0.0) + v
-    drop = [c for c in (schema.SECONDS, schema.VIDEO_META) if c in rows.column_names]
-    return record, rows.drop_columns(drop)
+    timings = [c for c in rows.column_names if c.startswith(schema.SECONDS + ".")]
+    for c in timings:
+        stage = c.split(".", 1)[1]
+        record.stage_seconds[stage] = record.stage_seconds.get(stage, 0.0) + (pc.sum(rows.column(c)).as_py() or 0.0)
+    return record, rows.drop_columns([*timings, schema.VIDEO_META])

@@ -16,7 +16,7 @@ from curate import schema
 from curate.models import ModelRef
 from curate.params import ModelParams
 from curate.sample import SamplePlan
-from curate.stage import Resources, StageBase
+from curate.stage import StageBase
 
 
 class CocaParams(ModelParams):
@@ -39,7 +39,6 @@ class CocaCaptioner(StageBase):
     name: ClassVar[str] = "caption_coca"
     order: ClassVar[int] = 40
     Params: ClassVar[type] = CocaParams
-    resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=8, actors=1)
     output_fields: ClassVar[tuple[pa.Field, ...]] = (pa.field(schema.CAPTION_COCA, pa.string()),)
 
     def __init__(self, params: CocaParams):

@@ -14,7 +14,7 @@ from pydantic import Field
 from curate import schema
 from curate.models import ModelRef
 from curate.params import ModelParams
-from curate.stage import Resources, StageBase
+from curate.stage import StageBase
 
 DEFAULT_PROMPT = (
     "Two captions describe the same short video clip.\n"
@@ -36,7 +36,6 @@ class LlmCaptioner(StageBase):
     name: ClassVar[str] = "caption_llm"
     order: ClassVar[int] = 60  # after both captioners: it merges them
     Params: ClassVar[type] = LlmParams
-    resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=8, actors=1)
     output_fields: ClassVar[tuple[pa.Field, ...]] = (pa.field(schema.CAPTION_LLM, pa.string()),)
 
     def __init__(self, params: LlmParams):

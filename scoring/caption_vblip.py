@@ -18,7 +18,7 @@ from curate import schema
 from curate.models import ModelRef
 from curate.params import ModelParams
 from curate.sample import SamplePlan
-from curate.stage import Resources, StageBase
+from curate.stage import StageBase
 
 
 class VblipParams(ModelParams):
@@ -33,7 +33,6 @@ class VblipCaptioner(StageBase):
     name: ClassVar[str] = "caption_vblip"
     order: ClassVar[int] = 50
     Params: ClassVar[type] = VblipParams
-    resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=4, actors=1)
     output_fields: ClassVar[tuple[pa.Field, ...]] = (pa.field(schema.CAPTION_VBLIP, pa.string()),)
 
     def __init__(self, params: VblipParams):

@@ -20,7 +20,7 @@ from curate.dataset import CAPTION_PREFERENCE
 from curate.models import ModelRef
 from curate.params import ModelParams
 from curate.sample import SamplePlan, frames_for
-from curate.stage import Resources, StageBase
+from curate.stage import StageBase
 
 
 class ClipParams(ModelParams):
@@ -70,7 +70,6 @@ class ClipScorer(StageBase):
     name: ClassVar[str] = "clip"
     order: ClassVar[int] = 90  # last: it scores the captions
     Params: ClassVar[type] = ClipParams
-    resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=16, actors=1)
     output_fields: ClassVar[tuple[pa.Field, ...]] = (
         pa.field(schema.CLIP_SIM, pa.float32()),
         pa.field(schema.CLIP_EMBEDDING, pa.list_(pa.float16())),

@@ -1,9 +1,9 @@
 """A minimal ModelScope-style text-to-video trainer, to compare curated subsets by training.
 
 Read top to bottom: the Trainer (one step, checkpoints), then `train()` (the loop) and `main()`.
-nanoGPT-shaped, with its parts beside it: t2v_config (the typed config), t2v_data (rows, decoding,
-batches), t2v_model (text encoder, UNet3D), t2v_eval (evaluation and samples), t2v_vae (latent
-mode's VAE). A tiny preset runs on a laptop CPU (the `train/tiny` recipe).
+nanoGPT-shaped, with its parts beside it in t2v/: config (the typed config), data (rows, decoding,
+batches), model (the T2VModel: networks, encode, loss, sample), eval (evaluation and samples), vae
+(latent mode's VAE). A tiny preset runs on a laptop CPU (the `train/tiny` recipe).
 
 - Model: diffusers' UNet3DConditionModel, the ModelScope architecture (SD's 2D blocks inflated
   with temporal convolutions and temporal attention; any frame count, F=1 trains on images).
@@ -31,37 +31,26 @@ import numpy as np
 from curate.models import resolve_device
 from t2v.config import TrainConfig, load_train_config
 from t2v.data import ClipSet, DataError, batch_indices, decode_clip, is_heldout, load_rows
-from t2v.eval import evaluate, sample, sample_distances, write_samples
-from t2v.model import FrozenText, build_text_encoder, build_unet, tokenize
+from t2v.eval import evaluate, sample_distances, write_samples
+from t2v.model import T2VModel
 from t2v.vae import train_vae
 
-__all__ = ["DataError", "Trainer", "TrainConfig", "batch_indices", "decode_clip", "evaluate", "is_heldout",
-           "load_rows", "load_train_config", "sample", "train", "train_vae"]  # the trainer's public face
+__all__ = ["DataError", "T2VModel", "Trainer", "TrainConfig", "batch_indices", "decode_clip", "evaluate", "is_heldout",
+           "load_rows", "load_train_config", "train", "train_vae"]  # the trainer's public face
 
 
 class Trainer:
+    """The optimisation around a T2VModel (t2v/model.py): its EMA, optimiser, schedule, data and
+    checkpoints."""
+
     def __init__(self, cfg: TrainConfig, rows: list[dict], run_dir: Path):
         import torch
-        from diffusers import DDIMScheduler, DDPMScheduler
 
         self.cfg, self.run_dir = cfg, run_dir
         self.device = resolve_device(cfg.device)
-        torch.manual_seed(cfg.seed)
-        self.vae = None
-        channels = 3
-        if cfg.model.mode == "latent":
-            from diffusers import AutoencoderKL
-
-            if not cfg.model.vae or not Path(cfg.model.vae).is_dir():
-                raise FileNotFoundError(f"model.mode=latent needs model.vae: a diffusers AutoencoderKL directory (got {cfg.model.vae!r})")
-            self.vae = AutoencoderKL.from_pretrained(cfg.model.vae).to(self.device).eval().requires_grad_(False)
-            channels = self.vae.config.latent_channels
-        self.frozen_text = FrozenText(cfg.text, self.device) if cfg.text.encoder != "scratch" else None
-        width = self.frozen_text.width if self.frozen_text else cfg.text.width
-        self.unet = build_unet(cfg, channels, width).to(self.device)
-        self.text = build_text_encoder(cfg.text).to(self.device) if not self.frozen_text else torch.nn.Identity()
-        self.ema = copy.deepcopy(torch.nn.ModuleDict({"unet": self.unet, "text": self.text})).requires_grad_(False)
-        params = list(self.unet.parameters()) + list(self.text.parameters())
+        self.model = m = T2VModel(cfg, self.device)
+        self.ema = copy.deepcopy(torch.nn.ModuleDict({"unet": m.unet, "text": m.text})).requires_grad_(False)
+        params = list(m.unet.parameters()) + list(m.text.parameters())
         # one fused kernel for the whole update on a GPU instead of a few per parameter tensor
         self.opt = torch.optim.AdamW(params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                                      fused=self.device == "cuda")  # fmt: skip
@@ -69,9 +58,6 @@ class Trainer:
         warm = lambda s: min(1.0, (s + 1) / max(1, o.warmup_steps))  # noqa: E731
         cos = lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, max(0, s - o.warmup_steps) / max(1, o.max_steps - o.warmup_steps))))  # noqa: E731
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: warm(s) * (0.1 + 0.9 * cos(s)))
-        d = cfg.diffusion
-        self.noise_sched = DDPMScheduler(num_train_timesteps=d.timesteps, beta_schedule=d.beta_schedule, prediction_type=d.prediction)
-        self.ddim = DDIMScheduler(num_train_timesteps=d.timesteps, beta_schedule=d.beta_schedule, prediction_type=d.prediction)
         self.train_rows = [r for r in rows if not is_heldout(r["clip_id"], cfg.data.holdout_frac)]
         self.eval_rows = [r for r in rows if is_heldout(r["clip_id"], cfg.data.holdout_frac)][: cfg.eval.max_clips]
         if not self.train_rows:
@@ -80,22 +66,13 @@ class Trainer:
         self._latents: dict[int, "torch.Tensor"] = {}  # latent mode: each clip encoded once
         self.eval_cache: dict[str, np.ndarray] = {}
         self.step = 0
-        self.forward = torch.compile(self.unet) if cfg.compile else self.unet
+        self.forward = torch.compile(m.unet) if cfg.compile else m.unet
+
+    def ema_model(self) -> T2VModel:
+        """The model with the EMA weights: what evaluation and sampling use."""
+        return self.model.with_weights(self.ema["unet"].eval(), self.ema["text"].eval())
 
     # -- one step -------------------------------------------------------------------------------
-    def encode(self, x):
-        """(B, F, 3, H, W) in [-1, 1] -> the diffusion space (B, C, F, h, w)."""
-        x = x.permute(0, 2, 1, 3, 4)
-        if self.vae is None:
-            return x
-        import torch
-
-        b, c, f, h, w = x.shape
-        with torch.no_grad():
-            lat = self.vae.encode(x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)).latent_dist.mode()
-        lat = lat * self.vae.config.scaling_factor
-        return lat.reshape(b, f, *lat.shape[1:]).permute(0, 2, 1, 3, 4)
-
     def decoded(self, row: dict) -> np.ndarray:
         """A held-out / reference clip, decoded once per run (evals and sample statistics reuse it)."""
         if row["clip_id"] not in self.eval_cache:
@@ -108,27 +85,10 @@ class Trainer:
 
         if i in self._latents:
             return self._latents[i]
-        z = self.encode(torch.from_numpy(self.train_set[i])[None].to(self.device))
-        if self.vae is not None:
+        z = self.model.encode(torch.from_numpy(self.train_set[i])[None].to(self.device))
+        if self.model.vae is not None:
             self._latents[i] = z
         return z
-
-    def context(self, captions: list[str], text=None):
-        """Cross-attention states of the captions: the jointly trained encoder, or a frozen one."""
-        if self.frozen_text is not None:
-            return self.frozen_text(captions)
-        return (text or self.text)(tokenize(captions, self.cfg.text.context).to(self.device))
-
-    def loss_on(self, x0, captions: list[str], t, noise, unet=None, text=None):
-        import torch
-
-        unet, text = unet or self.forward, text or self.text
-        xt = self.noise_sched.add_noise(x0, noise, t)
-        target = noise if self.cfg.diffusion.prediction == "epsilon" else self.noise_sched.get_velocity(x0, noise, t)
-        ctx = torch.autocast("cuda", dtype=torch.bfloat16) if self.device == "cuda" else torch.autocast("cpu", enabled=False)
-        with ctx:
-            pred = unet(xt, t, encoder_hidden_states=self.context(captions, text)).sample
-        return ((pred.float() - target) ** 2).mean(dim=(1, 2, 3, 4))
 
     def train_step(self) -> dict:
         import torch
@@ -140,8 +100,9 @@ class Trainer:
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + self.step)
         rng = np.random.default_rng([cfg.seed, self.step, 7])
         image_step = rng.random() < cfg.data.image_share
-        self.unet.train()
-        self.text.train()
+        m = self.model
+        m.unet.train()
+        m.text.train()
         total = torch.zeros((), device=self.device)  # summed on the device: no host sync per micro-batch
         for micro in range(cfg.optim.grad_accum):
             idx = batch_indices(len(self.train_set), cfg.optim.batch_size, cfg.seed, self.step * cfg.optim.grad_accum + micro)
@@ -152,19 +113,19 @@ class Trainer:
             captions = [self.train_rows[i]["caption"] if rng.random() >= cfg.text.caption_dropout else "" for i in idx]
             t = torch.randint(0, cfg.diffusion.timesteps, (x0.shape[0],), generator=g).to(self.device)
             noise = torch.randn(x0.shape, generator=g).to(self.device)
-            loss = self.loss_on(x0, captions, t, noise).mean() * (cfg.data.image_alpha if image_step else 1.0)
+            loss = m.loss(x0, captions, t, noise, self.forward).mean() * (cfg.data.image_alpha if image_step else 1.0)
             (loss / cfg.optim.grad_accum).backward()
             total += loss.detach() / cfg.optim.grad_accum
         nxt = self.step + 1  # decode the next step's clips while this one finishes
         self.train_set.prefetch([i for m in range(cfg.optim.grad_accum)
                                  for i in batch_indices(len(self.train_set), cfg.optim.batch_size, cfg.seed, nxt * cfg.optim.grad_accum + m)])
-        params = list(self.unet.parameters()) + list(self.text.parameters())
+        params = list(m.unet.parameters()) + list(m.text.parameters())
         gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
         self.opt.step()
         self.opt.zero_grad(set_to_none=True)
         self.sched.step()
         with torch.no_grad():  # the EMA in one multi-tensor op, not a kernel per parameter
-            live = dict(self.unet.named_parameters(prefix="unet")) | dict(self.text.named_parameters(prefix="text"))
+            live = dict(m.unet.named_parameters(prefix="unet")) | dict(m.text.named_parameters(prefix="text"))
             ema = list(self.ema.named_parameters())
             torch._foreach_lerp_([p for _, p in ema], [live[n] for n, _ in ema], 1 - cfg.optim.ema_decay)
         self.step += 1
@@ -176,8 +137,8 @@ class Trainer:
     def save(self, path: Path) -> None:
         import torch
 
-        state = {"config": self.cfg.model_dump(mode="json"), "step": self.step, "unet": self.unet.state_dict(),
-                 "text": self.text.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
+        state = {"config": self.cfg.model_dump(mode="json"), "step": self.step, "unet": self.model.unet.state_dict(),
+                 "text": self.model.text.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
                  "sched": self.sched.state_dict()}  # fmt: skip
         tmp = path.with_name(f".{path.name}.tmp")
         torch.save(state, tmp)
@@ -186,8 +147,8 @@ class Trainer:
     def load(self, path: Path, weights_only_init: bool = False, state: dict | None = None) -> None:
         """From the checkpoint at `path` (or its `state`, already read by read_checkpoint)."""
         state = state if state is not None else read_checkpoint(path, self.device)
-        self.unet.load_state_dict(state["unet"])
-        self.text.load_state_dict(state["text"])
+        self.model.unet.load_state_dict(state["unet"])
+        self.model.text.load_state_dict(state["text"])
         self.ema.load_state_dict(state["ema"])
         if not weights_only_init:  # a resume: the optimiser, the schedule and the step too
             self.opt.load_state_dict(state["opt"])
@@ -260,7 +221,7 @@ def train(cfg: TrainConfig, data: str | Path, run_dir: str | Path, init_from: st
                 log.flush()
             at_end = tr.step >= cfg.optim.max_steps
             if tr.step % cfg.eval.every == 0 or at_end:
-                now = {k: evaluate(tr, v) for k, v in eval_sets.items() if v}
+                now = {k: evaluate(tr.ema_model(), v, tr.decoded) for k, v in eval_sets.items() if v}
                 log.write(json.dumps({"step": tr.step, "eval": {k: {m: x for m, x in e.items() if m != "per_clip"} for k, e in now.items()}}) + "\n")
                 log.flush()
                 final_eval = now if at_end else None  # the last step's evaluation is the result's too
@@ -268,11 +229,11 @@ def train(cfg: TrainConfig, data: str | Path, run_dir: str | Path, init_from: st
                 tr.save(ckpt)
     result = {"step": tr.step}
     if tr.step >= cfg.optim.max_steps:
-        ev = final_eval if final_eval is not None else {k: evaluate(tr, v) for k, v in eval_sets.items() if v}
+        ev = final_eval if final_eval is not None else {k: evaluate(tr.ema_model(), v, tr.decoded) for k, v in eval_sets.items() if v}
         result["eval"] = ev
         if samples:
-            s = write_samples(tr, run_dir / "samples")
-            result["sample_distances"] = sample_distances(tr, s["samples"], tr.eval_rows or tr.train_rows)
+            s = write_samples(tr.ema_model(), run_dir / "samples")
+            result["sample_distances"] = sample_distances(s["samples"], tr.eval_rows or tr.train_rows, tr.decoded)
         (run_dir / "eval.json").write_text(json.dumps(result, indent=2))
     return result
 
@@ -300,9 +261,10 @@ def _flat(d: dict, prefix: str = "") -> dict:
 def check_resumable(cfg: TrainConfig, data: str | Path, run_dir: Path) -> None:
     """Refuse to resume RUN with a config (or data) that differs in anything but RESUME_SAFE keys."""
     saved_path = run_dir / "config.json"
-    if not saved_path.is_file():
-        return
-    saved = json.loads(saved_path.read_text())
+    if saved_path.is_file():
+        saved = json.loads(saved_path.read_text())
+    else:  # lost or never written (a kill before it): the checkpoint holds the config too
+        saved = {"config": read_checkpoint(run_dir / "ckpt.pt").get("config") or {}}
     old, new = _flat(saved.get("config", {})), _flat(cfg.model_dump(mode="json"))
     diffs = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
              if old.get(k) != new.get(k) and not k.startswith(RESUME_SAFE)]  # fmt: skip
