@@ -22,17 +22,14 @@ import tempfile
 import time
 from bisect import bisect_right
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from curate import schema
 from curate.config import ClipsParams
 from curate.storage import is_transient  # a full disk, a network fault: the next run retries
+from curate.record import InputRecord
 from curate.video import VideoInfo, ffmpeg_exe, ffmpeg_run
-
-if TYPE_CHECKING:  # the record per_video.py runs these steps over (it imports this module)
-    from curate.per_video import InputRecord
 
 
 class ExtractError(Exception):

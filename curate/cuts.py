@@ -15,7 +15,6 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -28,10 +27,8 @@ from curate.config import (
     DetectorParams,
     ThresholdDetectorParams,
 )
+from curate.record import InputRecord
 from curate.video import DecodeTimeout, VideoInfo, iter_frames, scaled_size
-
-if TYPE_CHECKING:  # the record per_video.py runs these steps over (it imports this module)
-    from curate.per_video import InputRecord
 
 
 @dataclass

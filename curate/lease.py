@@ -12,7 +12,6 @@ cannot overwrite committed data.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -21,7 +20,8 @@ import threading
 import time
 import uuid
 from datetime import datetime, timezone
-from urllib.parse import parse_qs, urlsplit
+
+from curate.storage import precondition_failed, s3_client, split_s3, with_retries
 
 log = logging.getLogger("curate")
 
@@ -80,38 +80,6 @@ class LocalLease:
             self._fd = None
 
 
-@functools.lru_cache(maxsize=16)
-def s3_client(uri: str):
-    """A boto3 client (one per URI and process: boto3 clients are thread-safe) for the bucket of `uri`, honouring pyarrow's `?endpoint_override=&region=`."""
-    import boto3
-    from botocore.config import Config
-
-    q = {k: v[-1] for k, v in parse_qs(urlsplit(uri).query).items()}
-    # Short timeouts: these are small requests (the lease, commit records), and curate retries
-    # them itself (curate.storage.with_retries) within the lease; botocore's default read timeout
-    # of 60 s would spend a whole lease on one dead connection.
-    kwargs = {"config": Config(connect_timeout=5, read_timeout=15, retries={"mode": "standard", "max_attempts": 3})}
-    if "endpoint_override" in q:
-        scheme = q.get("scheme", "https")
-        ep = q["endpoint_override"]
-        kwargs["endpoint_url"] = ep if "://" in ep else f"{scheme}://{ep}"
-    if "region" in q:
-        kwargs["region_name"] = q["region"]
-    return boto3.client("s3", **kwargs)
-
-
-def split_s3(uri: str) -> tuple[str, str]:
-    """s3://bucket/a/b?x=y -> ("bucket", "a/b")."""
-    parts = urlsplit(uri)
-    return parts.netloc, parts.path.lstrip("/")
-
-
-def precondition_failed(err: Exception) -> bool:
-    code = getattr(err, "response", {}).get("Error", {}).get("Code", "")
-    status = getattr(err, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
-    return code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412)
-
-
 def _dead_here(info: dict) -> bool:
     """Whether the lease holder `info` is a process of this host that is gone (a killed run):
     its lease may be taken at once instead of after it expires."""
@@ -157,7 +125,6 @@ class S3Lease:
         return json.dumps({**self.info, "expires": time.time() + self.ttl_s}).encode()
 
     def acquire(self) -> None:
-        from curate.storage import with_retries
 
         with_retries(self._acquire, f"{self.uri}: take the lease")
         self._thread = threading.Thread(target=self._renew_loop, name="curate-lease", daemon=True)

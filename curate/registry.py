@@ -7,7 +7,12 @@ They run in `order` (captions before the LLM merges them, before CLIP scores the
 
 from __future__ import annotations
 
+import functools
 from importlib.metadata import entry_points
+
+import pyarrow as pa
+
+from curate import schema
 
 from curate.stage import check_stage
 
@@ -60,3 +65,42 @@ def unregister(name: str) -> None:
     global version
     _registered.pop(name, None)
     version += 1
+
+
+# --- the shard schema: the clip fields, then every registered scorer's own --------------------------
+def score_fields() -> list[pa.Field]:
+    """The columns of every registered scorer (curate.registry), in run order: a plugin's too."""
+    return list(_score_fields(version))
+
+
+@functools.lru_cache(maxsize=4)
+def _score_fields(version: int) -> tuple[pa.Field, ...]:
+    fields: dict[str, pa.Field] = {f.name: f for f in schema.CLIP_FIELDS}
+    for name, cls in scorers().items():
+        for f in cls.output_fields:
+            if f.name in fields and not fields[f.name].type.equals(f.type):
+                raise TypeError(f"scorer {name!r} declares column {f.name!r} as {f.type}; it is already {fields[f.name].type}")
+            fields.setdefault(f.name, f)
+    return tuple(list(fields.values())[len(schema.CLIP_FIELDS):])
+
+
+def clip_schema() -> pa.Schema:
+    """A shard row: the clip fields, then the scorers' (score_fields)."""
+    return _clip_schema(version)
+
+
+@functools.lru_cache(maxsize=4)
+def _clip_schema(version: int) -> pa.Schema:
+    return pa.schema(schema.CLIP_FIELDS + list(_score_fields(version)))
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """Shard-ready table: the declared columns in schema order, cast to their types."""
+    target = clip_schema()
+    cols = []
+    for field in target:
+        if field.name in table.column_names:
+            cols.append(table.column(field.name).cast(field.type))
+        else:
+            cols.append(pa.nulls(table.num_rows, field.type))
+    return pa.Table.from_arrays(cols, schema=target)

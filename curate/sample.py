@@ -157,21 +157,6 @@ def clip_frames(row: dict) -> int:
     return n if n is not None else row[schema.END_FRAME] - row[schema.START_FRAME]
 
 
-def unpack(blob: bytes | None, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
-    """The arrays of a packed sample (only `keys`, when given: a scorer reads its own frames)."""
-    if not blob:
-        return {}
-    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
-        return {k: z[k] for k in z.files if keys is None or k in keys}
-
-
-def frames_for(batch: pa.Table, plan_name: str) -> list[np.ndarray | None]:
-    """Per row, the (N, H, W, 3) frames sampled for `plan_name` (None when the row has none)."""
-    if schema.SAMPLES not in batch.column_names:
-        return [None] * batch.num_rows
-    return [unpack(blob, (plan_name,)).get(plan_name) for blob in batch.column(schema.SAMPLES).to_pylist()]
-
-
 class SampleStage(_stage.StageBase):
     """Adds `_samples`: every plan's frames, from one decode of the clip."""
 

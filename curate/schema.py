@@ -7,8 +7,6 @@ write the clip fields or the fields it declares (checked by `curate.stage.check_
 
 from __future__ import annotations
 
-import functools
-
 import pyarrow as pa
 
 # --- clip identity and geometry (pipeline issue) -------------------------------------------
@@ -77,39 +75,8 @@ PHASH_COLOR = "phash_color"  # mean R, G, B (0..255) of the sampled frames: the 
 
 # Each scorer declares the fields (types) of its columns itself (`output_fields`, scoring/); the
 # names above are the built-in scorers' and stay here because select, dedup and the trainer read
-# them. A shard row's schema is the clip fields, then every registered scorer's, in run order.
-
-
-def score_fields() -> list[pa.Field]:
-    """The columns of every registered scorer (curate.registry), in run order: a plugin's too."""
-    from curate import registry
-
-    return list(_score_fields(registry.version))
-
-
-@functools.lru_cache(maxsize=4)
-def _score_fields(version: int) -> tuple[pa.Field, ...]:
-    from curate import registry
-
-    fields: dict[str, pa.Field] = {f.name: f for f in CLIP_FIELDS}
-    for name, cls in registry.scorers().items():
-        for f in cls.output_fields:
-            if f.name in fields and not fields[f.name].type.equals(f.type):
-                raise TypeError(f"scorer {name!r} declares column {f.name!r} as {f.type}; it is already {fields[f.name].type}")
-            fields.setdefault(f.name, f)
-    return tuple(list(fields.values())[len(CLIP_FIELDS):])
-
-
-def clip_schema() -> pa.Schema:
-    """A shard row: the clip fields, then the scorers' (score_fields)."""
-    from curate import registry
-
-    return _clip_schema(registry.version)
-
-
-@functools.lru_cache(maxsize=4)
-def _clip_schema(version: int) -> pa.Schema:
-    return pa.schema(CLIP_FIELDS + list(_score_fields(version)))
+# them. A shard row's schema is the clip fields, then every registered scorer's, in run order
+# (curate.registry.clip_schema).
 
 
 # --- quarantine ------------------------------------------------------------------------------
@@ -143,24 +110,7 @@ QUARANTINE_REASONS = (
 # Columns that travel between stages inside a run and are never written to shards. A row is
 # either a clip, or (clip_id null) a marker for a video that produced no clips, so the committer
 # always learns that a video is finished, whatever happened to it.
-VIDEO_META = "_video"  # JSON: per-video facts the committer needs (curate.shards.VideoRecord.to_json)
+VIDEO_META = "_video"  # JSON: per-video facts the committer needs (curate.record.VideoRecord.to_json)
 SECONDS = "_seconds"  # `_seconds.<stage>`: the seconds a stage charged to this row (pipelines.graph.timed)
 SAMPLES = "_samples"  # npz bytes: the frames each scorer asked for, decoded once (curate.sample)
 INTERNAL_PREFIX = "_"
-
-
-def column_names() -> set[str]:
-    """Every column a stage may write."""
-    return set(clip_schema().names)
-
-
-def conform(table: pa.Table) -> pa.Table:
-    """Shard-ready table: the declared columns in schema order, cast to their types."""
-    target = clip_schema()
-    cols = []
-    for field in target:
-        if field.name in table.column_names:
-            cols.append(table.column(field.name).cast(field.type))
-        else:
-            cols.append(pa.nulls(table.num_rows, field.type))
-    return pa.Table.from_arrays(cols, schema=target)

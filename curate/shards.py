@@ -27,14 +27,14 @@ import platform
 import re
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate import __version__, schema
+from curate import __version__, registry, schema
 from curate.faults import fault as _fault
+from curate.record import VideoRecord
 from curate.storage import AlreadyExists, OutputStore, is_transient, with_retries
 
 log = logging.getLogger("curate")
@@ -140,35 +140,6 @@ def ownership_problem(store: OutputStore) -> tuple[str, bool] | None:
         return None
     shown = ", ".join(sorted(names)[:5]) + (" ..." if len(names) > 5 else "")
     return f"{store.uri} is not empty and not a curate output ({shown})", True
-
-
-@dataclass
-class VideoRecord:
-    """What the committer keeps about a finished input (it goes into the commit record)."""
-
-    source_uri: str
-    video_id: str | None
-    clips: int
-    duration_s: float = 0.0
-    clip_seconds: float = 0.0
-    scenes: int = 0
-    short_scenes_dropped: int = 0
-    held_frames_dropped: int = 0  # single frames shown longer than clips.max_s
-    failed_clips: list[str] = field(default_factory=list)  # clips whose file could not be written
-    stage_seconds: dict[str, float] = field(default_factory=dict)
-    quarantine: dict | None = None  # {"reason", "detail"[, "retry": True when the next run should try again]}
-    clips_with_errors: int = 0  # rows kept with a stage's columns null and the cause in `errors` (add_video)
-    rebuilt: bool = False  # rebuilt from its rows after its commit record was lost (duration_s: a lower bound)
-    size_bytes: int | None = None  # of the source: only inputs of a done one's size can be its duplicates
-
-    # the one summary form from the per-video stage to the commit record: it travels between
-    # stages as this JSON (schema.VIDEO_META), and is stored as it
-    def to_json(self) -> str:
-        return json.dumps(self.__dict__)
-
-    @classmethod
-    def from_json(cls, text: str) -> "VideoRecord":
-        return cls(**json.loads(text))
 
 
 class Committer:
@@ -370,7 +341,7 @@ class Committer:
         for t in [*(self._read_part(p) for p in changed), *adopted]:
             t = t.filter(pa.array([s not in redo for s in t.column(schema.SOURCE_URI).to_pylist()], pa.bool_()))
             if t.num_rows:
-                keep_rows.append(schema.conform(t))
+                keep_rows.append(registry.conform(t))
         if not (videos or changed or adopted or broken or unnamed or lost):
             return
         parts = self._write_parts(pa.concat_tables(keep_rows, promote_options="default")) if keep_rows else []
@@ -478,7 +449,7 @@ class Committer:
         if rows is not None and rows.num_rows:
             if schema.ERRORS in rows.column_names:
                 record.clips_with_errors = sum(1 for e in rows.column(schema.ERRORS).to_pylist() if e)
-            self._pending_rows.append(schema.conform(rows))
+            self._pending_rows.append(registry.conform(rows))
             self._pending_count += rows.num_rows
         if (self._pending_count >= self.max_rows
                 or (self.every_videos and len(self._pending_videos) >= self.every_videos)
@@ -539,7 +510,7 @@ class Committer:
     def replace_part(self, old: str, table: pa.Table, **extra: Any) -> None:
         """One committed part replaced by its rescored rows, atomically (one commit of its own)."""
         _fault("before_parts")
-        self._commit(self._write_parts(schema.conform(table)), [], removes=[old], **extra)
+        self._commit(self._write_parts(registry.conform(table)), [], removes=[old], **extra)
 
     def mark(self, **extra: Any) -> None:
         """A commit with no parts and no videos: a fact about OUT (a finished rescore)."""
@@ -687,7 +658,7 @@ def read_shards(out: str, columns: list[str] | None = None) -> pa.Table:
         elif store.exists(SHARDS, TMP, p):
             parts.append((SHARDS, TMP, p))
     if not parts:
-        return schema.clip_schema().empty_table()
+        return registry.clip_schema().empty_table()
     tables = []
     for where in parts:
         p = where[-1]

@@ -8,9 +8,11 @@ columns. The Ray wiring lives in pipelines/run.py; without Ray a test does
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from typing import ClassVar
 
+import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel
 
@@ -81,8 +83,6 @@ class StageBase:
 
     def inputs(self, batch: pa.Table) -> list:
         """What each row hands `score` (None: nothing to score): by default its sampled frames."""
-        from curate.sample import frames_for
-
         return frames_for(batch, self.name)
 
     def score(self, item) -> dict:
@@ -147,11 +147,9 @@ def add_error(errors: list[str] | None, stage: str, message: str) -> list[str]:
 
 # --- helpers for scorers ------------------------------------------------------------------------
 def set_columns(batch: pa.Table, values: dict[str, list], fields: tuple[pa.Field, ...] = ()) -> pa.Table:
-    """Set (or add) columns, typed as their stage declares them (`fields`) or the shard schema does.
-    A stage's own fields come first: a Ray worker's registry may predate a plugin installed since."""
+    """Set (or add) columns, typed as the clip fields or the stage's own (`fields`) declare them:
+    never from the registry, which in a Ray worker may predate a plugin installed since."""
     types = {f.name: f.type for f in schema.CLIP_FIELDS} | {f.name: f.type for f in fields}
-    if any(name not in types for name in values):
-        types = {f.name: f.type for f in schema.clip_schema()} | types
     for name, vals in values.items():
         col = pa.array(vals, types[name])
         if name in batch.column_names:
@@ -159,3 +157,19 @@ def set_columns(batch: pa.Table, values: dict[str, list], fields: tuple[pa.Field
         else:
             batch = batch.append_column(name, col)
     return batch
+
+
+# --- the frames the sample step packed into `_samples` (curate.sample.pack_plans writes them) ----
+def unpack(blob: bytes | None, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of a packed sample (only `keys`, when given: a scorer reads its own frames)."""
+    if not blob:
+        return {}
+    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files if keys is None or k in keys}
+
+
+def frames_for(batch: pa.Table, plan_name: str) -> list[np.ndarray | None]:
+    """Per row, the (N, H, W, 3) frames sampled for `plan_name` (None when the row has none)."""
+    if schema.SAMPLES not in batch.column_names:
+        return [None] * batch.num_rows
+    return [unpack(blob, (plan_name,)).get(plan_name) for blob in batch.column(schema.SAMPLES).to_pylist()]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import fnmatch
+import functools
 import glob as globlib
 import hashlib
 import logging
@@ -16,7 +17,7 @@ import posixpath
 import shutil
 import tempfile
 from pathlib import Path
-from urllib.parse import quote, unquote_to_bytes
+from urllib.parse import parse_qs, quote, unquote_to_bytes, urlsplit
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -537,7 +538,6 @@ class OutputStore:
         elif self.uri.startswith("s3://"):
             from botocore.exceptions import ClientError
 
-            from curate.lease import precondition_failed, s3_client, split_s3
 
             bucket, _ = split_s3(self.uri)
             key = final[len(bucket) + 1:]
@@ -612,3 +612,36 @@ class OutputStore:
                 self.fs.delete_file(p)
 
         self._r(delete, f"delete {'/'.join(parts)}")
+
+
+# --- S3 requests boto3 makes directly (conditional writes, the lease: curate.lease) ---------------
+@functools.lru_cache(maxsize=16)
+def s3_client(uri: str):
+    """A boto3 client (one per URI and process: boto3 clients are thread-safe) for the bucket of `uri`, honouring pyarrow's `?endpoint_override=&region=`."""
+    import boto3
+    from botocore.config import Config
+
+    q = {k: v[-1] for k, v in parse_qs(urlsplit(uri).query).items()}
+    # Short timeouts: these are small requests (the lease, commit records), and curate retries
+    # them itself (curate.storage.with_retries) within the lease; botocore's default read timeout
+    # of 60 s would spend a whole lease on one dead connection.
+    kwargs = {"config": Config(connect_timeout=5, read_timeout=15, retries={"mode": "standard", "max_attempts": 3})}
+    if "endpoint_override" in q:
+        scheme = q.get("scheme", "https")
+        ep = q["endpoint_override"]
+        kwargs["endpoint_url"] = ep if "://" in ep else f"{scheme}://{ep}"
+    if "region" in q:
+        kwargs["region_name"] = q["region"]
+    return boto3.client("s3", **kwargs)
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """s3://bucket/a/b?x=y -> ("bucket", "a/b")."""
+    parts = urlsplit(uri)
+    return parts.netloc, parts.path.lstrip("/")
+
+
+def precondition_failed(err: Exception) -> bool:
+    code = getattr(err, "response", {}).get("Error", {}).get("Code", "")
+    status = getattr(err, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412)

@@ -15,17 +15,14 @@ import subprocess
 import tempfile
 import threading
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from typing import IO, TYPE_CHECKING, Iterator
+from typing import IO, Iterator
 
 import numpy as np
 
 from curate import schema
 from curate.config import ProbeParams
 from curate.faults import hang
-
-if TYPE_CHECKING:  # the record per_video.py runs these steps over (it imports this module)
-    from curate.per_video import InputRecord
+from curate.record import InputRecord, VideoInfo
 
 
 class ProbeError(Exception):
@@ -35,32 +32,6 @@ class ProbeError(Exception):
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
-
-
-@dataclass
-class VideoInfo:
-    codec: str
-    pix_fmt: str
-    width: int  # as displayed (after rotation)
-    height: int
-    coded_width: int
-    coded_height: int
-    rotation: int  # degrees of the display matrix, 0 when none
-    fps: float  # nominal rate (r_frame_rate), also when frames are dropped (VFR)
-    variable_fps: bool
-    n_frames: int  # frames the demuxer delivers; the full decode in cuts has the final word
-    duration_s: float
-    start_offset_s: float  # first video pts relative to the container start (for ffmpeg -ss)
-    frame_times: list[float] = field(repr=False)  # presentation time of each frame, from 0
-    keyframes: list[int] = field(repr=False)  # frame indices of keyframes
-    size_bytes: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "VideoInfo":
-        return cls(**d)
 
 
 def ffmpeg_exe() -> str:

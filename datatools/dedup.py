@@ -25,7 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from curate import schema
+from curate import registry, schema
 from curate.dedup import N_CROPS, components, frame_distance, masks, semdedup_edges, table_edges
 from curate.params import Strict
 
@@ -63,7 +63,7 @@ def load(outs: list[str]) -> pa.Table:
             store, _ = open_out(out)
         except DatasetError as e:
             raise DedupError(str(e)) from None
-        t = schema.conform(read_shards(out)).select(COLUMNS)
+        t = registry.conform(read_shards(out)).select(COLUMNS)
         tables.append(t.append_column(OUT_COLUMN, pa.array([store.uri] * t.num_rows, pa.string())))
     return pa.concat_tables(tables)
 

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from curate import schema
+from curate import registry, schema
 from curate.sample import clip_frames
 
 
@@ -143,7 +143,7 @@ def build_report(out: str, rules_path: str | None = None, dedup: str | None = No
     thumbs: dict[str, str | None] = {}
     rows = table.to_pylist()
     parts.append("<h2>Scores</h2>")
-    for col in [f.name for f in schema.score_fields() if pa.types.is_floating(f.type)] + [schema.DURATION_S]:
+    for col in [f.name for f in registry.score_fields() if pa.types.is_floating(f.type)] + [schema.DURATION_S]:
         if col not in table.column_names or table.column(col).null_count == table.num_rows:
             continue
         vals = np.array([r[col] for r in rows if r[col] is not None], dtype=np.float64)

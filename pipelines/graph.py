@@ -22,6 +22,7 @@ from curate import schema
 from curate.config import ConfigError, PipelineConfig
 from curate.models import ModelRef
 from curate.per_video import VideoStage
+from curate import registry
 from curate.registry import scorers as registered_scorers
 from curate.sample import SampleStage
 from curate.stage import AUTO, check_stage
@@ -146,7 +147,7 @@ def crashed(stage, rows: pa.Table) -> pa.Table:
     errors = rows.column(schema.ERRORS).to_pylist() if schema.ERRORS in rows.column_names else [None] * n
     values: dict[str, list] = {c: [None] * n for c in stage.output_columns if c != schema.ERRORS}
     values[schema.ERRORS] = [add_error(e, stage.name, WORKER_DIED) for e in errors]
-    return set_columns(rows, values, getattr(stage, "output_fields", ()))
+    return set_columns(rows, values, (*getattr(stage, "output_fields", ()), *registry.score_fields()))
 
 
 def task_function(cls: type, args: tuple, ledger=None) -> Callable[[pa.Table], pa.Table]:

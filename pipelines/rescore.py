@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
-from curate import schema
+from curate import registry, schema
 from curate.config import ConfigError, PipelineConfig, _set_dotted, format_error, parse_override, pipeline_config_model
 from curate.dataset import DatasetError, open_out
 from curate.lease import lease_for
@@ -157,7 +157,7 @@ def _rescore_parts(cfg: PipelineConfig, store: OutputStore, committer: Committer
 
     def prepare(part: str) -> pa.Table:
         table = pq.read_table(store.path(SHARDS, part), filesystem=store.fs)
-        table = schema.conform(table)  # a part from before a column existed gets it (null)
+        table = registry.conform(table)  # a part from before a column existed gets it (null)
         table = resolve_clip_uris(store, table)  # OUT may have been moved since: its clips are where it is now
         # the recomputed stages' old errors go: their new ones (if any) are added as they run
         errors = [[e for e in (errs or []) if e.split(":", 1)[0] not in redo] for errs in table.column(schema.ERRORS).to_pylist()]

@@ -19,7 +19,8 @@ from curate.config import PipelineConfig, config_differences
 from curate.lease import lease_for
 from curate.models import preflight
 from curate.per_video import VideoStage
-from curate.shards import MANIFEST_FILE, MARKER_FILE, Committer, ConfigMismatch, OutNotOurs, VideoRecord, ownership_problem
+from curate.record import VideoRecord
+from curate.shards import MANIFEST_FILE, MARKER_FILE, Committer, ConfigMismatch, OutNotOurs, ownership_problem
 from curate.storage import OutputStore, check_out_path, duplicates_by_content
 from pipelines.graph import StageSpec, enabled_scorers, execute, model_stages, regroup, scorer_specs
 

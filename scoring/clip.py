@@ -19,8 +19,8 @@ from curate import schema
 from curate.dataset import CAPTION_PREFERENCE
 from curate.models import ModelRef
 from curate.params import ModelParams
-from curate.sample import SamplePlan, frames_for
-from curate.stage import StageBase
+from curate.sample import SamplePlan
+from curate.stage import StageBase, frames_for
 
 
 class ClipParams(ModelParams):

@@ -16,8 +16,8 @@ from pydantic import Field
 
 from curate import schema
 from curate.params import Strict
-from curate.sample import SamplePlan, unpack
-from curate.stage import Resources, StageBase
+from curate.sample import SamplePlan
+from curate.stage import Resources, StageBase, unpack
 
 
 class FlowParams(Strict):

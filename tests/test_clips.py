@@ -146,7 +146,8 @@ def _check_frames(src_frames: list[np.ndarray], clip_frames: list[np.ndarray], k
 @pytest.mark.parametrize("kw", [{}, {"short_side": 96}, {"max_side": 200, "max_fps": 10.0}])
 def test_one_pass_clips_are_frame_accurate(tmp_path, three_shots, kw):
     from curate.clips import extract_video, geometry, kept_frames
-    from curate.sample import SamplePlan, unpack
+    from curate.sample import SamplePlan
+    from curate.stage import unpack
 
     info = probe(three_shots.path)
     ref = decode(three_shots.path)
@@ -215,7 +216,8 @@ def test_samples_carried_within_a_budget_then_left_to_the_sample_step(tmp_path, 
 
     from curate import clips, schema
     from curate.clips import extract_video
-    from curate.sample import SampleParams, SamplePlan, SampleStage, unpack
+    from curate.sample import SampleParams, SamplePlan, SampleStage
+    from curate.stage import unpack
 
     monkeypatch.setattr(clips, "GROUP_CLIPS", 2)
     monkeypatch.setattr(clips, "SAMPLE_BUDGET_BYTES", 1)

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curate import schema
+from curate import registry, schema
 from curate.dedup import semdedup_edges
 from curate.sample import SampleParams, SampleStage
 from curate.synth import VARIANTS, Scene, make_video, near_duplicates
@@ -43,7 +43,7 @@ def hashed(paths: list[str]) -> pa.Table:
                      schema.FPS: fps, schema.DURATION_S: n / fps, schema.ERRORS: []})  # fmt: skip
     t = SampleStage(SampleParams(), PHashScorer.plans(PHashParams()))(pa.Table.from_pylist(rows))
     t = PHashScorer(PHashParams())(t)
-    t = schema.conform(t).select([schema.CLIP_ID, schema.DURATION_S, schema.PHASH_FRAMES, schema.PHASH_COLOR, schema.CLIP_EMBEDDING,
+    t = registry.conform(t).select([schema.CLIP_ID, schema.DURATION_S, schema.PHASH_FRAMES, schema.PHASH_COLOR, schema.CLIP_EMBEDDING,
                                   schema.CLIP_URI, schema.START_FRAME, schema.END_FRAME])  # fmt: skip
     return t.append_column(OUT_COLUMN, pa.array(["test"] * t.num_rows))
 
@@ -139,12 +139,13 @@ def test_dedup_command_select_ray_and_idempotent(tmp_path, small, ray_session):
     table, truth = small
     out = tmp_path / "out"
     # a hand-built OUT is enough for dedup: the committed rows are what it reads
-    from curate.shards import Committer, VideoRecord
+    from curate.record import VideoRecord
+    from curate.shards import Committer
     from curate.storage import OutputStore
 
     store = OutputStore(str(out))
     c = Committer(store, "test", max_rows=20)
-    rows = schema.conform(table.drop_columns([OUT_COLUMN]).append_column(schema.VIDEO_ID, table.column(schema.CLIP_ID))
+    rows = registry.conform(table.drop_columns([OUT_COLUMN]).append_column(schema.VIDEO_ID, table.column(schema.CLIP_ID))
                           .append_column(schema.SOURCE_URI, table.column(schema.CLIP_ID)))
     c.add_video(VideoRecord(source_uri="x", video_id="x", clips=rows.num_rows), rows)
     c.flush()
@@ -191,7 +192,7 @@ def test_same_layout_in_other_colours_is_not_a_duplicate():
                 img = np.clip(img.astype(np.int16) + np.random.default_rng(f).integers(-6, 7, img.shape), 0, 255).astype(np.uint8)
             frames[f] = img
         rows.append({schema.CLIP_ID: f"card{k}", schema.DURATION_S: 1.0, **scorer.score(frames)})
-    table = schema.conform(pa.Table.from_pylist(rows, schema=pa.schema([f for f in schema.clip_schema() if f.name in rows[0]])))
+    table = registry.conform(pa.Table.from_pylist(rows, schema=pa.schema([f for f in registry.clip_schema() if f.name in rows[0]])))
     table = table.select([c for c in table.column_names if c in rows[0] or c == schema.CLIP_EMBEDDING])
     result, _ = group(table.append_column(OUT_COLUMN, pa.array(["t"] * 4)), DedupParams())
     assert result.column(DUP_GROUP).to_pylist() == ["card0", "card1", "card2", "card0"]

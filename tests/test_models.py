@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from curate import schema
+from curate import registry, schema
 from curate.config import load_config
 from curate.models import MissingModelError
 from curate.sample import SampleParams, SampleStage
@@ -76,7 +76,7 @@ def test_model_columns_shapes_types_and_determinism(tiny_models, motion_paths):
         assert -1.0 <= r[schema.CLIP_SIM] <= 1.0
         assert isinstance(r[schema.AESTHETIC_SCORE], float)
     table = pa.Table.from_pylist(rows)
-    assert schema.conform(table).schema.field(schema.CLIP_EMBEDDING).type == pa.list_(pa.float16())
+    assert registry.conform(table).schema.field(schema.CLIP_EMBEDDING).type == pa.list_(pa.float16())
     # different frames, different embeddings
     assert rows[0][schema.CLIP_EMBEDDING] != rows[1][schema.CLIP_EMBEDDING]
 
