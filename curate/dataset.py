@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import tarfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -27,6 +26,7 @@ from curate.shards import MANIFEST_FILE, MARKER_FILE
 from curate.storage import OutputStore, is_output_dir, is_remote
 
 OUT, SUBSET, EXPORT, TRAIN_RUN, PARQUET = "out", "subset", "export", "train_run", "parquet"
+MISSING = "missing"  # nothing at all at the path
 SUBSET_FILE = "subset.parquet"
 INDEX_FILE = "index.json"
 CLIP_BYTES = "clip_bytes"
@@ -40,35 +40,20 @@ class DatasetError(ValueError):
     """A path that is not the kind of curate data a verb needs (one line for the CLI)."""
 
 
-@dataclass(frozen=True)
-class Found:
-    kind: str | None  # one of the kinds above; None: nothing curate wrote (or nothing at all)
-    path: str
-    exists: bool = True
-
-
-def what_is(path: str | Path) -> Found:
-    """The kind of curate data at `path` (an OUT on object storage too)."""
-    path = str(path)
+def what_is(path: str | Path) -> str | None:
+    """The kind of curate data at `path` (an OUT on object storage too): one of the kinds above,
+    MISSING, or None for something curate did not write."""
+    path, p = str(path), Path(path)
     if is_remote(path):
         store = OutputStore(path, create=False)
-        if store.exists(MANIFEST_FILE) or store.exists(MARKER_FILE):
-            return Found(OUT, path)
-        return Found(PARQUET if path.endswith(".parquet") else None, path)
-    p = Path(path)
+        return OUT if store.exists(MANIFEST_FILE) or store.exists(MARKER_FILE) else PARQUET if path.endswith(".parquet") else None
     if not p.exists():
-        return Found(None, path, exists=False)
+        return MISSING
     if p.is_file():
-        return Found(PARQUET if p.suffix == ".parquet" else None, path)
-    if (p / SUBSET_FILE).is_file():
-        return Found(SUBSET, path)
-    if (p / INDEX_FILE).is_file():
-        return Found(EXPORT, path)
-    if (p / TRAIN_CONFIG).is_file() and (p / TRAIN_CHECKPOINT).is_file():
-        return Found(TRAIN_RUN, path)
-    if is_output_dir(str(p)):
-        return Found(OUT, path)
-    return Found(None, path)
+        return PARQUET if p.suffix == ".parquet" else None
+    marks = {SUBSET: (p / SUBSET_FILE).is_file(), EXPORT: (p / INDEX_FILE).is_file(),
+             TRAIN_RUN: (p / TRAIN_CONFIG).is_file() and (p / TRAIN_CHECKPOINT).is_file(), OUT: is_output_dir(path)}  # fmt: skip
+    return next((kind for kind, here in marks.items() if here), None)
 
 
 def open_out(path: str, flag: str = "") -> tuple[OutputStore, dict]:
@@ -89,22 +74,29 @@ def open_out(path: str, flag: str = "") -> tuple[OutputStore, dict]:
 def read_rows(path: str | Path, flag: str = "", kinds: tuple[str, ...] = (OUT, SUBSET, EXPORT, PARQUET)) -> pa.Table:
     """The clip rows at `path` (committed rows of an OUT; an export without its clip bytes: each
     row's `member` says where they are, see read_member), or DatasetError naming `flag`."""
-    found = what_is(path)
-    name = f"{flag} {path}".strip()
+    kind, name = what_is(path), f"{flag} {path}".strip()
     names = {OUT: "a curate output", SUBSET: "a `curate select` subset", EXPORT: "an export", PARQUET: "a .parquet"}
     wanted = " or ".join(names[k] for k in kinds)
-    if not found.exists:
-        raise DatasetError(f"{name}: no such file or directory, so not {wanted}")
-    if found.kind not in kinds:
-        raise DatasetError(f"{name}: not {wanted}")
-    if found.kind == OUT:
+    if kind not in kinds:
+        raise DatasetError(f"{name}: {'no such file or directory, so ' if kind == MISSING else ''}not {wanted}")
+    if kind == OUT:
         from curate.shards import read_shards
 
         return read_shards(str(path))
-    if found.kind == EXPORT:
-        return pa.Table.from_pylist(list(index_samples(path)))
-    file = Path(path, SUBSET_FILE) if found.kind == SUBSET else path
+    if kind == EXPORT:
+        return _typed(list(index_samples(path)))
+    file = Path(path, SUBSET_FILE) if kind == SUBSET else path
     return pq.read_table(file)
+
+
+def _typed(records: list[dict]) -> pa.Table:
+    """Records as a table, the shard columns typed as the schema says (a pHash is a uint64, which
+    inference would take for an int64 and overflow on)."""
+    from curate.registry import clip_schema
+
+    known = {f.name: f.type for f in clip_schema()}
+    names = dict.fromkeys(k for r in records for k in r)
+    return pa.table({n: pa.array([r.get(n) for r in records], known.get(n)) for n in names})
 
 
 def best_caption(row: dict) -> str | None:

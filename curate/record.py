@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from curate import schema
 
@@ -28,13 +28,6 @@ class VideoInfo:
     frame_times: list[float] = field(repr=False)  # presentation time of each frame, from 0
     keyframes: list[int] = field(repr=False)  # frame indices of keyframes
     size_bytes: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "VideoInfo":
-        return cls(**d)
 
 
 @dataclass

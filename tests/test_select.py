@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from curate import schema
 from curate_cli.main import app
-from curate.dataset import CLIP_BYTES, iter_samples
+from curate.dataset import CLIP_BYTES, EXPORT, MISSING, OUT, PARQUET, SUBSET, DatasetError, iter_samples, read_rows, what_is
 from datatools.export import export
 from datatools.select import CaptionMix, Filter, Rules, SelectError, choose_captions, select
 from tests.conftest import DATA
@@ -157,6 +157,15 @@ def test_export_round_trips(tmp_path, demo_out, fmt):
         assert got["caption"] == r["caption"] and got[schema.FLOW_MEAN] == pytest.approx(r[schema.FLOW_MEAN])
     by_bytes = export(tmp_path / "sub", tmp_path / "exp_b", fmt, max_rows=1000, max_bytes=150_000)
     assert len(by_bytes["shards"]) > 1 and by_bytes["rows"] == len(sub)
+    # one answer to "what is at this path", for every verb, and one reader of the rows of each
+    kinds = {demo_out: OUT, tmp_path / "sub": SUBSET, tmp_path / "sub" / "subset.parquet": PARQUET,
+             tmp_path / "exp": EXPORT, tmp_path / "none": MISSING, demo_out / "shards": None}  # fmt: skip
+    assert {p: what_is(p) for p in kinds} == kinds
+    assert read_rows(demo_out).num_rows == json.loads((demo_out / "manifest.json").read_text())["counts"]["clips"]
+    for p in (tmp_path / "sub", tmp_path / "exp"):
+        assert sorted(read_rows(p).column(schema.CLIP_ID).to_pylist()) == sorted(r[schema.CLIP_ID] for r in sub)
+    with pytest.raises(DatasetError, match="-s .*shards: not a curate output or a .parquet"):
+        read_rows(demo_out / "shards", "-s", kinds=(OUT, PARQUET))
 
 
 def test_shards_readable_by_common_tools(demo_out, ray_session):
