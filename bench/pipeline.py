@@ -8,6 +8,10 @@ Ray on all cores, Ray's start included), scorers off for the cuts + clips rows; 
 stage_seconds (summed over workers) give the per-stage split. Model stages are absent here (no
 weights), so the demo recipe's figure is flow, quality and OCR.
 Run: python bench/pipeline.py [--videos DIR] [--only NAME ...]
+     python bench/pipeline.py --deferred   (the eager pass + select + export against the deferred
+        pass + select + export --materialize, at the demo recipe's 320 px and the svd recipe's 576 px)
+     python bench/pipeline.py --memory     (peak memory of a deferred pass: a 2-minute and a
+        25-minute 1080p input)
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ RUNS = [
     ("demo recipe (flow, quality, OCR), 320 px", ["clips.mode=exact", "clips.short_side=320"]),
     ("demo recipe, 320 px, executor local (no Ray)", ["clips.mode=exact", "clips.short_side=320", "executor=local"]),
     ("demo recipe, smart at source size (before)", ["clips.mode=smart", "clips.short_side=null"]),
+    ("cuts + spans + previews, deferred (one decode), 320 px", ["clips.mode=deferred", *NO_SCORERS]),
+    ("demo recipe, deferred (one decode), 320 px", ["clips.mode=deferred"]),
 ]
 
 
@@ -73,23 +79,112 @@ def pyscenedetect(videos: list[Path], work: Path) -> float:
     return total
 
 
-def curate_run(videos_dir: Path, out: Path, sets: list[str]) -> tuple[float, dict]:
-    cmd = [sys.executable, "-m", "curate_cli.main", "run", "demo", "-i", str(videos_dir), "-o", str(out)]
+def curate_run(videos_dir: Path, out: Path, sets: list[str], recipe: str = "demo") -> tuple[float, dict]:
+    cmd = [sys.executable, "-m", "curate_cli.main", "run", recipe, "-i", str(videos_dir), "-o", str(out)]
     for s in sets:
         cmd += ["--set", s]
     wall = timed(cmd, {**os.environ, "CI": "true", "RAY_USAGE_STATS_ENABLED": "0"})
     return wall, json.loads((out / "manifest.json").read_text())
 
 
+CLI = [sys.executable, "-m", "curate_cli.main"]
+RULES = ROOT / "curate" / "configs" / "subsets" / "demo_clean.yaml"
+WEIGHT_FREE = ["scorers.caption_coca.enabled=false", "scorers.caption_vblip.enabled=false",
+               "scorers.caption_llm.enabled=false", "scorers.clip.enabled=false"]  # fmt: skip
+
+
+def deferred_vs_eager(videos: list[Path], work: Path, base: float) -> None:
+    """Per recipe: run, select demo_clean, export the survivors, eager (`exact`) against deferred
+    (`export --materialize`); each step timed as users run it (the CLI)."""
+    env = {**os.environ, "CI": "true", "RAY_USAGE_STATS_ENABLED": "0"}
+    print("| recipe | mode | run s | select s | export s | sum s | x bare decode | clips kept / all |")
+    print("|---|---|---|---|---|---|---|---|")
+    for recipe in ("demo", "svd"):
+        sums = {}
+        for mode in ("exact", "deferred"):
+            out, sub, exp = work / f"{recipe}-{mode}", work / f"{recipe}-{mode}-sub", work / f"{recipe}-{mode}-exp"
+            t_run, m = curate_run(videos[0].parent, out, [f"clips.mode={mode}", *WEIGHT_FREE], recipe)
+            t_sel = timed([*CLI, "select", str(RULES), "-s", str(out), "-o", str(sub)], env)
+            t_exp = timed([*CLI, "export", str(sub), "-o", str(exp), *(["--materialize"] if mode == "deferred" else [])], env)
+            kept = json.loads((exp / "index.json").read_text())["rows"]
+            sums[mode] = t_run + t_sel + t_exp
+            print(f"| {recipe} | {mode} | {t_run:.1f} | {t_sel:.1f} | {t_exp:.1f} | {sums[mode]:.1f} | {sums[mode] / base:.2f} "
+                  f"| {kept} / {m['counts']['clips']} |", flush=True)  # fmt: skip
+        print(f"| {recipe} | deferred / exact | | | | {sums['deferred'] / sums['exact']:.2f} | | |", flush=True)
+
+
+def peak_memory(work: Path) -> None:
+    """Peak RSS (the process tree: curate and its ffmpeg) of a deferred pass over one 1080p input
+    of 2 and of 25 minutes (the long one: the short one 12.5 times over, stream-copied)."""
+    import threading
+
+    from curate.video import ffmpeg_exe
+
+    def tree_rss(pid: int) -> int:  # bytes, the process and all its descendants (Linux /proc)
+        total, todo = 0, [pid]
+        while todo:
+            p = todo.pop()
+            try:
+                total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+                for t in Path(f"/proc/{p}/task").iterdir():
+                    todo += [int(c) for c in (t / "children").read_text().split()]
+            except (OSError, ValueError):
+                pass
+        return total
+
+    ff = ffmpeg_exe()
+    two = work / "two_min.mp4"
+    subprocess.run([ff, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=24:duration=120", "-c:v",
+                    "libx264", "-preset", "ultrafast", "-g", "48", str(two)], check=True)  # fmt: skip
+    (work / "list.txt").write_text("".join(f"file '{two}'\n" for _ in range(12)) + f"file '{two}'\nduration 60\n")
+    long = work / "long.mp4"
+    subprocess.run([ff, "-v", "error", "-f", "concat", "-safe", "0", "-i", str(work / "list.txt"), "-t", "1500", "-c", "copy",
+                    str(long)], check=True)  # fmt: skip
+    print("| input | wall s | peak RSS MiB (process tree) |")
+    print("|---|---|---|")
+    peaks = {}
+    for name, path in (("2 min 1080p", two), ("25 min 1080p", long)):
+        cmd = [*CLI, "run", "demo", "-i", str(path), "-o", str(work / f"mem-{path.stem}"), "--set", "clips.mode=deferred",
+               "--set", "executor=local", "--set", "input_timeout_s=7200", *sum((["--set", s] for s in WEIGHT_FREE), [])]  # fmt: skip
+        t = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "CI": "true"})
+        peak = [0]
+
+        def watch() -> None:
+            while proc.poll() is None:
+                peak[0] = max(peak[0], tree_rss(proc.pid))
+                time.sleep(0.2)
+
+        w = threading.Thread(target=watch)
+        w.start()
+        proc.wait()
+        w.join()
+        peaks[name] = peak[0]
+        print(f"| {name} | {time.perf_counter() - t:.1f} | {peak[0] / 2**20:.0f} |", flush=True)
+    print(f"| 25 min / 2 min | | {peaks['25 min 1080p'] / peaks['2 min 1080p']:.2f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--videos", type=Path, default=SHARED)
     ap.add_argument("--only", nargs="*", help="run names containing these words")
+    ap.add_argument("--deferred", action="store_true", help="eager against deferred, run + select + export")
+    ap.add_argument("--memory", action="store_true", help="peak memory of a deferred pass, 2 and 25 minutes")
     args = ap.parse_args(argv)
+    if args.memory:
+        with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
+            peak_memory(Path(tmp))
+        return 0
     videos = sorted(p for p in args.videos.iterdir() if p.suffix in {".mp4", ".avi", ".mkv", ".mov", ".webm"})
     if not videos:
         print(f"no videos in {args.videos}")
         return 1
+    if args.deferred:
+        with tempfile.TemporaryDirectory(prefix="bench-deferred-") as tmp:
+            base = bare_decode(videos)
+            print(f"{len(videos)} videos; bare decode {base:.1f} s")
+            deferred_vs_eager(videos, Path(tmp), base)
+        return 0
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         work = Path(tmp)
         base = bare_decode(videos)

@@ -27,6 +27,7 @@ import numpy as np
 
 from curate import schema
 from curate.config import ClipsParams
+from curate.stage import pack_plans
 from curate.storage import is_transient  # a full disk, a network fault: the next run retries
 from curate.record import InputRecord
 from curate.video import VideoInfo, ffmpeg_exe, ffmpeg_run
@@ -46,7 +47,8 @@ class ClipSpan:
     end: int  # exclusive
 
 
-def plan_clips(info: VideoInfo, cuts: list[int], n_frames: int, params: ClipsParams) -> tuple[list[ClipSpan], int, int]:
+def plan_clips(info: VideoInfo, cuts: list[int], n_frames: int, params: ClipsParams,
+               open_end: bool = False) -> tuple[list[ClipSpan], int, int]:
     """Split the scenes between cuts into clips of [min_s, max_s] seconds.
 
     A scene shorter than min_s (after trimming `trim_s` at both ends) is dropped; a long scene is
@@ -58,8 +60,13 @@ def plan_clips(info: VideoInfo, cuts: list[int], n_frames: int, params: ClipsPar
     long, planning tries from the next frame (five 1/8 s frames, one of 1 s, one of 2.5 s: a clip
     of 3.875 s from the third frame, where pieces from the first gave none). Returns the clips,
     the scenes dropped as too short, and the held frames dropped as longer than max_s.
+
+    `open_end`: frames from `n_frames` on are not decoded yet and the last scene goes on past it
+    (the deferred mode plans while it decodes, curate.deferred): its clips are those that end
+    before `n_frames` whatever comes next, and the counts are not final.
     """
-    times = list(info.frame_times[:n_frames])
+    # open: the true times of frames past n_frames too (they exist, only not decoded yet)
+    times = list(info.frame_times[:n_frames + 1 if open_end else n_frames])
     frame_dur = info.duration_s - info.frame_times[-1] if info.frame_times else 1.0 / info.fps
     end_time = (times[-1] + frame_dur) if times else 0.0
 
@@ -73,6 +80,9 @@ def plan_clips(info: VideoInfo, cuts: list[int], n_frames: int, params: ClipsPar
     dropped = held = 0
     for a, b in zip(bounds[:-1], bounds[1:]):
         a, b = a + trim, b - trim
+        if open_end and b + trim == n_frames:  # the scene goes on: a cut from n_frames on ends it
+            clips += _open_scene(a, b, t, params, eps)
+            break
         if b <= a or t(b) - t(a) < params.min_s - eps:
             dropped += 1
             continue
@@ -90,6 +100,24 @@ def plan_clips(info: VideoInfo, cuts: list[int], n_frames: int, params: ClipsPar
             else:  # too short because frame `end` would pass max_s: a clip may still fit a frame later
                 start += 1
     return clips, dropped, held
+
+
+def _open_scene(a: int, b: int, t, params: ClipsParams, eps: float) -> list[ClipSpan]:
+    """plan_clips' steps over a scene whose end is not known yet, as far as `b` decides them: a
+    step whose furthest end reaches `b` could go further, so planning stops there."""
+    clips, start = [], a
+    while start < b - 1:
+        end = start + bisect_right(range(start + 1, b + 1), t(start) + params.max_s + eps, key=t)
+        if end >= b:
+            break
+        if end == start:
+            start += 1
+        elif t(end) - t(start) >= params.min_s - eps:
+            clips.append(ClipSpan(start, end))
+            start = end
+        else:
+            start += 1
+    return clips
 
 
 def _seek_args(info: VideoInfo, frame: int) -> list[str]:
@@ -283,7 +311,7 @@ def _any_of(terms: list[str]) -> str:
 @dataclass
 class ClipFile:
     """One clip of a one-pass extraction: its file (in the work dir), or why there is none, and the
-    scorers' frames packed (curate.sample.pack_plans) when any were asked for."""
+    scorers' frames packed (curate.stage.pack_plans) when any were asked for."""
 
     path: str | None = None
     error: Exception | None = None
@@ -302,15 +330,15 @@ def groups(info: VideoInfo, spans: list[ClipSpan]) -> list[list[int]]:
 
 
 def extract_video(src: str, info: VideoInfo, spans: list[ClipSpan], params: ClipsParams, workdir: str,
-                  plans: list | None = None, deadline: float | None = None) -> list[ClipFile]:
+                  plans: list | None = None, deadline: float | None = None, geo: Geometry | None = None) -> list[ClipFile]:
     """Every clip of one input in one decode: per group of clips, one ffmpeg process decodes the
     range once, drops the frames between clips (and those `max_fps` drops), scales, and encodes
     one stream whose keyframes are forced onto the clip starts, which the segment muxer splits
     into one mp4 per clip (each a closed GOP from its first frame: frame-accurate by
     construction). When scorers ask for frames (`plans`), a second output of the same decode
     carries exactly those frames, at the stored size, as raw RGB on a pipe. Nothing is decoded
-    twice and no process seeks per clip."""
-    geo = geometry(info, params)
+    twice and no process seeks per clip. `geo`: the stored size and rate, when not the params'."""
+    geo = geo or geometry(info, params)
     results = [ClipFile() for _ in spans]
     carried = 0
     for gi, members in enumerate(groups(info, spans)):
@@ -332,10 +360,9 @@ def extract_video(src: str, info: VideoInfo, spans: list[ClipSpan], params: Clip
 
 
 def _extract_group(src: str, info: VideoInfo, spans: list[ClipSpan], results: list[ClipFile], geo: Geometry,
-                   params: ClipsParams, workdir: str, plans: list, timeout: float | None) -> None:
-    from curate.sample import pack_plans
-
-    os.makedirs(workdir, exist_ok=True)
+                   params: ClipsParams | None, workdir: str, plans: list, timeout: float | None, encode: bool = True) -> None:
+    if encode:
+        os.makedirs(workdir, exist_ok=True)
     s0 = spans[0].start
     counts = [kept_count(sp, geo.rate) for sp in spans]
     starts = [sum(counts[:k]) for k in range(len(spans))]  # each clip's first frame in the encoded stream
@@ -352,16 +379,18 @@ def _extract_group(src: str, info: VideoInfo, spans: list[ClipSpan], results: li
     sample_at = [(k, j) for k in range(len(spans)) for j in wanted[k]]
     if sample_at:
         pick = _any_of([f"eq(n,{starts[k] + j})" for k, j in sample_at])
-        graph = f"{chain},split=2[e][s0];[s0]select='{pick}',format=rgb24[s]"
+        graph = f"{chain},split=2[e][s0];[s0]select='{pick}',format=rgb24[s]" if encode else f"{chain},select='{pick}',format=rgb24[s]"
     else:
         graph = f"{chain}[e]"
     force = _any_of([f"eq(n,{x})" for x in starts])
-    out = [
+    out = [] if not encode else [
         "-map", "[e]", "-an", "-sn", "-dn", "-map_metadata", "-1", "-fps_mode", "passthrough",
         "-c:v", "libx264", "-preset", params.preset, "-crf", str(params.crf), "-pix_fmt", "yuv420p",
         "-force_key_frames", f"expr:{force}", "-forced-idr", "1",
     ]  # fmt: skip
-    if len(spans) > 1:
+    if not encode:
+        pass
+    elif len(spans) > 1:
         out += ["-f", "segment", "-segment_frames", ",".join(map(str, starts[1:])), "-reset_timestamps", "1",
                 "-segment_format", "mp4", "-segment_format_options", "movflags=+faststart",
                 os.path.join(workdir, "%05d.mp4")]  # fmt: skip
@@ -392,6 +421,8 @@ def _extract_group(src: str, info: VideoInfo, spans: list[ClipSpan], results: li
             err.seek(0)
             msg = err.read().decode("utf-8", "replace").strip().splitlines()
             raise ExtractError(f"ffmpeg exited {rc}: {' | '.join(msg[-3:])}")
+    if not encode:
+        return
     for k, res in enumerate(results):
         path = os.path.join(workdir, f"{k:05d}.mp4")
         frames = _frames_in(path)
@@ -399,6 +430,21 @@ def _extract_group(src: str, info: VideoInfo, spans: list[ClipSpan], results: li
             res.path = path
         else:
             res.error = ExtractError(f"the clip has {frames} frames, {counts[k]} planned (the stream ended early?)")
+
+
+def sample_spans(src: str, info: VideoInfo, spans: list[ClipSpan], geo: Geometry, plans: list,
+                 deadline: float | None = None) -> list[bytes | None]:
+    """The scorers' frames of clips that have no file (the deferred mode), decoded from the source
+    through the extraction's own filters: the frames an `exact` clip of the span would have
+    carried, bit for bit. None for a clip whose frames did not all come."""
+    results = [ClipFile() for _ in spans]
+    for members in groups(info, spans):
+        left = None if deadline is None else deadline - time.time()
+        if left is not None and left <= 0:
+            raise ExtractTimeout("ffmpeg timed out: time budget spent")
+        _extract_group(src, info, [spans[i] for i in members], [results[i] for i in members], geo, None, "", plans,
+                       left, encode=False)  # fmt: skip
+    return [r.sample for r in results]
 
 
 def _read_exact(stream, n: int) -> bytes | None:

@@ -14,7 +14,6 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
 from curate.params import Strict
-from curate.sample import SampleParams
 
 
 class ConfigError(ValueError):
@@ -112,7 +111,8 @@ class CutsParams(Strict):
 class ClipsParams(Strict):
     min_s: float = Field(2.0, gt=0)
     max_s: float = Field(10.0, gt=0)
-    mode: Literal["copy", "exact", "smart"] = "exact"
+    # deferred: one decode, spans and scores, no file (curate.deferred; `export --materialize` encodes)
+    mode: Literal["copy", "exact", "smart", "deferred"] = "exact"
     crf: int = Field(18, ge=0, le=51)
     preset: Literal["ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower",
                     "veryslow", "placebo"] = "veryfast"  # x264's presets: anything else fails every clip
@@ -129,7 +129,7 @@ class ClipsParams(Strict):
             raise ValueError(f"clips.max_s ({self.max_s}) must be >= clips.min_s ({self.min_s})")
         if self.short_side and self.max_side:
             raise ValueError("clips.short_side and clips.max_side: set one of them")
-        if self.mode != "exact" and self.resizes:
+        if self.mode in ("copy", "smart") and self.resizes:
             raise ValueError(f"clips.mode {self.mode!r} copies the source's pixels, so it cannot change their size or "
                              "rate (clips.short_side / max_side / max_fps): use mode: exact")
         return self
@@ -153,13 +153,6 @@ class RayParams(Strict):
     video_concurrency: int | None = Field(None, ge=1, description="parallel inputs; default = CPUs")
 
 
-def scorers_model() -> type[BaseModel]:
-    """The `scorers` section: one field per registered scorer (curate.registry), its own Params."""
-    from curate import registry
-
-    return _scorers_model(registry.version)
-
-
 @functools.lru_cache(maxsize=4)
 def _scorers_model(version: int) -> type[BaseModel]:  # cached per registry version
     from curate import registry
@@ -167,6 +160,13 @@ def _scorers_model(version: int) -> type[BaseModel]:  # cached per registry vers
     fields = {name: (cls.Params, Field(default_factory=cls.Params)) for name, cls in registry.scorers().items()}
     return create_model("ScorersConfig", __base__=Strict, __doc__="Per-scorer settings, in run order. "
                         "`enabled: false` skips one.", **fields)  # fmt: skip
+
+
+class SampleParams(Strict):
+    decoders: list[Literal["opencv", "pyav"]] = Field(
+        default_factory=lambda: ["opencv", "pyav"],
+        description="tried in order; the next one is used when one fails or returns too few frames",
+    )
 
 
 class PipelineConfig(Strict):
@@ -182,6 +182,13 @@ class PipelineConfig(Strict):
     # scorers: added by pipeline_config_model() from the registry
     shards: ShardsParams = Field(default_factory=ShardsParams)
     ray: RayParams = Field(default_factory=RayParams)
+
+    @model_validator(mode="after")
+    def _deferred_cuts(self) -> "PipelineConfig":
+        if self.clips.mode == "deferred" and self.cuts.detector != "classical":
+            raise ValueError(f"clips.mode deferred plans clips while it decodes, which needs cuts.detector: classical "
+                             f"(got {self.cuts.detector}): use mode exact with the network")  # fmt: skip
+        return self
 
     def hash(self) -> str:
         """Hash of what changes results (not where or how fast it runs)."""

@@ -88,9 +88,10 @@ def _scored_detectors():
 
 
 class _Level:
-    def __init__(self, name: str, stride: int, fps: float, detectors: list):
+    def __init__(self, name: str, stride: int, fps: float, detectors: list, min_len: int = 1):
         self.name = name
         self.stride = stride
+        self.min_len = min_len
         self.rate = Fraction(fps).limit_denominator(100000)
         self.detectors = detectors
         self.fed = [d for d in detectors if hasattr(d, "components")]
@@ -148,94 +149,129 @@ def detect_cuts(path: str, info: VideoInfo, params: CutsParams, deadline_s: floa
     """Cuts of one video from a single scaled decode: the classical cascade, TransNetV2 on every
     frame, or the hybrid (TransNetV2 judges the cascade's proposals on windows around them)."""
     t0 = time.perf_counter()
-    model = stream = spool = None
-    if params.detector != "classical":
-        from curate import transnet
-
-        model = transnet.load_model(params.transnet_device)
-        if params.detector == "transnetv2":
-            stream = transnet.Stream(model, params.transnet_batch)
-        else:  # the 48x27 frames go to disk, read back around the proposals: memory stays flat
-            spool = tempfile.TemporaryFile()
-    use_levels = params.detector != "transnetv2"
     width, height = scaled_size(info.coded_width, info.coded_height, params.analysis_size)
-    native = info.fps
-    levels: list[_Level] = []
-    for lv in params.levels:
-        stride = 1 if lv.fps is None or lv.fps >= native else max(1, int(round(native / lv.fps)))
-        level_fps = native / stride
-        min_len = max(1, int(round(params.min_scene_len_s * level_fps)))
-        name = "native" if stride == 1 and lv.fps is None else f"{lv.fps:g}fps"
-        dets = [make_detector(d, min_len) for d in lv.detectors]
-        levels.append(_Level(name, stride, level_fps, dets))
-
-    signals = _Signals(params.flash_frames + 1, [lv.stride for lv in levels])
-    index = 0
+    analysis = CutAnalysis(info.fps, params, width, height)
     # Skipping the in-loop deblocking filter makes H.264/HEVC decoding ~20% cheaper. The error it
     # leaves accumulates over a GOP and resets at the next keyframe: on a still slide that pop is
     # big enough for the sensitive detectors, and `min_changed` is what rules it out (no pixel of a
     # pop changes by STRONG_CHANGE; every real cut measured changes 8% of them or more).
     fast = ("-skip_loop_filter", "all") if params.fast_decode else ()
-    frames = iter_frames(path, width, height, threads=params.decode_threads, deadline_s=deadline_s, extra_input_args=fast)
-    for chunk in frames:
-        luma = cv2.cvtColor(chunk.reshape(-1, width, 3), cv2.COLOR_BGR2GRAY).reshape(len(chunk), height, width)
-        signals.add(chunk, luma)
-        if use_levels:
-            for level in levels:
-                level.feed_chunk(chunk, index)
-        if model is not None:
+    for chunk in iter_frames(path, width, height, threads=params.decode_threads, deadline_s=deadline_s, extra_input_args=fast):
+        analysis.feed(chunk)
+    result = analysis.finish()
+    result.seconds = time.perf_counter() - t0
+    return result
+
+
+class CutAnalysis:
+    """The cut detection of one video, fed its analysis frames (BGR at `width` x `height`) a chunk
+    at a time: `finish()` gives the cuts. `provisional()` gives the cuts of what it has seen so
+    far; those more than `lag` frames behind the last frame fed are the final ones (the classical
+    cascade: its detectors, the flash and pop filters and the merge each look a bounded way
+    ahead), which is what lets the deferred clip mode (curate.deferred) plan clips while it
+    decodes."""
+
+    def __init__(self, native_fps: float, params: CutsParams, width: int, height: int):
+        self.params, self.width, self.height = params, width, height
+        self.model = self.stream = self.spool = None
+        if params.detector != "classical":
+            from curate import transnet
+
+            self.model = transnet.load_model(params.transnet_device)
+            if params.detector == "transnetv2":
+                self.stream = transnet.Stream(self.model, params.transnet_batch)
+            else:  # the 48x27 frames go to disk, read back around the proposals: memory stays flat
+                self.spool = tempfile.TemporaryFile()
+        self.use_levels = params.detector != "transnetv2"
+        self.native = native_fps
+        self.levels: list[_Level] = []
+        for lv in params.levels:
+            stride = 1 if lv.fps is None or lv.fps >= native_fps else max(1, int(round(native_fps / lv.fps)))
+            level_fps = native_fps / stride
+            min_len = max(1, int(round(params.min_scene_len_s * level_fps)))
+            name = "native" if stride == 1 and lv.fps is None else f"{lv.fps:g}fps"
+            self.levels.append(_Level(name, stride, level_fps, [make_detector(d, min_len) for d in lv.detectors], min_len))
+        self.signals = _Signals(params.flash_frames + 1, [lv.stride for lv in self.levels])
+        self.tol = max(1, int(round(params.merge_tolerance_s * native_fps)))
+        self.min_len = max(1, int(round(params.min_scene_len_s * native_fps)))
+        # how far behind the newest frame a provisional cut is final: a level's detectors hold a cut
+        # for up to its min_scene_len (PySceneDetect's flash filter merges within it) plus their
+        # windows, at its stride; then the flash check, the merge tolerance and the minimum length
+        self.lag = max([lv.stride * (lv.min_len + 4) for lv in self.levels] or [0]) + params.flash_frames + self.tol + self.min_len + 2
+        self.n_frames = 0
+
+    def feed(self, chunk: np.ndarray) -> None:
+        luma = cv2.cvtColor(chunk.reshape(-1, self.width, 3), cv2.COLOR_BGR2GRAY).reshape(len(chunk), self.height, self.width)
+        self.signals.add(chunk, luma)
+        if self.use_levels:
+            for level in self.levels:
+                level.feed_chunk(chunk, self.n_frames)
+        if self.model is not None:
+            from curate import transnet
+
             for frame in chunk:
                 thumb = transnet.thumbnail(frame)
-                if stream is not None:
-                    stream.push(thumb)
+                if self.stream is not None:
+                    self.stream.push(thumb)
                 else:
-                    spool.write(np.ascontiguousarray(thumb).tobytes())
-        index += len(chunk)
-    n_frames = index
-    if use_levels:
-        for level in levels:
-            level.finish()
+                    self.spool.write(np.ascontiguousarray(thumb).tobytes())
+        self.n_frames += len(chunk)
 
-    dist_arr, changed = signals.result(n_frames)
-    diff_arr = dist_arr[:, 0, 0].astype(np.float64)
-    if n_frames:
-        diff_arr[0] = 0.0
-    candidates: list[tuple[int, int, float]] = []  # (frame, precision rank, strength)
-    by_level: dict[str, list[int]] = {}
-    flashes: set[int] = set()
-    weak: set[int] = set()
-    for level in sorted(levels, key=lambda lv: lv.stride):
-        placed = []
-        for j in level.found:
-            f = _refine(j * level.stride, level.stride, diff_arr)
-            if not 0 < f < n_frames:
-                continue
-            if is_flash(f, dist_arr, params.flash_frames, params.flash_ratio):
-                flashes.add(f)
-            elif changed[level.stride][j * level.stride] < params.min_changed and (
-                    level.stride > 1 or dist_arr[f, 0, -1] < POP_SPAN):
-                weak.add(f)  # nothing in the picture changed strongly: a keyframe pop, noise
-            else:
-                placed.append(f)
-        by_level[level.name] = sorted(set(placed))
-        candidates += [(f, level.stride, float(diff_arr[f])) for f in by_level[level.name]]
+    def provisional(self) -> list[int]:
+        """The cascade's cuts of the frames fed so far (classical only: the network's are known at
+        the end); final where more than `lag` frames behind the newest."""
+        if self.model is not None:
+            raise ValueError("provisional cuts need cuts.detector: classical")
+        return self._cuts(final=False).cuts
 
-    tol = max(1, int(round(params.merge_tolerance_s * native)))
-    min_len = max(1, int(round(params.min_scene_len_s * native)))
-    if flashes:
-        by_level["flash"] = sorted(flashes)  # what the flash filter removed, for analysis
-    if weak:
-        by_level["weak"] = sorted(weak)
-    if stream is not None:  # transnetv2: every frame scored while decoding
-        found = [_place(c, diff_arr) for c in transnet.cuts_from(stream.finish(), params.transnet_threshold)]
-        by_level["transnetv2"] = found
-        cuts = _union([(f, 1, float(diff_arr[f])) for f in found if 0 < f < n_frames], tol, min_len, n_frames)
-    elif spool is not None:  # hybrid: the network judges the proposals
-        with spool:
-            cuts = _hybrid(candidates, flashes, dist_arr, spool, model, params, tol, min_len, n_frames, by_level)
-    else:
-        cuts = _union(candidates, tol, min_len, n_frames)
-    return CutResult(cuts=cuts, n_frames=n_frames, by_level=by_level, seconds=time.perf_counter() - t0)
+    def finish(self) -> CutResult:
+        return self._cuts(final=True)
+
+    def _cuts(self, final: bool) -> CutResult:
+        params, n_frames = self.params, self.n_frames
+        if final and self.use_levels:
+            for level in self.levels:
+                level.finish()
+        dist_arr, changed = self.signals.result(n_frames)
+        diff_arr = dist_arr[:, 0, 0].astype(np.float64)
+        if n_frames:
+            diff_arr[0] = 0.0
+        candidates: list[tuple[int, int, float]] = []  # (frame, precision rank, strength)
+        by_level: dict[str, list[int]] = {}
+        flashes: set[int] = set()
+        weak: set[int] = set()
+        for level in sorted(self.levels, key=lambda lv: lv.stride):
+            placed = []
+            for j in level.found:
+                f = _refine(j * level.stride, level.stride, diff_arr)
+                if not 0 < f < n_frames:
+                    continue
+                if is_flash(f, dist_arr, params.flash_frames, params.flash_ratio):
+                    flashes.add(f)
+                elif changed[level.stride][j * level.stride] < params.min_changed and (
+                        level.stride > 1 or dist_arr[f, 0, -1] < POP_SPAN):
+                    weak.add(f)  # nothing in the picture changed strongly: a keyframe pop, noise
+                else:
+                    placed.append(f)
+            by_level[level.name] = sorted(set(placed))
+            candidates += [(f, level.stride, float(diff_arr[f])) for f in by_level[level.name]]
+        tol, min_len = self.tol, self.min_len
+        if flashes:
+            by_level["flash"] = sorted(flashes)  # what the flash filter removed, for analysis
+        if weak:
+            by_level["weak"] = sorted(weak)
+        if self.stream is not None:  # transnetv2: every frame scored while decoding
+            from curate import transnet
+
+            found = [_place(c, diff_arr) for c in transnet.cuts_from(self.stream.finish(), params.transnet_threshold)]
+            by_level["transnetv2"] = found
+            cuts = _union([(f, 1, float(diff_arr[f])) for f in found if 0 < f < n_frames], tol, min_len, n_frames)
+        elif self.spool is not None:  # hybrid: the network judges the proposals
+            with self.spool:
+                cuts = _hybrid(candidates, flashes, dist_arr, self.spool, self.model, params, tol, min_len, n_frames, by_level)
+        else:
+            cuts = _union(candidates, tol, min_len, n_frames)
+        return CutResult(cuts=cuts, n_frames=n_frames, by_level=by_level, seconds=0.0)
 
 
 def _place(cut: int, diffs: np.ndarray, reach: int = 1) -> int:

@@ -36,7 +36,7 @@ from curate.record import InputRecord, VideoRecord
 
 # imported once by the forkserver, so each input's child starts with its decoders loaded
 _PRELOAD = ["pyarrow", "numpy", "av", "cv2", "imageio_ffmpeg", "scenedetect", "scenedetect.detectors", "curate.video",
-            "curate.cuts", "curate.clips", "curate.storage", "curate.per_video",
+            "curate.cuts", "curate.clips", "curate.deferred", "curate.storage", "curate.per_video", "PIL.Image",
             # pyarrow's Table.from_pylist imports pandas where installed: 190 ms in every child
             # otherwise, 8x the rest of a 1-second input's work (bench/scale.py)
             "pandas", "pyarrow.pandas_compat"]
@@ -59,6 +59,10 @@ def process_input(uri: str, probe_p: ProbeParams, cuts_p: CutsParams, clips_p: C
     try:
         steps = (("probe", lambda: probe_input(rec, probe_p)), ("cuts", lambda: find_cuts(rec, cuts_p, probe_p.min_frames)),
                  ("clips", lambda: make_clips(rec, clips_p, store, list(plans))))  # fmt: skip
+        if clips_p.mode == "deferred":  # one decode for the cuts, the spans and the scorers' frames
+            from curate.deferred import deferred_clips
+
+            steps = (steps[0], ("deferred", lambda: deferred_clips(rec, cuts_p, clips_p, list(plans), probe_p.min_frames)))
         for name, step in steps:
             if rec.quarantine:
                 break

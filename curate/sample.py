@@ -8,17 +8,16 @@ loaded without pickle). No scorer opens a video file.
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field
 
 from curate import schema
 from curate import stage as _stage
-from curate.params import Strict
+from curate.config import SampleParams  # noqa: F401 - the sample step's settings (a config section)
+from curate.stage import pack_plans
 
 
 @dataclass(frozen=True)
@@ -50,13 +49,6 @@ class SamplePlan:
         else:
             scale = 1.0
         return max(1, int(round(width * scale))), max(1, int(round(height * scale)))
-
-
-class SampleParams(Strict):
-    decoders: list[Literal["opencv", "pyav"]] = Field(
-        default_factory=lambda: ["opencv", "pyav"],
-        description="tried in order; the next one is used when one fails or returns too few frames",
-    )
 
 
 class DecodeError(Exception):
@@ -126,31 +118,6 @@ def decode_frames(path: str, wanted: set[int], decoders: list[str]) -> tuple[dic
     return best
 
 
-def pack(arrays: dict[str, np.ndarray]) -> bytes:
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
-def pack_plans(plans: list[SamplePlan], per_plan: dict[str, list[int]], frames: dict[int, np.ndarray]) -> bytes:
-    """One clip's sample: per plan, its frames (from `frames`, index -> RGB at the stored clip size)
-    resized to the plan's size, and their indices. The sample stage and the extraction decode
-    (curate.clips) both pack with this, so a scorer cannot tell which one fed it."""
-    import cv2
-
-    arrays: dict[str, np.ndarray] = {}
-    for plan in plans:
-        idx = [k for k in per_plan[plan.name] if k in frames]
-        if not idx:
-            continue
-        h, w = frames[idx[0]].shape[:2]
-        size = plan.size_for(w, h)
-        resized = [frames[k] if size == (w, h) else cv2.resize(frames[k], size, interpolation=cv2.INTER_AREA) for k in idx]
-        arrays[plan.name] = np.stack(resized)
-        arrays[f"{plan.name}__idx"] = np.asarray(idx, np.int64)
-    return pack(arrays)
-
-
 def clip_frames(row: dict) -> int:
     """Frames in a row's clip file (rows written before `num_frames` existed: the source range)."""
     n = row.get(schema.NUM_FRAMES)
@@ -179,9 +146,24 @@ class SampleStage(_stage.StageBase):
         errors = batch.column(schema.ERRORS).to_pylist() if schema.ERRORS in batch.column_names else [None] * batch.num_rows
         # rows the extraction decode already sampled (curate.clips.extract_video) keep their frames
         have = batch.column(schema.SAMPLES).to_pylist() if schema.SAMPLES in batch.column_names else [None] * batch.num_rows
-        cols = [c for c in (schema.CLIP_URI, schema.START_FRAME, schema.END_FRAME, schema.FPS, schema.NUM_FRAMES)
-                if c in batch.column_names]
-        for i, row in enumerate(batch.select(cols).to_pylist()):
+        cols = [c for c in (schema.CLIP_URI, schema.START_FRAME, schema.END_FRAME, schema.FPS, schema.NUM_FRAMES,
+                            schema.CLIP_MODE, schema.SOURCE_URI, schema.VIDEO_ID, schema.WIDTH, schema.HEIGHT,
+                            schema.SOURCE_WIDTH, schema.SOURCE_HEIGHT, schema.SOURCE_FPS) if c in batch.column_names]  # fmt: skip
+        rows = batch.select(cols).to_pylist()
+        spans: dict[tuple[str, str], list[int]] = {}  # deferred rows without frames, per source: decoded from it
+        for i, row in enumerate(rows):
+            if have[i] is None and not row[schema.CLIP_URI] and row.get(schema.CLIP_MODE) == "deferred":
+                spans.setdefault((row[schema.SOURCE_URI], row[schema.VIDEO_ID]), []).append(i)
+        for idx in spans.values():
+            from curate.deferred import sample_rows
+
+            for i, got in zip(idx, sample_rows([rows[i] for i in idx], self.wanted)):
+                if isinstance(got, Exception) or got is None:
+                    why = f"{type(got).__name__}: {got}" if got is not None else "its frames did not all decode"
+                    errors[i] = _stage.add_error(errors[i], self.name, why)
+                else:
+                    have[i] = got
+        for i, row in enumerate(rows):
             if have[i] is not None or not row[schema.CLIP_URI]:
                 blobs.append(have[i])
                 continue

@@ -28,7 +28,8 @@ SOURCE_FPS = "source_fps"
 SOURCE_WIDTH = "source_width"
 SOURCE_HEIGHT = "source_height"
 CODEC = "codec"  # codec of the source video
-CLIP_MODE = "clip_mode"  # extraction mode actually used: copy | exact | smart
+CLIP_MODE = "clip_mode"  # extraction mode actually used: copy | exact | smart | deferred (no file: a span)
+PREVIEW = "preview"  # deferred: a small animated WebP of the clip, made during its one decode (the report's)
 ERRORS = "errors"
 
 CLIP_FIELDS: list[pa.Field] = [
@@ -52,6 +53,7 @@ CLIP_FIELDS: list[pa.Field] = [
     pa.field(CODEC, pa.string()),
     pa.field(CLIP_MODE, pa.string()),
     pa.field(ERRORS, pa.list_(pa.string())),
+    pa.field(PREVIEW, pa.binary()),
 ]
 
 # --- scores (scoring issue): one prefix per scorer, null when not computed ----------------------

@@ -159,7 +159,32 @@ def set_columns(batch: pa.Table, values: dict[str, list], fields: tuple[pa.Field
     return batch
 
 
-# --- the frames the sample step packed into `_samples` (curate.sample.pack_plans writes them) ----
+# --- `_samples`: the frames each scorer asked for, packed once per clip (npz) ----------------------
+def pack(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def pack_plans(plans: list, per_plan: dict[str, list[int]], frames: dict[int, np.ndarray]) -> bytes:
+    """One clip's sample: per plan, its frames (from `frames`, index -> RGB at the stored clip size)
+    resized to the plan's size, and their indices. The sample stage and the extraction decode
+    (curate.clips) both pack with this, so a scorer cannot tell which one fed it."""
+    import cv2
+
+    arrays: dict[str, np.ndarray] = {}
+    for plan in plans:
+        idx = [k for k in per_plan[plan.name] if k in frames]
+        if not idx:
+            continue
+        h, w = frames[idx[0]].shape[:2]
+        size = plan.size_for(w, h)
+        resized = [frames[k] if size == (w, h) else cv2.resize(frames[k], size, interpolation=cv2.INTER_AREA) for k in idx]
+        arrays[plan.name] = np.stack(resized)
+        arrays[f"{plan.name}__idx"] = np.asarray(idx, np.int64)
+    return pack(arrays)
+
+
 def unpack(blob: bytes | None, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
     """The arrays of a packed sample (only `keys`, when given: a scorer reads its own frames)."""
     if not blob:

@@ -92,7 +92,8 @@ def verify(out: str, deep: bool = False) -> Report:
     dups = [cid for cid, n in Counter(r[schema.CLIP_ID] for r in rows).items() if n > 1]
     for cid in dups[:20]:
         bad(f"clip {cid} has {sum(r[schema.CLIP_ID] == cid for r in rows)} rows")
-    extract = (manifest.get("config") or {}).get("clips", {}).get("extract", True)
+    clips_cfg = (manifest.get("config") or {}).get("clips", {})
+    extract = clips_cfg.get("extract", True) and clips_cfg.get("mode") != "deferred"  # deferred: spans, no files
     named: set[str] = set()
     for r in rows:
         uri = r[schema.CLIP_URI]

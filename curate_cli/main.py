@@ -377,19 +377,50 @@ def export_cmd(
     max_rows: int = typer.Option(1000, "--max-rows"),
     max_bytes: Optional[int] = typer.Option(None, "--max-bytes", help="shard size limit in bytes"),
     embed: bool = typer.Option(True, "--embed/--no-embed", help="store clip bytes (default) or only their URIs"),
+    materialize: bool = typer.Option(False, "--materialize", help="encode the clips of a deferred run (clips.mode "
+                                     "deferred) that the subset keeps, into OUT/clips/"),
+    short_side: Optional[int] = typer.Option(None, "--short-side", help="--materialize at this short side (default: the run's)"),
+    max_side: Optional[int] = typer.Option(None, "--max-side", help="... or with at most this long side"),
+    max_fps: Optional[float] = typer.Option(None, "--max-fps", help="... and at most this frame rate"),
+    on_ray: bool = typer.Option(False, "--ray", help="--materialize as Ray tasks (the cluster must see OUT)"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="attach to a running Ray cluster (implies --ray)"),
 ) -> None:
     """Write training shards (clip bytes or paths, caption, scores) with an index.json."""
-    from datatools.export import export
+    from curate.config import ClipsParams
+    from datatools.export import Materialize, run_clips, export
 
     if fmt not in ("parquet", "webdataset"):
         _fail(f"--format {fmt!r}: choose parquet or webdataset")
     if max_rows < 1 or (max_bytes is not None and max_bytes < 1):
         _fail("--max-rows and --max-bytes must be at least 1")
+    resize = any(v is not None for v in (short_side, max_side, max_fps))
+    if resize and not materialize:
+        _fail("--short-side, --max-side and --max-fps set how --materialize encodes: add --materialize")
+    m = None
+    if materialize:
+        run_clips = run_clips(subset) or ClipsParams(mode="exact")
+        try:
+            clips = run_clips.model_copy(update={"short_side": short_side, "max_side": max_side, "max_fps": max_fps}) if resize else run_clips
+            clips = ClipsParams.model_validate(clips.model_dump())
+        except ValueError as e:
+            _fail(f"--short-side/--max-side/--max-fps: {str(e).splitlines()[-1].strip()}")
+        if on_ray or ray_address:
+            _filter_native_stderr()
+        m = Materialize(clips, resize, "ray" if (on_ray or ray_address) else "local", ray_address)
     try:
-        index = export(subset, out, fmt, max_rows, max_bytes, embed)
+        with _progress() as progress:
+            task = progress.add_task("materializing clips", total=None, visible=materialize)
+            if m is not None:
+                m.on_progress = lambda done, total: progress.update(task, total=total, completed=done)
+            index = export(subset, out, fmt, max_rows, max_bytes, embed, m)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
-    console.print(f"[green]exported[/green] {index['rows']} clips in {len(index['shards'])} {fmt} shards -> {out}")
+    for r in index.get("refused", [])[:50]:
+        console.print(f"[yellow]refused[/yellow] clip {r['clip_id']}: {escape(r['reason'])}", soft_wrap=True)
+    if len(index.get("refused", [])) > 50:
+        console.print(f"... and {len(index['refused']) - 50} more refused (index.json lists them)")
+    what = f" ({index['materialized']} materialized)" if "materialized" in index else ""
+    console.print(f"[green]exported[/green] {index['rows']} clips{what} in {len(index['shards'])} {fmt} shards -> {out}")
 
 
 @app.command("report")

@@ -15,13 +15,15 @@ import re
 import shutil
 import tarfile
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal
+from typing import Callable, Iterator, Literal
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate import schema
+from curate.config import ClipsParams
 from curate.dataset import CLIP_BYTES, INDEX_FILE, SUBSET_FILE
 
 
@@ -40,7 +42,7 @@ def _read_clip(uri: str) -> bytes:
 
 def _meta(row: dict) -> dict:
     """JSON-safe metadata of a row (embeddings and bytes left out)."""
-    return {k: v for k, v in row.items() if k not in (CLIP_BYTES, schema.CLIP_EMBEDDING, schema.SAMPLES)}
+    return {k: v for k, v in row.items() if k not in (CLIP_BYTES, schema.CLIP_EMBEDDING, schema.SAMPLES, schema.PREVIEW)}
 
 
 def _groups(rows: Iterator[tuple[dict, bytes | None]], max_rows: int, max_bytes: int | None):
@@ -56,8 +58,21 @@ def _groups(rows: Iterator[tuple[dict, bytes | None]], max_rows: int, max_bytes:
         yield group
 
 
+@dataclass
+class Materialize:
+    """`--materialize`: encode the clip files of the subset's deferred rows (curate.deferred) into
+    OUT/clips/, at the run's clip settings (`resize` off) or at `clips`' size and rate."""
+
+    clips: ClipsParams | None = None  # encoder and size settings (default: the run's, from its OUT)
+    resize: bool = False  # the size and rate of `clips`, not those the rows record
+    executor: str = "local"  # or "ray"
+    ray_address: str | None = None
+    on_progress: Callable[[int, int], None] | None = None
+
+
 def export(subset: str | Path, out: str | Path, fmt: Literal["parquet", "webdataset"] = "parquet",
-           max_rows: int = 1000, max_bytes: int | None = None, embed: bool = True) -> dict:
+           max_rows: int = 1000, max_bytes: int | None = None, embed: bool = True,
+           materialize: Materialize | None = None) -> dict:
     subset = Path(subset)
     path = subset / SUBSET_FILE if subset.is_dir() else subset
     if not path.is_file():
@@ -67,17 +82,87 @@ def export(subset: str | Path, out: str | Path, fmt: Literal["parquet", "webdata
         raise ValueError(f"{path} has no caption column: export a subset made by `curate select`")
     final = _claim(Path(out))
     rows = table.to_pylist()
+    if materialize is None and embed and any(_deferred(r) for r in rows):
+        raise ValueError(f"{path}: its clips were kept as spans (clips.mode deferred), with no file to export: add "
+                         "--materialize to encode the ones this subset keeps")  # fmt: skip
+    refused: list[dict] = []
+    if materialize is not None:
+        rows, refused = _materialize(rows, subset if subset.is_dir() else None, final / CLIPS_DIR, materialize)
     # Written aside and swapped in whole: a failure (a missing clip, a full disk, a kill) leaves
     # the previous export as it was, never a mix or a half.
     out = final.parent / f".{final.name}.export-{uuid.uuid4().hex[:8]}"
     out.mkdir()
     try:
         index = _write(rows, table.schema, out, fmt, max_rows, max_bytes, embed, path)
+        if materialize is not None:
+            index["materialized"] = sum(1 for r in rows if r.get(schema.CLIP_MODE) == MATERIALIZED)
+            index["refused"] = refused
+            (out / INDEX_FILE).write_text(json.dumps(index, indent=2))
+            if not embed and (final / CLIPS_DIR).is_dir():  # the shards name these files: they move with it
+                (final / CLIPS_DIR).rename(out / CLIPS_DIR)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
     _swap_in(out, final)
+    if embed:  # the clips are in the shards now
+        shutil.rmtree(final / CLIPS_DIR, ignore_errors=True)
     return index
+
+
+CLIPS_DIR = "clips"  # materialized clip files, OUT/clips/<video_id>/<clip_id>.mp4
+MATERIALIZED = "exact"  # a materialized row's clip_mode: its file is what `exact` mode would have stored
+
+
+def _materialize(rows: list[dict], subset: Path | None, clips_dir: Path, m: Materialize) -> tuple[list[dict], list[dict]]:
+    """The rows with their deferred clips encoded (clip_uri, size and rate set), and those refused."""
+    from curate.clips import ClipSpan, kept_count
+    from pipelines.materialize import materialize
+
+    params = m.clips or run_clips(subset) or ClipsParams(mode="exact")
+    settings = json.dumps({"resize": m.resize, "clips": params.model_dump(mode="json")}, sort_keys=True)
+    mark = clips_dir / ".settings.json"
+    if clips_dir.is_dir() and (not mark.is_file() or mark.read_text() != settings):
+        shutil.rmtree(clips_dir)  # clips of other settings (a re-export at another size): not these
+    clips_dir.mkdir(parents=True, exist_ok=True)
+    mark.write_text(settings)
+    for work in clips_dir.glob("*/.materialize-*"):  # a killed materialization's unfinished encodes
+        shutil.rmtree(work, ignore_errors=True)
+    deferred = [r for r in rows if _deferred(r)]
+    got = materialize(deferred, str(clips_dir), params, m.resize, m.executor, m.ray_address, m.on_progress)
+    kept, refused = [], []
+    for r in rows:
+        res = got.get(r[schema.CLIP_ID]) if _deferred(r) else None
+        if isinstance(res, Exception):
+            refused.append({schema.CLIP_ID: r[schema.CLIP_ID], "reason": f"{type(res).__name__}: {res}"})
+            continue
+        if res is not None:
+            path, geo = res
+            r = {**r, schema.CLIP_URI: path, schema.CLIP_MODE: MATERIALIZED, schema.WIDTH: geo.width,
+                 schema.HEIGHT: geo.height, schema.FPS: geo.fps,
+                 schema.NUM_FRAMES: kept_count(ClipSpan(r[schema.START_FRAME], r[schema.END_FRAME]), geo.rate)}  # fmt: skip
+        kept.append(r)
+    return kept, refused
+
+
+def _deferred(row: dict) -> bool:
+    return not row.get(schema.CLIP_URI) and row.get(schema.CLIP_MODE) == "deferred"
+
+
+def run_clips(subset: Path | None) -> ClipsParams | None:
+    """The clip settings of the run whose OUT the subset was selected from (its manifest), if it
+    can be found: materialized clips are then encoded as that run would have."""
+    from curate.dataset import DatasetError, open_out
+
+    try:
+        source = json.loads((subset / "funnel.json").read_text())["source"]
+        clips = dict(open_out(source)[1]["config"]["clips"])
+    except (TypeError, OSError, ValueError, KeyError, DatasetError):
+        return None
+    clips["mode"] = "exact"
+    try:
+        return ClipsParams.model_validate(clips)
+    except ValueError:
+        return None
 
 
 def _write(rows: list[dict], src_schema: pa.Schema, out: Path, fmt: str, max_rows: int, max_bytes: int | None,
@@ -133,7 +218,7 @@ _SHARD_RE = re.compile(r"^shard-\d{6}\.(parquet|tar)$")
 
 
 def _ours(name: str) -> bool:
-    return bool(_SHARD_RE.match(name)) or name == INDEX_FILE or (name.startswith(".") and name.endswith(".tmp"))
+    return bool(_SHARD_RE.match(name)) or name in (INDEX_FILE, CLIPS_DIR) or (name.startswith(".") and name.endswith(".tmp"))
 
 
 def _claim(out: Path) -> Path:
@@ -155,7 +240,7 @@ def _claim(out: Path) -> Path:
         shutil.rmtree(old, ignore_errors=True)
     if out.is_dir():
         names = [p.name for p in out.iterdir()]
-        if names and INDEX_FILE not in names:
+        if set(names) - {CLIPS_DIR} and INDEX_FILE not in names:  # (clips/ alone: a killed --materialize)
             raise ValueError(f"-o {out}: not empty and not an earlier export (no {INDEX_FILE}); choose a new directory")
         foreign = [n for n in names if not _ours(n)]
         if foreign:

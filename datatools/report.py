@@ -30,14 +30,17 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _thumb(uri: str, frames: int, width: int = 116) -> str | None:
-    """JPEG data URI of the clip's middle frame (None when it cannot be read)."""
+def _thumb(row: dict, width: int = 116) -> str | None:
+    """Data URI of a clip's picture: the JPEG of its file's middle frame, or the moving preview a
+    deferred run made (no file); None when there is neither, or it cannot be read."""
     import cv2
 
     from curate.sample import decode_frames
 
+    if not row.get(schema.CLIP_URI):
+        return "data:image/webp;base64," + base64.b64encode(row[schema.PREVIEW]).decode() if row.get(schema.PREVIEW) else None
     try:
-        frames, _ = decode_frames(uri, {max(0, frames // 2)}, ["opencv", "pyav"])
+        frames, _ = decode_frames(row[schema.CLIP_URI], {max(0, clip_frames(row) // 2)}, ["opencv", "pyav"])
     except Exception:  # noqa: BLE001 - a thumbnail is never worth failing the report
         return None
     (rgb,) = frames.values()
@@ -65,8 +68,8 @@ def _dedup_section(table: pa.Table, dedup: str, groups_shown: int = 5, per_group
     from datatools.dedup import DUP_DISTANCE, DUP_GROUP, GROUP_SIZE, read_groups
 
     g = read_groups(dedup)
-    rows = {r[schema.CLIP_ID]: r for r in table.select([schema.CLIP_ID, schema.CLIP_URI, schema.START_FRAME, schema.END_FRAME,
-                                                        schema.NUM_FRAMES]).to_pylist()}  # fmt: skip
+    cols = [schema.CLIP_ID, schema.CLIP_URI, schema.START_FRAME, schema.END_FRAME, schema.NUM_FRAMES, schema.PREVIEW]
+    rows = {r[schema.CLIP_ID]: r for r in table.select([c for c in cols if c in table.column_names]).to_pylist()}
     members: dict[str, list[tuple[float, str]]] = {}
     for cid, grp, size, dist in zip(g.column(schema.CLIP_ID).to_pylist(), g.column(DUP_GROUP).to_pylist(),
                                     g.column(GROUP_SIZE).to_pylist(), g.column(DUP_DISTANCE).to_pylist()):  # fmt: skip
@@ -79,7 +82,7 @@ def _dedup_section(table: pa.Table, dedup: str, groups_shown: int = 5, per_group
         strip = []
         for dist, cid in sorted(mem)[:per_group]:
             r = rows[cid]
-            thumb = _thumb(r[schema.CLIP_URI], clip_frames(r)) if r[schema.CLIP_URI] else None
+            thumb = _thumb(r)
             if thumb:
                 strip.append(f"<figure><img alt='{html.escape(cid)}' src='{thumb}'><figcaption>{dist:.1f}</figcaption></figure>")
         out.append(f"<div class='dupgroup'><p>{html.escape(grp)}: {len(mem)} clips</p><div class='strip'>{''.join(strip)}</div></div>")
@@ -154,14 +157,14 @@ def build_report(out: str, rules_path: str | None = None, dedup: str | None = No
             ax.text(t, ax.get_ylim()[1] * 0.97, label, fontsize=7, color="#e45756", rotation=90, ha="right", va="top")
         ax.set_title(f"{col} (n={len(vals)}, nulls={table.column(col).null_count})", fontsize=9)
         strip = []
-        ordered = sorted((r for r in rows if r[col] is not None and r[schema.CLIP_URI]), key=lambda r: r[col])
+        ordered = sorted((r for r in rows if r[col] is not None and (r[schema.CLIP_URI] or r.get(schema.PREVIEW))), key=lambda r: r[col])
         for d in range(10):
             if not ordered:
                 break
             r = ordered[min(len(ordered) - 1, int((d + 0.5) / 10 * len(ordered)))]
             key = r[schema.CLIP_ID]
             if key not in thumbs:
-                thumbs[key] = _thumb(r[schema.CLIP_URI], clip_frames(r))
+                thumbs[key] = _thumb(r)
             if thumbs[key]:
                 strip.append(f"<figure><img alt='{html.escape(key)}' src='{thumbs[key]}'><figcaption>d{d}: {r[col]:.4g}</figcaption></figure>")
         parts.append(f"<div class='score'><img alt='{col} histogram' src='{_png(fig)}'><div class='strip'>{''.join(strip)}</div></div>")

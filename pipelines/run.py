@@ -86,7 +86,7 @@ def _run_locked(cfg: PipelineConfig, inputs: list[str], store: OutputStore, leas
                           every_s=cfg.shards.commit_every_s, every_videos=cfg.shards.commit_every_videos,
                           lease=lease)  # fmt: skip
     try:
-        done = committer.recover(check_clips=cfg.clips.extract)
+        done = committer.recover(check_clips=cfg.clips.extract and cfg.clips.mode != "deferred")  # deferred: spans, no files
     except ConfigMismatch as e:
         raise ConfigMismatch(f"{e}{what_differs(store, cfg)}") from None
     todo = [u for u in inputs if u not in done]

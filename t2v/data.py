@@ -28,6 +28,9 @@ def load_rows(data: str | Path) -> list[dict]:
         out.append({"clip_id": r[schema.CLIP_ID], "caption": best_caption(r) or "", "uri": r.get(schema.CLIP_URI),
                     "member": r.get("member"), "n": clip_frames(r), "fps": r[schema.FPS]})  # fmt: skip
     if not out:
+        if any(r.get(schema.CLIP_MODE) == "deferred" for r in rows):  # spans, no files: see datatools/export.py
+            raise DataError(f"--data {data}: its clips are spans of a deferred run (no clip files): select a subset and "
+                            "`curate export SUBSET -o DIR --materialize`, then train on DIR")  # fmt: skip
         raise DataError(f"--data {data}: no clips with a clip file ({len(rows)} rows): nothing to train or evaluate on")
     return sorted(out, key=lambda r: r["clip_id"])  # a stable order, whatever the source order
 

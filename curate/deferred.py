@@ -1,0 +1,380 @@
+"""The deferred clip mode (`clips.mode: deferred`): one decode per input, rows that record clip
+spans in their source, the scorers' frames and a small moving preview, and no clip file.
+`curate export --materialize` encodes the clips a subset keeps (curate.materialize).
+
+One ffmpeg process decodes the input once and hands on two streams: the cut analysis's small
+frames (stdout) and every frame at the stored clip size through the extraction's own filters
+(scale, yuv420p, RGB: the pixels an `exact` clip of any span is encoded from) on a second pipe.
+The cuts are analysed as the frames come (curate.cuts.CutAnalysis); a clip is planned as soon as
+the cuts before it are final (clips.plan_clips, open_end) and its frames are read back from a
+spill of the stored-size frames on local disk, which is dropped as planning moves past it:
+memory and disk stay bounded by a clip's length, whatever the input's. At the end the plan is
+checked against the one the final cuts give: a span planned early that the final plan lacks is
+dropped, one not sampled yet is sampled from the spill, or (its frames gone: a cut later than
+the analysis's declared lag) left to the sample step, which decodes it from the source
+(clips.sample_spans) as `curate rescore` does.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import queue
+import shutil
+import subprocess
+import tempfile
+import threading
+
+import numpy as np
+
+from curate import schema
+from curate.clips import SAMPLE_BUDGET_BYTES, ClipSpan, Geometry, clip_id, geometry, kept_frames, plan_clips, sample_spans
+from curate.config import ClipsParams, CutsParams
+from curate.cuts import CutAnalysis
+from curate.faults import fault
+from curate.record import InputRecord, VideoInfo
+from curate.stage import pack_plans
+from curate.video import DecodeTimeout, ffmpeg_exe, scaled_size
+
+SPILL_FRAMES = 32  # stored-size frames per spill file: the unit in which the spill is dropped
+CHUNK_FRAMES, READ_AHEAD = 64, 4  # analysis frames per read, and reads queued ahead of the analysis
+# The spill holds at most a clip (max_s), the analysis's lag and its read-ahead: not the input.
+PREVIEW_SIDE = 128  # long side of a preview frame ...
+PREVIEW_FRAMES = 8  # ... and how many, evenly over the clip
+
+
+class _Spill:
+    """The stored-size frames of the decode, appended by a reader thread, read back by index,
+    dropped a file at a time once no clip can need them."""
+
+    def __init__(self, directory: str, shape: tuple[int, int, int]):
+        self.dir, self.shape = directory, shape
+        self.frame_bytes = int(np.prod(shape))
+        self.cond = threading.Condition()
+        self.count = 0  # frames written
+        self.done = False
+        self.released = 0  # files below this index are gone (or never written)
+        self.peak = 0  # the most files it held at once (the bound the tests check)
+
+    def _path(self, seg: int) -> str:
+        return os.path.join(self.dir, f"{seg:08d}.rgb")
+
+    def write_from(self, stream) -> None:
+        fh, seg = None, -1
+        try:
+            while True:
+                buf = _read_exact(stream, self.frame_bytes)
+                if buf is None:
+                    break
+                s = self.count // SPILL_FRAMES
+                if s != seg:
+                    if fh:
+                        fh.close()
+                    seg = s
+                    fh = open(self._path(seg), "wb") if seg >= self.released else None
+                    self.peak = max(self.peak, seg + 1 - self.released)
+                if fh:
+                    fh.write(buf)
+                with self.cond:
+                    self.count += 1
+                    self.cond.notify_all()
+        finally:
+            if fh:
+                fh.close()
+            with self.cond:
+                self.done = True
+                self.cond.notify_all()
+
+    def get(self, i: int) -> np.ndarray | None:
+        """Frame i (RGB at the stored size), waiting for it to be written; None when it is gone
+        or never came."""
+        with self.cond:
+            while self.count <= i and not self.done:
+                self.cond.wait(1.0)
+            if i >= self.count or i // SPILL_FRAMES < self.released:
+                return None
+        with open(self._path(i // SPILL_FRAMES), "rb") as fh:
+            fh.seek((i % SPILL_FRAMES) * self.frame_bytes)
+            return np.frombuffer(fh.read(self.frame_bytes), np.uint8).reshape(self.shape)
+
+    def release_before(self, i: int) -> None:
+        upto = i // SPILL_FRAMES  # files wholly before frame i
+        with self.cond:
+            first, self.released = self.released, max(self.released, upto)
+        for seg in range(first, upto):
+            try:
+                os.unlink(self._path(seg))
+            except FileNotFoundError:
+                pass
+
+
+def _read_exact(stream, n: int) -> bytes | None:
+    chunks, have = [], 0
+    while have < n:
+        b = stream.read(n - have)
+        if not b:
+            return None
+        chunks.append(b)
+        have += len(b)
+    return b"".join(chunks)
+
+
+def deferred_clips(rec: InputRecord, cuts_p: CutsParams, clips_p: ClipsParams, plans: list, min_frames: int = 1) -> list[dict]:
+    """Cuts, clip spans and the scorers' frames of one input from one decode (the steps `cuts`
+    and `clips` of the other modes): its clip rows, or [] with the record's quarantine set."""
+    try:
+        return _deferred(rec, cuts_p, clips_p, plans, min_frames)
+    except DecodeTimeout as e:
+        rec.set_quarantine(schema.Q_TIMEOUT, f"deferred: {e}")
+    except Exception as e:  # noqa: BLE001 - one input never stops the run
+        rec.set_quarantine(schema.Q_ERROR, f"deferred: {type(e).__name__}: {e}")
+    return []
+
+
+def _deferred(rec: InputRecord, cuts_p: CutsParams, clips_p: ClipsParams, plans: list, min_frames: int) -> list[dict]:
+    info = rec.info
+    geo = geometry(info, clips_p)
+    aw, ah = scaled_size(info.width, info.height, cuts_p.analysis_size)  # frames come rotated, as clips store them
+    analysis = CutAnalysis(info.fps, cuts_p, aw, ah)
+    size = f"scale={geo.width}:{geo.height}:flags=area" if geo.scaled else f"crop={geo.width}:{geo.height}"
+    work = tempfile.mkdtemp(prefix="curate-deferred-")
+    spill = _Spill(work, (geo.height, geo.width, 3))
+    read_fd, write_fd = os.pipe()
+    graph = (f"[0:v]split=2[x][y];[x]scale={aw}:{ah}:flags=area,format=bgr24[a];"
+             f"[y]{size},format=yuv420p,format=rgb24[b]")  # the stored pixels: _extract_group's chain
+    cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-threads", str(cuts_p.decode_threads),
+           "-i", rec.local, "-filter_complex", graph,
+           "-map", "[a]", "-an", "-sn", "-dn", "-fps_mode", "passthrough", "-f", "rawvideo", "pipe:1",
+           "-map", "[b]", "-fps_mode", "passthrough", "-f", "rawvideo", f"pipe:{write_fd}"]  # fmt: skip
+    err = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, pass_fds=(write_fd,))
+    os.close(write_fd)
+    expired = threading.Event()
+    left = rec.remaining_s()
+    timer = threading.Timer(max(0.0, left), lambda: (expired.set(), proc.kill())) if left is not None else None
+    if timer:
+        timer.daemon = True
+        timer.start()
+    chunks: queue.Queue = queue.Queue(maxsize=READ_AHEAD)
+    frame_bytes, chunk_frames = aw * ah * 3, CHUNK_FRAMES
+
+    def read_analysis() -> None:
+        try:
+            while True:
+                buf = proc.stdout.read(frame_bytes * chunk_frames)
+                n = len(buf) // frame_bytes
+                if n:
+                    chunks.put(np.frombuffer(buf, np.uint8, count=n * frame_bytes).reshape(n, ah, aw, 3))
+                if len(buf) < frame_bytes * chunk_frames:
+                    break
+        finally:
+            chunks.put(None)
+
+    stored = os.fdopen(read_fd, "rb")
+    threads = [threading.Thread(target=read_analysis, daemon=True), threading.Thread(target=spill.write_from, args=(stored,), daemon=True)]
+    for t in threads:
+        t.start()
+    clip = _ClipRows(rec, clips_p, geo, plans, spill)
+    try:
+        while (chunk := chunks.get()) is not None:
+            analysis.feed(chunk)
+            final_upto = analysis.n_frames - analysis.lag
+            if final_upto > 0:
+                cuts = [c for c in analysis.provisional() if c < final_upto]
+                spans, _, _ = plan_clips(info, cuts, final_upto, clips_p, open_end=True)
+                for span in spans:
+                    clip.row(span)
+                trim = int(round(clips_p.trim_s * info.fps))
+                spill.release_before(max([clip.last_end] + [c + trim for c in cuts[-1:]]))
+        rc = proc.wait()
+        for t in threads:
+            t.join()
+        if expired.is_set():
+            raise DecodeTimeout(f"decode exceeded {left:.0f}s")
+        if rc != 0:
+            err.seek(0)
+            msg = err.read().decode("utf-8", "replace").strip().splitlines()
+            raise RuntimeError(f"ffmpeg exited {rc}: {' | '.join(msg[-3:])}")
+        result = analysis.finish()
+        rec.cuts, rec.n_frames, rec.cuts_by_level = result.cuts, result.n_frames, result.by_level
+        if result.n_frames < min_frames:
+            rec.set_quarantine(schema.Q_UNDECODABLE, f"{result.n_frames} frames decode")
+            return []
+        spans, rec.short_scenes_dropped, rec.held_frames_dropped = plan_clips(info, result.cuts, result.n_frames, clips_p)
+        clip.n_frames = result.n_frames
+        rec.scenes = len(result.cuts) + 1
+        rows = [clip.row(span) for span in spans]  # rows planned early are reused; a span no longer planned goes
+        for index, row in enumerate(rows):
+            row[schema.CLIP_INDEX] = index
+        return rows
+    finally:
+        if timer:
+            timer.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for t in threads:
+            t.join(5)
+        stored.close()
+        err.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+class _ClipRows:
+    """Rows of the spans planned so far (each once), with their frames from the spill."""
+
+    def __init__(self, rec: InputRecord, params: ClipsParams, geo, plans: list, spill: _Spill):
+        self.rec, self.params, self.geo, self.plans, self.spill = rec, params, geo, plans, spill
+        self.rows: dict[tuple[int, int], dict] = {}
+        self.carried = 0  # bytes of scorers' frames the rows carry (clips.SAMPLE_BUDGET_BYTES)
+        self.last_end = 0
+        self.n_frames: int | None = None  # known at the end of the decode
+
+    def row(self, span: ClipSpan) -> dict:
+        key = (span.start, span.end)
+        if key in self.rows:
+            return self.rows[key]
+        info, geo, vid = self.rec.info, self.geo, self.rec.video_id
+        times, n = info.frame_times, self.n_frames
+        frame_dur = info.duration_s - times[-1]
+
+        def t(i: int) -> float:  # as clips._clips: past the last decoded frame, the end of the last one
+            return times[n - 1] + frame_dur if n is not None and i >= n else times[i]
+
+        kept = kept_frames(span, geo.rate)
+        row = {
+            schema.CLIP_ID: clip_id(vid, span.start, span.end), schema.VIDEO_ID: vid, schema.SOURCE_URI: self.rec.uri,
+            schema.CLIP_URI: None, schema.START_FRAME: span.start, schema.END_FRAME: span.end,
+            schema.START_S: t(span.start), schema.END_S: t(span.end), schema.DURATION_S: t(span.end) - t(span.start),
+            schema.FPS: geo.fps, schema.WIDTH: geo.width, schema.HEIGHT: geo.height, schema.NUM_FRAMES: len(kept),
+            schema.SOURCE_FPS: info.fps, schema.SOURCE_WIDTH: info.width, schema.SOURCE_HEIGHT: info.height,
+            schema.CODEC: info.codec, schema.CLIP_MODE: "deferred", schema.ERRORS: [],
+        }  # fmt: skip
+        per_plan = {p.name: p.indices(len(kept), geo.fps) for p in self.plans}
+        preview_at = [int(round(x)) for x in np.linspace(0, len(kept) - 1, min(PREVIEW_FRAMES, len(kept)))]
+        want = sorted(set().union(*per_plan.values(), preview_at)) if (self.plans or preview_at) else []
+        frames = {j: f for j in want if (f := self.spill.get(kept[j])) is not None}
+        if self.plans and self.carried < SAMPLE_BUDGET_BYTES and all(j in frames for p in per_plan.values() for j in p):
+            row[schema.SAMPLES] = pack_plans(self.plans, per_plan, frames)
+            self.carried += len(row[schema.SAMPLES])
+        if preview_at and all(j in frames for j in preview_at):
+            row[schema.PREVIEW] = preview([frames[j] for j in preview_at], row[schema.DURATION_S])
+        self.rows[key] = row
+        self.last_end = max(self.last_end, span.end)
+        return row
+
+
+def preview(frames: list[np.ndarray], duration_s: float) -> bytes:
+    """A small moving preview of a clip: its frames at PREVIEW_SIDE, as an animated WebP (what the
+    report shows where there is no clip file)."""
+    import cv2
+    from PIL import Image
+
+    h, w = frames[0].shape[:2]
+    scale = min(1.0, PREVIEW_SIDE / max(h, w))
+    size = (max(2, round(w * scale)), max(2, round(h * scale)))
+    images = [Image.fromarray(cv2.resize(f, size, interpolation=cv2.INTER_AREA)) for f in frames]
+    buf = io.BytesIO()
+    step_ms = max(40, int(1000 * duration_s / len(images)))
+    images[0].save(buf, "WEBP", save_all=True, append_images=images[1:], duration=step_ms, loop=0, quality=60, method=2)
+    return buf.getvalue()
+
+
+def stored_geometry(row: dict) -> Geometry:
+    """How a deferred row's clip is (to be) stored, from the row: what clips.geometry gave the run."""
+    w, h, sw, sh = row[schema.WIDTH], row[schema.HEIGHT], row[schema.SOURCE_WIDTH], row[schema.SOURCE_HEIGHT]
+    fps, src_fps = row[schema.FPS], row[schema.SOURCE_FPS]
+    rate = fps / src_fps if fps < src_fps else None  # max_fps / the source's rate, as geometry() divides
+    return Geometry(w, h, fps, rate, (w, h) != (sw - sw % 2, sh - sh % 2))
+
+
+class SourceChanged(Exception):
+    """A deferred row's source is gone, or is not the file the run read (another fingerprint)."""
+
+
+def open_source(uri: str, video_id: str) -> tuple[str, VideoInfo]:
+    """(a local path, the probe) of the source a deferred row was cut from, or SourceChanged."""
+    from curate.storage import fingerprint, localize
+    from curate.video import ProbeError, probe
+
+    try:
+        local = localize(uri)
+        info = probe(local)
+    except (OSError, ProbeError) as e:
+        raise SourceChanged(f"source {uri} cannot be read ({str(e).splitlines()[0]})") from None
+    if fingerprint(local, info.size_bytes) != video_id:
+        raise SourceChanged(f"source {uri} changed since the run (its fingerprint is not {video_id})")
+    return local, info
+
+
+def sample_rows(rows: list[dict], plans: list) -> list[bytes | None | Exception]:
+    """The scorers' frames of deferred rows of one source (the sample step's, `curate rescore`'s),
+    decoded from the source: each a packed sample, or the exception that stopped it."""
+    from curate.storage import release
+
+    try:
+        local, info = open_source(rows[0][schema.SOURCE_URI], rows[0][schema.VIDEO_ID])
+    except SourceChanged as e:
+        return [e] * len(rows)
+    try:
+        spans = [ClipSpan(r[schema.START_FRAME], r[schema.END_FRAME]) for r in rows]
+        by_geo: dict[Geometry, list[int]] = {}
+        for i, r in enumerate(rows):
+            by_geo.setdefault(stored_geometry(r), []).append(i)
+        out: list[bytes | None | Exception] = [None] * len(rows)
+        for geo, idx in by_geo.items():
+            try:
+                got = sample_spans(local, info, [spans[i] for i in idx], geo, plans)
+            except Exception as e:  # noqa: BLE001 - these rows say why
+                got = [e] * len(idx)
+            for i, g in zip(idx, got):
+                out[i] = g
+        return out
+    finally:
+        release(rows[0][schema.SOURCE_URI])
+
+
+def materialize_source(rows: list[dict], clips_dir: str, params: ClipsParams,
+                       resize: bool = False) -> dict[str, tuple[str, Geometry] | Exception]:
+    """Encode the clip files of deferred rows of one source (`curate export --materialize`), as
+    `exact` mode would have stored them: the same filters and encoder over the same spans (one
+    decode per group of clips), at the rows' own size and rate, or at `params`' when `resize`.
+    Each file lands at CLIPS_DIR/<video_id>/<clip_id>.mp4 by a rename, so a file there is whole:
+    one that exists is kept (a resumed materialization), never made twice. Returns clip_id -> (its
+    path, how it is stored), or the exception that refused it (a source that changed or vanished:
+    SourceChanged)."""
+    from curate.clips import extract_video
+    from curate.storage import release
+
+    vid = rows[0][schema.VIDEO_ID]
+    final = {r[schema.CLIP_ID]: os.path.join(clips_dir, vid, f"{r[schema.CLIP_ID]}.mp4") for r in rows}
+    todo = [r for r in rows if not os.path.isfile(final[r[schema.CLIP_ID]])]
+    if not todo and not resize:
+        return {r[schema.CLIP_ID]: (final[r[schema.CLIP_ID]], stored_geometry(r)) for r in rows}
+    try:
+        local, info = open_source(rows[0][schema.SOURCE_URI], vid)
+    except SourceChanged as e:
+        return {r[schema.CLIP_ID]: e for r in todo}
+    geo_of = {r[schema.CLIP_ID]: geometry(info, params) if resize else stored_geometry(r) for r in rows}
+    out: dict[str, tuple[str, Geometry] | Exception] = {cid: (final[cid], geo_of[cid]) for cid in final if os.path.isfile(final[cid])}
+    os.makedirs(os.path.join(clips_dir, vid), exist_ok=True)
+    work = tempfile.mkdtemp(prefix=".materialize-", dir=os.path.join(clips_dir, vid))  # beside: each file a rename
+    try:
+        by_geo: dict[Geometry, list[dict]] = {}
+        for r in todo:
+            by_geo.setdefault(geo_of[r[schema.CLIP_ID]], []).append(r)
+        for k, (geo, group) in enumerate(by_geo.items()):
+            spans = [ClipSpan(r[schema.START_FRAME], r[schema.END_FRAME]) for r in group]
+            files = extract_video(local, info, spans, params, os.path.join(work, str(k)), geo=geo)
+            for r, f in zip(group, files):
+                cid = r[schema.CLIP_ID]
+                if f.error is not None or f.path is None:
+                    out[cid] = f.error or RuntimeError("no file")
+                    continue
+                os.replace(f.path, final[cid])
+                out[cid] = (final[cid], geo)
+                fault("materialize")  # crash tests: killed with some of the files made
+        return out
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        release(rows[0][schema.SOURCE_URI])
