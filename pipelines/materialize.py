@@ -15,7 +15,7 @@ from curate.config import ClipsParams
 from curate.deferred import materialize_source
 from pipelines.graph import init_ray
 
-Result = dict[str, "tuple[str, Geometry] | Exception"]
+Result = dict[str, tuple[str, Geometry] | Exception]
 
 
 def materialize(rows: list[dict], clips_dir: str, params: ClipsParams, resize: bool = False, executor: str = "local",
