@@ -202,3 +202,17 @@ def test_a_deferred_out_through_report_dedup_rescore_and_train(tmp_path, outs):
                                  ".map(i => i.complete && i.naturalWidth > 0)")  # fmt: skip
         browser.close()
     assert len(previews) >= 10 and all(previews)  # the moving previews made during the one decode
+
+
+def test_bad_inputs_end_as_in_exact_mode(tmp_path, bad_inputs):
+    """Garbage, empty, moov-less, audio-only, missing: the same quarantine reasons; truncated
+    mid-mdat: the clips of what decodes, as `exact` makes them."""
+    import pyarrow.parquet as pq
+
+    got = {}
+    for mode in ("exact", "deferred"):
+        run(demo_cfg(mode, "scorers.ocr.enabled=false"), [str(p) for p in bad_inputs.values()], str(tmp_path / mode))
+        q = pq.read_table(tmp_path / mode / "quarantine.parquet").to_pylist()
+        got[mode] = ({Path(r[schema.SOURCE_URI]).name: r[schema.REASON] for r in q},
+                     sorted(r[schema.CLIP_ID] for r in read_shards(str(tmp_path / mode)).to_pylist()))
+    assert got["deferred"] == got["exact"] and len(got["exact"][0]) == len(bad_inputs) - 1 and got["exact"][1]
