@@ -384,6 +384,8 @@ def export_cmd(
     max_fps: Optional[float] = typer.Option(None, "--max-fps", help="... and at most this frame rate"),
     on_ray: bool = typer.Option(False, "--ray", help="--materialize as Ray tasks (the cluster must see OUT)"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="attach to a running Ray cluster (implies --ray)"),
+    caption_template: Optional[str] = typer.Option(None, "--caption-template", help="the caption with conditions, e.g. "
+                                                   "'{caption}. camera: {camera_motion}; motion: {object_motion:.2f}'"),
 ) -> None:
     """Write training shards (clip bytes or paths, caption, scores) with an index.json."""
     from curate.config import ClipsParams
@@ -412,7 +414,7 @@ def export_cmd(
             task = progress.add_task("materializing clips", total=None, visible=materialize)
             if m is not None:
                 m.on_progress = lambda done, total: progress.update(task, total=total, completed=done)
-            index = export(subset, out, fmt, max_rows, max_bytes, embed, m)
+            index = export(subset, out, fmt, max_rows, max_bytes, embed, m, caption_template)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))
     for r in index.get("refused", [])[:50]:

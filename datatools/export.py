@@ -72,7 +72,10 @@ class Materialize:
 
 def export(subset: str | Path, out: str | Path, fmt: Literal["parquet", "webdataset"] = "parquet",
            max_rows: int = 1000, max_bytes: int | None = None, embed: bool = True,
-           materialize: Materialize | None = None) -> dict:
+           materialize: Materialize | None = None, caption_template: str | None = None) -> dict:
+    """`caption_template`: the training caption rewritten from the row's columns, scores and labels
+    as conditions (Open-Sora's way), e.g. "{caption}. camera: {camera_motion}; motion: {object_motion:.2f}";
+    recorded in index.json."""
     subset = Path(subset)
     path = subset / SUBSET_FILE if subset.is_dir() else subset
     if not path.is_file():
@@ -85,6 +88,8 @@ def export(subset: str | Path, out: str | Path, fmt: Literal["parquet", "webdata
     if materialize is None and embed and any(_deferred(r) for r in rows):
         raise ValueError(f"{path}: its clips were kept as spans (clips.mode deferred), with no file to export: add "
                          "--materialize to encode the ones this subset keeps")  # fmt: skip
+    if caption_template is not None:
+        rows = [{**r, "caption": _fill(caption_template, r)} for r in rows]
     refused: list[dict] = []
     if materialize is not None:
         rows, refused = _materialize(rows, subset if subset.is_dir() else None, final / CLIPS_DIR, materialize)
@@ -94,6 +99,9 @@ def export(subset: str | Path, out: str | Path, fmt: Literal["parquet", "webdata
     out.mkdir()
     try:
         index = _write(rows, table.schema, out, fmt, max_rows, max_bytes, embed, path)
+        if caption_template is not None:
+            index["caption_template"] = caption_template
+            (out / INDEX_FILE).write_text(json.dumps(index, indent=2))
         if materialize is not None:
             index["materialized"] = sum(1 for r in rows if r.get(schema.CLIP_MODE) == MATERIALIZED)
             index["refused"] = refused
@@ -142,6 +150,21 @@ def _materialize(rows: list[dict], subset: Path | None, clips_dir: Path, m: Mate
                  schema.NUM_FRAMES: kept_count(ClipSpan(r[schema.START_FRAME], r[schema.END_FRAME]), geo.rate)}  # fmt: skip
         kept.append(r)
     return kept, refused
+
+
+def _fill(template: str, row: dict) -> str:
+    """The template with the row's values; a column it names that the row lacks, or that is null
+    where a format needs a number, is an error naming it (never a caption with "None" in it)."""
+    import string
+
+    for _, name, spec, _ in string.Formatter().parse(template):
+        if name is None:
+            continue
+        if name not in row:
+            raise ValueError(f"--caption-template: no column {name!r} in the subset")
+        if row[name] is None:
+            raise ValueError(f"--caption-template: clip {row[schema.CLIP_ID]} has no {name} (null); select it away first")
+    return template.format_map(row)
 
 
 def _deferred(row: dict) -> bool:

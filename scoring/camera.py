@@ -1,0 +1,163 @@
+"""Camera motion apart from object motion, weight-free: a similarity model of the camera fitted
+to the dense flow of each pair of sampled frames, robust to what moves in the scene (RANSAC).
+
+Per pair of frames (sampled at `fps`, long side `max_side`): Farneback flow; the camera's
+motion is the similarity (translation, scale, rotation) that the most flow vectors agree with
+(cv2.estimateAffinePartial2D, RANSAC over a grid of the flow); the object motion is what is left
+when it is removed. Units do not depend on the resolution or the frame rate: translation and
+motion in frame widths per second, zoom in log-scale per second, roll in degrees per second.
+
+Columns, per clip (medians over its pairs unless said):
+- `camera_motion`: one label. `static` when no component passes its threshold; else the one
+  that does: `pan_left` / `pan_right` (the camera turns left: the scene moves right in the frame),
+  `tilt_up` / `tilt_down` (the camera turns up: the scene moves down), `zoom_in` / `zoom_out`
+  (the scene grows / shrinks), `roll`; `complex` when several do at once (a pan while zooming);
+  `shaky` when the camera's translation changes direction from pair to pair by more than it
+  moves on average (hand-held jitter), whatever else holds.
+- `camera_speed`: how fast the camera model moves the picture: the mean displacement of the
+  frame's points under it, in frame widths per second.
+- `object_motion`: the flow left after the camera model is removed, mean magnitude, frame
+  widths per second (a static camera over walking people: high; a pan over a still landscape: low).
+- `motion_patch_min` / `motion_patch_max`: over a 4x4 grid of the frame, the least and the most
+  moving patch (raw flow, frame widths per second): "static except one corner" has a low min
+  and a high max.
+SVD's `flow_mean` (scoring/flow.py) is left as it is.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import pyarrow as pa
+from pydantic import Field
+
+from curate import schema
+from curate.params import Strict
+from curate.sample import SamplePlan
+from curate.stage import Resources, StageBase, unpack
+
+CAMERA_MOTION = "camera_motion"
+CAMERA_SPEED = "camera_speed"
+OBJECT_MOTION = "object_motion"
+PATCH_MIN, PATCH_MAX = "motion_patch_min", "motion_patch_max"
+LABELS = ("static", "pan_left", "pan_right", "tilt_up", "tilt_down", "zoom_in", "zoom_out", "roll", "shaky", "complex")
+
+
+class CameraParams(Strict):
+    enabled: bool = True
+    fps: float = Field(4.0, gt=0, description="pairs of frames this many times a second")
+    max_side: int = Field(160, ge=32, description="analysis size (long side)")
+    grid: int = Field(12, ge=4, description="flow vectors per side fed to the robust fit")
+    # thresholds (see the module docstring and bench/README.md "Camera motion")
+    pan: float = Field(0.04, gt=0, description="translation, frame widths per second, for a pan or tilt")
+    zoom: float = Field(0.06, gt=0, description="|log scale| per second for a zoom")
+    roll: float = Field(3.0, gt=0, description="degrees per second for a roll")
+    shake: float = Field(1.0, gt=0, description="shaky: mean change of translation between pairs / its mean")
+    shake_min: float = Field(0.03, gt=0, description="... when that change is at least this (frame widths per second)")
+
+
+class CameraScorer(StageBase):
+    name: ClassVar[str] = "camera"
+    order: ClassVar[int] = 15  # (after flow, before OCR: order only matters for timing)
+    Params: ClassVar[type] = CameraParams
+    resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=16)
+    output_fields: ClassVar[tuple[pa.Field, ...]] = (
+        pa.field(CAMERA_MOTION, pa.string()),
+        pa.field(CAMERA_SPEED, pa.float32()),
+        pa.field(OBJECT_MOTION, pa.float32()),
+        pa.field(PATCH_MIN, pa.float32()),
+        pa.field(PATCH_MAX, pa.float32()),
+    )
+
+    def __init__(self, params: CameraParams):
+        self.params = params
+
+    @classmethod
+    def plans(cls, params: CameraParams) -> list[SamplePlan]:
+        return [SamplePlan(cls.name, fps=params.fps, min_frames=3, max_side=params.max_side)]
+
+    def inputs(self, batch: pa.Table) -> list:
+        """Per row its frames, their indices in the clip and the clip's frame rate."""
+        n = batch.num_rows
+        blobs = batch.column(schema.SAMPLES).to_pylist() if schema.SAMPLES in batch.column_names else [None] * n
+        fps = batch.column(schema.FPS).to_pylist() if schema.FPS in batch.column_names else [None] * n
+        items = []
+        for blob, rate in zip(blobs, fps):
+            arrays = unpack(blob, (self.name, f"{self.name}__idx"))
+            ok = self.name in arrays and rate
+            items.append((arrays[self.name], arrays[f"{self.name}__idx"], rate) if ok else None)
+        return items
+
+    def score_batch(self, items: list) -> list[dict]:
+        return [self.score(*item) for item in items]
+
+    def pair(self, a: np.ndarray, b: np.ndarray, dt: float) -> dict:
+        """The camera model between two gray frames `dt` seconds apart, per second."""
+        import cv2
+
+        h, w = a.shape
+        flow = cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)
+        g = self.params.grid
+        ys, xs = np.mgrid[0:g, 0:g]
+        px = ((xs + 0.5) * w / g).ravel().astype(np.float32)
+        py = ((ys + 0.5) * h / g).ravel().astype(np.float32)
+        # only where the picture has texture: on a flat wall the flow is zero whatever the camera
+        # does (the aperture problem), and those points would outvote the rest for "static"
+        eig = cv2.cornerMinEigenVal(a, 7)[py.astype(int), px.astype(int)]
+        keep = eig >= 0.01 * max(float(eig.max()), 1e-9)
+        if keep.sum() >= 6:
+            px, py = px[keep], py[keep]
+        f = flow[py.astype(int), px.astype(int)]
+        src = np.stack([px, py], 1)
+        dst = src + f
+        # a similarity about the frame's centre: translation, scale, rotation
+        c = np.array([w / 2, h / 2], np.float32)
+        tol = max(1.0, w / 160)
+        m, inliers = cv2.estimateAffinePartial2D(src - c, dst - c, method=cv2.RANSAC, ransacReprojThreshold=tol)
+        # a camera that holds still wins over a model of what moves in front of it (a hand, a
+        # face) whenever the still part of the picture is nearly as large (4/5)
+        still = int((np.linalg.norm(f, axis=1) < tol).sum())
+        if m is None or still >= 0.8 * int(inliers.sum()):
+            m = np.array([[1, 0, 0], [0, 1, 0]], np.float64)
+        scale = float(np.hypot(m[0, 0], m[1, 0]))
+        angle = float(np.degrees(np.arctan2(m[1, 0], m[0, 0])))
+        model = (src - c) @ m[:, :2].T + m[:, 2] + c
+        resid = np.linalg.norm(dst - model, axis=1)
+        moved = np.linalg.norm(model - src, axis=1)
+        mag = np.linalg.norm(flow, axis=2)
+        patches = [mag[i * h // 4:(i + 1) * h // 4, j * w // 4:(j + 1) * w // 4].mean() for i in range(4) for j in range(4)]
+        per_s = 1.0 / (w * dt)  # pixels between the two frames -> frame widths per second
+        return {"tx": float(m[0, 2]) * per_s, "ty": float(m[1, 2]) * per_s, "zoom": float(np.log(max(scale, 1e-6))) / dt,
+                "roll": angle / dt, "speed": float(moved.mean()) * per_s, "object": float(resid.mean()) * per_s,
+                "patches": np.asarray(patches) * per_s}  # fmt: skip
+
+    def score(self, frames: np.ndarray, indices: np.ndarray, fps: float) -> dict:
+        import cv2
+
+        if len(frames) < 2:
+            raise ValueError("needs at least 2 frames")
+        gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
+        pairs = [self.pair(gray[k - 1], gray[k], max(1, int(indices[k] - indices[k - 1])) / fps) for k in range(1, len(gray))]
+        med = {k: float(np.median([p[k] for p in pairs])) for k in ("tx", "ty", "zoom", "roll", "speed", "object")}
+        patches = np.median([p["patches"] for p in pairs], axis=0)
+        return {CAMERA_MOTION: self.label(med, pairs), CAMERA_SPEED: med["speed"], OBJECT_MOTION: med["object"],
+                PATCH_MIN: float(patches.min()), PATCH_MAX: float(patches.max())}  # fmt: skip
+
+    def label(self, med: dict, pairs: list[dict]) -> str:
+        p = self.params
+        if len(pairs) >= 3:
+            t = np.array([[q["tx"], q["ty"]] for q in pairs])
+            jitter = float(np.linalg.norm(np.diff(t, axis=0), axis=1).mean())
+            if jitter >= p.shake_min and jitter > p.shake * max(float(np.linalg.norm(t.mean(0))), 1e-9):
+                return "shaky"
+        found = []
+        if abs(med["tx"]) >= p.pan:
+            found.append("pan_left" if med["tx"] > 0 else "pan_right")  # the scene moves right: the camera turned left
+        if abs(med["ty"]) >= p.pan:
+            found.append("tilt_up" if med["ty"] > 0 else "tilt_down")  # the scene moves down: the camera turned up
+        if abs(med["zoom"]) >= p.zoom:
+            found.append("zoom_in" if med["zoom"] > 0 else "zoom_out")
+        if abs(med["roll"]) >= p.roll:
+            found.append("roll")
+        return "static" if not found else found[0] if len(found) == 1 else "complex"
