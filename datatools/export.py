@@ -157,11 +157,11 @@ def _fill(template: str, row: dict) -> str:
     where a format needs a number, is an error naming it (never a caption with "None" in it)."""
     import string
 
-    for _, name, spec, _ in string.Formatter().parse(template):
-        if name is None:
-            continue
+    names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    for name in names:
         if name not in row:
             raise ValueError(f"--caption-template: no column {name!r} in the subset")
+    for name in names:
         if row[name] is None:
             raise ValueError(f"--caption-template: clip {row[schema.CLIP_ID]} has no {name} (null); select it away first")
     return template.format_map(row)
