@@ -406,7 +406,7 @@ def _extract_group(src: str, info: VideoInfo, spans: list[ClipSpan], results: li
             frame_bytes = geo.width * geo.height * 3
             got: dict[int, np.ndarray] = {}
             for n, (k, j) in enumerate(sample_at):
-                buf = _read_exact(proc.stdout, frame_bytes)
+                buf = read_exact(proc.stdout, frame_bytes)
                 if buf is None:
                     break
                 got[j] = np.frombuffer(buf, np.uint8).reshape(geo.height, geo.width, 3)
@@ -447,7 +447,7 @@ def sample_spans(src: str, info: VideoInfo, spans: list[ClipSpan], geo: Geometry
     return [r.sample for r in results]
 
 
-def _read_exact(stream, n: int) -> bytes | None:
+def read_exact(stream, n: int) -> bytes | None:
     chunks, have = [], 0
     while have < n:
         b = stream.read(n - have)

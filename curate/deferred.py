@@ -21,20 +21,20 @@ import io
 import os
 import queue
 import shutil
-import subprocess
 import tempfile
 import threading
 
 import numpy as np
 
 from curate import schema
-from curate.clips import SAMPLE_BUDGET_BYTES, ClipSpan, Geometry, clip_id, geometry, kept_frames, plan_clips, sample_spans
+from curate.clips import (SAMPLE_BUDGET_BYTES, ClipSpan, Geometry, read_exact, clip_id, geometry, kept_frames, plan_clips,
+                          sample_spans)
 from curate.config import ClipsParams, CutsParams
 from curate.cuts import CutAnalysis
 from curate.faults import fault
 from curate.record import InputRecord, VideoInfo
 from curate.stage import pack_plans
-from curate.video import DecodeTimeout, ffmpeg_exe, scaled_size
+from curate.video import DecodeTimeout, ffmpeg_exe, ffmpeg_run, scaled_size
 
 SPILL_FRAMES = 32  # stored-size frames per spill file: the unit in which the spill is dropped
 CHUNK_FRAMES, READ_AHEAD = 64, 4  # analysis frames per read, and reads queued ahead of the analysis
@@ -63,7 +63,7 @@ class _Spill:
         fh, seg = None, -1
         try:
             while True:
-                buf = _read_exact(stream, self.frame_bytes)
+                buf = read_exact(stream, self.frame_bytes)
                 if buf is None:
                     break
                 s = self.count // SPILL_FRAMES
@@ -108,17 +108,6 @@ class _Spill:
                 pass
 
 
-def _read_exact(stream, n: int) -> bytes | None:
-    chunks, have = [], 0
-    while have < n:
-        b = stream.read(n - have)
-        if not b:
-            return None
-        chunks.append(b)
-        have += len(b)
-    return b"".join(chunks)
-
-
 def deferred_clips(rec: InputRecord, cuts_p: CutsParams, clips_p: ClipsParams, plans: list, min_frames: int = 1) -> list[dict]:
     """Cuts, clip spans and the scorers' frames of one input from one decode (the steps `cuts`
     and `clips` of the other modes): its clip rows, or [] with the record's quarantine set."""
@@ -146,14 +135,19 @@ def _deferred(rec: InputRecord, cuts_p: CutsParams, clips_p: ClipsParams, plans:
            "-i", rec.local, "-filter_complex", graph,
            "-map", "[a]", "-an", "-sn", "-dn", "-fps_mode", "passthrough", "-f", "rawvideo", "pipe:1",
            "-map", "[b]", "-fps_mode", "passthrough", "-f", "rawvideo", f"pipe:{write_fd}"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, pass_fds=(write_fd,))
-    os.close(write_fd)
-    expired = threading.Event()
     left = rec.remaining_s()
-    timer = threading.Timer(max(0.0, left), lambda: (expired.set(), proc.kill())) if left is not None else None
-    if timer:
-        timer.daemon = True
-        timer.start()
+    try:
+        with ffmpeg_run(cmd, left, pass_fds=(write_fd,)) as (proc, expired, _):
+            os.close(write_fd)
+            return _decode_once(rec, proc, expired, read_fd, analysis, spill, clips_p, geo, plans, min_frames, left)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _decode_once(rec: InputRecord, proc, expired, read_fd: int, analysis: CutAnalysis, spill: _Spill,
+                 clips_p: ClipsParams, geo, plans: list, min_frames: int, left: float | None) -> list[dict]:
+    """Reads both streams of the one decode (a thread each), plans as the cuts become final."""
+    info, aw, ah = rec.info, analysis.width, analysis.height
     chunks: queue.Queue = queue.Queue(maxsize=READ_AHEAD)
     frame_bytes, chunk_frames = aw * ah * 3, CHUNK_FRAMES
 
@@ -203,15 +197,12 @@ def _deferred(rec: InputRecord, cuts_p: CutsParams, clips_p: ClipsParams, plans:
             row[schema.CLIP_INDEX] = index
         return rows
     finally:
-        if timer:
-            timer.cancel()
-        if proc.poll() is None:
+        if proc.poll() is None:  # (ffmpeg_run kills it too, but the readers must see the pipes end first)
             proc.kill()
             proc.wait()
         for t in threads:
             t.join(5)
         stored.close()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 class _ClipRows:

@@ -164,12 +164,13 @@ def scaled_size(width: int, height: int, target: int) -> tuple[int, int]:
 
 
 @contextmanager
-def ffmpeg_run(cmd: list[str], timeout: float | None, stdout=subprocess.PIPE) -> Iterator[tuple[subprocess.Popen, threading.Event, IO[bytes]]]:
+def ffmpeg_run(cmd: list[str], timeout: float | None, stdout=subprocess.PIPE,
+               pass_fds: tuple[int, ...] = ()) -> Iterator[tuple[subprocess.Popen, threading.Event, IO[bytes]]]:
     """ffmpeg under a deadline: (the process, set when the deadline killed it, its stderr in a
     temp file). A timer kills it past `timeout` (None: no limit), so a stuck decode or a full pipe
     cannot outlive its budget; on leaving, the timer stops and a process still running is killed."""
     with tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=err)
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=stdout, stderr=err, pass_fds=pass_fds)
         expired = threading.Event()
 
         def _expire() -> None:
