@@ -29,7 +29,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data" / "videos"
 sys.path.insert(0, str(ROOT))
 
-NO_SCORERS = ["scorers.flow.enabled=false", "scorers.ocr.enabled=false", "scorers.quality.enabled=false",
+NO_SCORERS = ["scorers.flow.enabled=false", "scorers.camera.enabled=false", "scorers.phash.enabled=false",
+              "scorers.ocr.enabled=false", "scorers.quality.enabled=false",
               "scorers.caption_coca.enabled=false", "scorers.caption_vblip.enabled=false",
               "scorers.caption_llm.enabled=false", "scorers.clip.enabled=false"]  # fmt: skip
 # (name, demo recipe overrides); the recipe's cut levels and clip lengths throughout

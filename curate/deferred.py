@@ -44,12 +44,12 @@ PREVIEW_FRAMES = 8  # ... and how many, evenly over the clip
 
 
 class _Spill:
-    """The stored-size frames of the decode, appended by a reader thread, read back by index,
-    dropped a file at a time once no clip can need them."""
+    """The stored-size frames of the decode (yuv420p, as the encoder would get them), appended by a
+    reader thread, read back by index as RGB, dropped a file at a time once no clip can need them."""
 
-    def __init__(self, directory: str, shape: tuple[int, int, int]):
-        self.dir, self.shape = directory, shape
-        self.frame_bytes = int(np.prod(shape))
+    def __init__(self, directory: str, width: int, height: int):
+        self.dir, self.shape = directory, (height * 3 // 2, width)  # a planar 4:2:0 frame as one array
+        self.frame_bytes = width * height * 3 // 2
         self.cond = threading.Condition()
         self.count = 0  # frames written
         self.done = False
@@ -86,16 +86,21 @@ class _Spill:
                 self.cond.notify_all()
 
     def get(self, i: int) -> np.ndarray | None:
-        """Frame i (RGB at the stored size), waiting for it to be written; None when it is gone
-        or never came."""
+        """Frame i, RGB at the stored size, waiting for it to be written; None when it is gone or
+        never came. Converted here, for the few frames a clip's scorers and preview use: with
+        FFmpeg's own conversion (PyAV's swscale), the pixels `format=rgb24` gives the other modes,
+        bit for bit (tests/test_deferred.py), at a third of the bytes through the pipe and spill."""
         with self.cond:
             while self.count <= i and not self.done:
                 self.cond.wait(1.0)
             if i >= self.count or i // SPILL_FRAMES < self.released:
                 return None
+        import av
+
         with open(self._path(i // SPILL_FRAMES), "rb") as fh:
             fh.seek((i % SPILL_FRAMES) * self.frame_bytes)
-            return np.frombuffer(fh.read(self.frame_bytes), np.uint8).reshape(self.shape)
+            yuv = np.frombuffer(fh.read(self.frame_bytes), np.uint8).reshape(self.shape)
+        return av.VideoFrame.from_ndarray(yuv, format="yuv420p").to_ndarray(format="rgb24")
 
     def release_before(self, i: int) -> None:
         upto = i // SPILL_FRAMES  # files wholly before frame i
@@ -127,10 +132,10 @@ def _deferred(rec: InputRecord, cuts_p: CutsParams, clips_p: ClipsParams, plans:
     analysis = CutAnalysis(info.fps, cuts_p, aw, ah)
     size = f"scale={geo.width}:{geo.height}:flags=area" if geo.scaled else f"crop={geo.width}:{geo.height}"
     work = tempfile.mkdtemp(prefix="curate-deferred-")
-    spill = _Spill(work, (geo.height, geo.width, 3))
+    spill = _Spill(work, geo.width, geo.height)
     read_fd, write_fd = os.pipe()
     graph = (f"[0:v]split=2[x][y];[x]scale={aw}:{ah}:flags=area,format=bgr24[a];"
-             f"[y]{size},format=yuv420p,format=rgb24[b]")  # the stored pixels: _extract_group's chain
+             f"[y]{size},format=yuv420p[b]")  # the stored pixels: _extract_group's chain (RGB: _Spill.get)
     cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-threads", str(cuts_p.decode_threads),
            "-i", rec.local, "-filter_complex", graph,
            "-map", "[a]", "-an", "-sn", "-dn", "-fps_mode", "passthrough", "-f", "rawvideo", "pipe:1",
