@@ -171,6 +171,10 @@ def test_materialize_on_ray(tmp_path, outs, ray_session):
     assert r.exit_code == 0, r.output
     rows = read_rows(tmp_path / "exp").to_pylist()
     assert len(rows) == len(read_rows(sub)) and all(x["member"] for x in rows)
+    from t2v.data import decode_clip, load_rows  # what `curate train --data EXPORT` reads: the clips are there
+
+    clip = decode_clip(load_rows(tmp_path / "exp")[0], frames=4, fps=4.0, size=16)
+    assert clip.shape == (4, 3, 16, 16) and clip.std() > 0
 
 
 def test_a_deferred_out_through_report_dedup_rescore_and_train(tmp_path, outs):

@@ -80,7 +80,7 @@ def test_local_run_clips_quarantine_and_manifest(tmp_path, corpus):
     assert m["counts"]["clips"] == len(rows) and m["counts"]["quarantined"] == len(EXPECTED_QUARANTINE)
     assert m["counts"]["quarantine_reasons"][schema.Q_UNREADABLE] == 2
     # every stage is timed: the per-video steps, the sample decode and each scorer
-    assert set(m["stage_seconds"]) == {"probe", "cuts", "clips", "sample", "flow", "ocr", "quality", "phash"}
+    assert set(m["stage_seconds"]) == {"probe", "cuts", "clips", "sample", "flow", "camera", "ocr", "quality", "phash"}
     assert all(v > 0 for v in m["stage_seconds"].values())
     assert not any(c.startswith("_") for c in read_shards(str(out)).column_names)
     assert m["config_hash"] == local_cfg().hash() and "ray" in m["versions"]
@@ -173,7 +173,7 @@ def test_ray_run_equals_local_run(tmp_path, corpus, ray_session):
     run(local_cfg(), inputs, str(tmp_path / "local"))
     result = run(local_cfg(executor="ray"), inputs, str(tmp_path / "ray"))
     assert result.manifest["runs"][-1]["executor"] == "ray"
-    assert set(result.manifest["stage_seconds"]) == {"probe", "cuts", "clips", "sample", "flow", "ocr", "quality", "phash"}
+    assert set(result.manifest["stage_seconds"]) == {"probe", "cuts", "clips", "sample", "flow", "camera", "ocr", "quality", "phash"}
     assert clip_set(tmp_path / "ray") == clip_set(tmp_path / "local")
     # scores too: same rows, same numbers (floats to FLOAT_RTOL: OCR's model), whichever worker computed them
     key = lambda t: sorted(t.drop_columns(["clip_uri"]).to_pylist(), key=lambda r: r["clip_id"])  # noqa: E731
