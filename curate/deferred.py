@@ -38,6 +38,7 @@ from curate.video import DecodeTimeout, ffmpeg_exe, ffmpeg_run, scaled_size
 
 SPILL_FRAMES = 32  # stored-size frames per spill file: the unit in which the spill is dropped
 CHUNK_FRAMES, READ_AHEAD = 64, 4  # analysis frames per read, and reads queued ahead of the analysis
+AHEAD = (READ_AHEAD + 3) * CHUNK_FRAMES  # stored-size frames spilled ahead of the analysis, at most
 # The spill holds at most a clip (max_s), the analysis's lag and its read-ahead: not the input.
 PREVIEW_SIDE = 128  # long side of a preview frame ...
 PREVIEW_FRAMES = 8  # ... and how many, evenly over the clip
@@ -54,6 +55,7 @@ class _Spill:
         self.count = 0  # frames written
         self.done = False
         self.released = 0  # files below this index are gone (or never written)
+        self.analysed = 0  # frames the cut analysis has taken: the writer keeps within AHEAD of it
         self.peak = 0  # the most files it held at once (the bound the tests check)
 
     def _path(self, seg: int) -> str:
@@ -63,6 +65,14 @@ class _Spill:
         fh, seg = None, -1
         try:
             while True:
+                # Back-pressure: ffmpeg decodes for both streams at once, and a stream that is read
+                # faster than the other has the other's frames pile up inside ffmpeg (4.3 GB of RSS
+                # on a 25-minute 1080p input, bench/README.md): this one waits for the analysis.
+                with self.cond:
+                    waited = 0
+                    while self.count - self.analysed > AHEAD and not self.done and waited < 30:
+                        self.cond.wait(1.0)
+                        waited += 1  # (never a deadlock: past 30 s it reads on)
                 buf = read_exact(stream, self.frame_bytes)
                 if buf is None:
                     break
@@ -84,6 +94,12 @@ class _Spill:
             with self.cond:
                 self.done = True
                 self.cond.notify_all()
+
+    def took(self, n: int) -> None:
+        """The cut analysis has taken `n` frames."""
+        with self.cond:
+            self.analysed = n
+            self.cond.notify_all()
 
     def get(self, i: int) -> np.ndarray | None:
         """Frame i, RGB at the stored size, waiting for it to be written; None when it is gone or
@@ -176,6 +192,7 @@ def _decode_once(rec: InputRecord, proc, expired, read_fd: int, analysis: CutAna
     try:
         while (chunk := chunks.get()) is not None:
             analysis.feed(chunk)
+            spill.took(analysis.n_frames)
             final_upto = analysis.n_frames - analysis.lag
             if final_upto > 0:
                 cuts = [c for c in analysis.provisional() if c < final_upto]
