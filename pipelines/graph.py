@@ -352,18 +352,24 @@ def scorer_specs(cfg: PipelineConfig, names: Iterable[str] | None = None, skip: 
 def execute(cfg: PipelineConfig, units: list[pa.Table], specs: list[StageSpec], local_rows: int = 1) -> Iterable[pa.Table]:
     """Stream the units of work (an input's row, a committed part's rows) through the stages: on
     Ray (units joined into `input_blocks` blocks; the stages' own batch sizes) or in this process
-    (`local_rows` rows at a time through every stage: a batch's frames are in memory at once).
-    Batches come back in no promised order: `regroup` them."""
+    (`local_rows` rows at a time into the first stage, whose rows go on through the others a
+    stage's batch at a time: a batch's frames are in memory at once, not an input's). The scorers'
+    frames (`_samples`) are dropped once the last stage has them: nothing after needs them, and an
+    input's rows wait in `regroup` until all of them came. Batches come back in no promised order:
+    `regroup` them."""
     if cfg.executor != "ray":
         stages = [spec.cls(*spec.args) for spec in specs]
         for s in stages:
             s.setup()
+        step = max([spec.cls.resources_for(spec.params).batch_size or 1 for spec in specs[1:]] or [1])
         for unit in units:
             for start in range(0, unit.num_rows, local_rows):
-                batch = unit.slice(start, local_rows)
-                for s in stages:
-                    batch = timed(s, batch)
-                yield batch
+                batch = timed(stages[0], unit.slice(start, local_rows)) if stages else unit.slice(start, local_rows)
+                for at in range(0, batch.num_rows, step) if len(stages) > 1 else [0]:
+                    part = batch.slice(at, step) if len(stages) > 1 else batch
+                    for s in stages[1:]:
+                        part = timed(s, part)
+                    yield _without_samples(part)
         return
     import ray
     from ray.data import DataContext
@@ -375,11 +381,16 @@ def execute(cfg: PipelineConfig, units: list[pa.Table], specs: list[StageSpec], 
     ctx.print_on_execution_start = False
     ds = build_dataset(cfg, units, specs, ray.cluster_resources())
     try:
-        yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            yield _without_samples(batch)
     except Exception as e:
         if type(e).__module__.startswith("ray"):
             raise storage_cause(e) or e
         raise
+
+
+def _without_samples(batch: pa.Table) -> pa.Table:
+    return batch.drop_columns([schema.SAMPLES]) if schema.SAMPLES in batch.column_names else batch
 
 
 def build_dataset(cfg: PipelineConfig, units: list[pa.Table], specs: list[StageSpec], cluster: dict[str, float]):
