@@ -480,6 +480,26 @@ def clip_id(video_id: str, start: int, end: int) -> str:
     return f"{video_id}-{start:07d}-{end:07d}"
 
 
+def span_row(rec: InputRecord, span: ClipSpan, geo: Geometry, mode: str, n_frames: int | None) -> dict:
+    """A clip's row before any file: its span, times, stored size and rate, and its source's facts.
+    `n_frames`: the frames that decoded (a span may end at the last one's end), or None while the
+    decode goes on (the deferred mode: a span planned early ends at a decoded frame)."""
+    info, times = rec.info, rec.info.frame_times
+    frame_dur = info.duration_s - times[-1]
+
+    def t(i: int) -> float:
+        return times[n_frames - 1] + frame_dur if n_frames is not None and i >= n_frames else times[i]
+
+    return {
+        schema.CLIP_ID: clip_id(rec.video_id, span.start, span.end), schema.VIDEO_ID: rec.video_id,
+        schema.SOURCE_URI: rec.uri, schema.CLIP_URI: None, schema.START_FRAME: span.start, schema.END_FRAME: span.end,
+        schema.START_S: t(span.start), schema.END_S: t(span.end), schema.DURATION_S: t(span.end) - t(span.start),
+        schema.FPS: geo.fps, schema.WIDTH: geo.width, schema.HEIGHT: geo.height,
+        schema.NUM_FRAMES: kept_count(span, geo.rate), schema.SOURCE_FPS: info.fps, schema.SOURCE_WIDTH: info.width,
+        schema.SOURCE_HEIGHT: info.height, schema.CODEC: info.codec, schema.CLIP_MODE: mode, schema.ERRORS: [],
+    }  # fmt: skip
+
+
 def make_clips(rec: InputRecord, params: ClipsParams, store, plans: list | None = None) -> list[dict]:
     """Step 3 of an input (curate.per_video): plan the clips, write their files, return their rows
     (with the scorers' frames for `plans`, when the extraction decoded them).
@@ -497,33 +517,17 @@ def make_clips(rec: InputRecord, params: ClipsParams, store, plans: list | None 
 
 
 def _clips(rec: InputRecord, params: ClipsParams, store, plans: list) -> list[dict]:
-    info, n_frames, uri = rec.info, rec.n_frames, rec.uri
+    info, n_frames = rec.info, rec.n_frames
     spans, rec.short_scenes_dropped, rec.held_frames_dropped = plan_clips(info, rec.cuts, n_frames, params)
     rec.scenes = len(rec.cuts) + 1
     mode = effective_mode(info, params.mode)
     geo = geometry(info, params)
     if mode == "copy":  # a stream copy keeps the source's frames, odd sizes included
         geo = Geometry(info.width, info.height, info.fps, None, False)
-    times = info.frame_times
-    frame_dur = info.duration_s - times[-1]
-
-    def t(i: int) -> float:
-        return times[i] if i < n_frames else times[n_frames - 1] + frame_dur
-
     rows: list[dict] = []
-    vid = rec.video_id
     for index, span in enumerate(spans):
         start = copy_start(info, span.start) if mode == "copy" else span.start
-        rows.append({
-            schema.CLIP_ID: clip_id(vid, start, span.end), schema.VIDEO_ID: vid, schema.SOURCE_URI: uri,
-            schema.CLIP_URI: None, schema.CLIP_INDEX: index, schema.START_FRAME: start,
-            schema.END_FRAME: span.end, schema.START_S: t(start), schema.END_S: t(span.end),
-            schema.DURATION_S: t(span.end) - t(start), schema.FPS: geo.fps,
-            schema.WIDTH: geo.width, schema.HEIGHT: geo.height,
-            schema.NUM_FRAMES: kept_count(ClipSpan(start, span.end), geo.rate),
-            schema.SOURCE_FPS: info.fps, schema.SOURCE_WIDTH: info.width, schema.SOURCE_HEIGHT: info.height,
-            schema.CODEC: info.codec, schema.CLIP_MODE: mode, schema.ERRORS: [],
-        })  # fmt: skip
+        rows.append({**span_row(rec, ClipSpan(start, span.end), geo, mode, n_frames), schema.CLIP_INDEX: index})
     if not params.extract or not rows:
         return rows
     if mode == "exact":
@@ -534,7 +538,7 @@ def _clips(rec: InputRecord, params: ClipsParams, store, plans: list) -> list[di
         if left is not None and left <= 0:
             raise _Timeout("time budget spent during extraction")
         try:
-            row[schema.CLIP_URI], row[schema.CLIP_MODE] = extract_clip(store, rec.local, info, span, vid, row[schema.CLIP_ID], params, left)
+            row[schema.CLIP_URI], row[schema.CLIP_MODE] = extract_clip(store, rec.local, info, span, rec.video_id, row[schema.CLIP_ID], params, left)
         except (ExtractError, OSError) as e:
             _failed(rec, row[schema.CLIP_ID], e)
             continue

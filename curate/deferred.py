@@ -27,8 +27,8 @@ import threading
 import numpy as np
 
 from curate import schema
-from curate.clips import (SAMPLE_BUDGET_BYTES, ClipSpan, Geometry, read_exact, clip_id, geometry, kept_frames, plan_clips,
-                          sample_spans)
+from curate.clips import (SAMPLE_BUDGET_BYTES, ClipSpan, Geometry, geometry, kept_frames, plan_clips, read_exact,
+                          sample_spans, span_row)
 from curate.config import ClipsParams, CutsParams
 from curate.cuts import CutAnalysis
 from curate.faults import fault
@@ -189,6 +189,7 @@ def _decode_once(rec: InputRecord, proc, expired, read_fd: int, analysis: CutAna
     for t in threads:
         t.start()
     clip = _ClipRows(rec, clips_p, geo, plans, spill)
+    trim = int(round(clips_p.trim_s * info.fps))  # (a scene's clips start this far past its cut)
     try:
         while (chunk := chunks.get()) is not None:
             analysis.feed(chunk)
@@ -199,7 +200,6 @@ def _decode_once(rec: InputRecord, proc, expired, read_fd: int, analysis: CutAna
                 spans, _, _ = plan_clips(info, cuts, final_upto, clips_p, open_end=True)
                 for span in spans:
                     clip.row(span)
-                trim = int(round(clips_p.trim_s * info.fps))
                 spill.release_before(max([clip.last_end] + [c + trim for c in cuts[-1:]]))
         proc.wait()  # (its exit status, as in the cut pass of the other modes: a decode error part-way
         for t in threads:  # keeps the frames that decoded; none at all is `undecodable` below)
@@ -241,22 +241,9 @@ class _ClipRows:
         key = (span.start, span.end)
         if key in self.rows:
             return self.rows[key]
-        info, geo, vid = self.rec.info, self.geo, self.rec.video_id
-        times, n = info.frame_times, self.n_frames
-        frame_dur = info.duration_s - times[-1]
-
-        def t(i: int) -> float:  # as clips._clips: past the last decoded frame, the end of the last one
-            return times[n - 1] + frame_dur if n is not None and i >= n else times[i]
-
+        geo = self.geo
+        row = span_row(self.rec, span, geo, "deferred", self.n_frames)
         kept = kept_frames(span, geo.rate)
-        row = {
-            schema.CLIP_ID: clip_id(vid, span.start, span.end), schema.VIDEO_ID: vid, schema.SOURCE_URI: self.rec.uri,
-            schema.CLIP_URI: None, schema.START_FRAME: span.start, schema.END_FRAME: span.end,
-            schema.START_S: t(span.start), schema.END_S: t(span.end), schema.DURATION_S: t(span.end) - t(span.start),
-            schema.FPS: geo.fps, schema.WIDTH: geo.width, schema.HEIGHT: geo.height, schema.NUM_FRAMES: len(kept),
-            schema.SOURCE_FPS: info.fps, schema.SOURCE_WIDTH: info.width, schema.SOURCE_HEIGHT: info.height,
-            schema.CODEC: info.codec, schema.CLIP_MODE: "deferred", schema.ERRORS: [],
-        }  # fmt: skip
         per_plan = {p.name: p.indices(len(kept), geo.fps) for p in self.plans}
         preview_at = [int(round(x)) for x in np.linspace(0, len(kept) - 1, min(PREVIEW_FRAMES, len(kept)))]
         want = sorted(set().union(*per_plan.values(), preview_at)) if (self.plans or preview_at) else []

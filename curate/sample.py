@@ -154,9 +154,9 @@ class SampleStage(_stage.StageBase):
         for i, row in enumerate(rows):
             if have[i] is None and not row[schema.CLIP_URI] and row.get(schema.CLIP_MODE) == "deferred":
                 spans.setdefault((row[schema.SOURCE_URI], row[schema.VIDEO_ID]), []).append(i)
-        for idx in spans.values():
-            from curate.deferred import sample_rows
+        from curate.deferred import sample_rows  # (lazy: it brings the cut analysis, which only a deferred run needs)
 
+        for idx in spans.values():
             for i, got in zip(idx, sample_rows([rows[i] for i in idx], self.wanted)):
                 if isinstance(got, Exception) or got is None:
                     why = f"{type(got).__name__}: {got}" if got is not None else "its frames did not all decode"

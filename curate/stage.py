@@ -193,6 +193,17 @@ def unpack(blob: bytes | None, keys: tuple[str, ...] | None = None) -> dict[str,
         return {k: z[k] for k in z.files if keys is None or k in keys}
 
 
+def frames_and_indices(batch: pa.Table, plan_name: str) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """Per row, the frames sampled for `plan_name` and their indices in the clip (None when none)."""
+    n = batch.num_rows
+    blobs = batch.column(schema.SAMPLES).to_pylist() if schema.SAMPLES in batch.column_names else [None] * n
+    out = []
+    for blob in blobs:
+        arrays = unpack(blob, (plan_name, f"{plan_name}__idx"))
+        out.append((arrays[plan_name], arrays[f"{plan_name}__idx"]) if plan_name in arrays else None)
+    return out
+
+
 def frames_for(batch: pa.Table, plan_name: str) -> list[np.ndarray | None]:
     """Per row, the (N, H, W, 3) frames sampled for `plan_name` (None when the row has none)."""
     if schema.SAMPLES not in batch.column_names:

@@ -90,24 +90,18 @@ def export(subset: str | Path, out: str | Path, fmt: Literal["parquet", "webdata
                          "--materialize to encode the ones this subset keeps")  # fmt: skip
     if caption_template is not None:
         rows = [{**r, "caption": _fill(caption_template, r)} for r in rows]
-    refused: list[dict] = []
+    extra: dict = {} if caption_template is None else {"caption_template": caption_template}  # index.json's too
     if materialize is not None:
         rows, refused = _materialize(rows, subset if subset.is_dir() else None, final / CLIPS_DIR, materialize)
+        extra |= {"materialized": sum(1 for r in rows if r.get(schema.CLIP_MODE) == MATERIALIZED), "refused": refused}
     # Written aside and swapped in whole: a failure (a missing clip, a full disk, a kill) leaves
     # the previous export as it was, never a mix or a half.
     out = final.parent / f".{final.name}.export-{uuid.uuid4().hex[:8]}"
     out.mkdir()
     try:
-        index = _write(rows, table.schema, out, fmt, max_rows, max_bytes, embed, path)
-        if caption_template is not None:
-            index["caption_template"] = caption_template
-            (out / INDEX_FILE).write_text(json.dumps(index, indent=2))
-        if materialize is not None:
-            index["materialized"] = sum(1 for r in rows if r.get(schema.CLIP_MODE) == MATERIALIZED)
-            index["refused"] = refused
-            (out / INDEX_FILE).write_text(json.dumps(index, indent=2))
-            if not embed and (final / CLIPS_DIR).is_dir():  # the shards name these files: they move with it
-                (final / CLIPS_DIR).rename(out / CLIPS_DIR)
+        index = _write(rows, table.schema, out, fmt, max_rows, max_bytes, embed, path, extra)
+        if materialize is not None and not embed and (final / CLIPS_DIR).is_dir():  # the shards name these files
+            (final / CLIPS_DIR).rename(out / CLIPS_DIR)
     except BaseException:
         shutil.rmtree(out, ignore_errors=True)
         raise
@@ -189,7 +183,7 @@ def run_clips(subset: Path | None) -> ClipsParams | None:
 
 
 def _write(rows: list[dict], src_schema: pa.Schema, out: Path, fmt: str, max_rows: int, max_bytes: int | None,
-           embed: bool, path: Path) -> dict:
+           embed: bool, path: Path, extra: dict | None = None) -> dict:
     def stream():
         for r in rows:
             data = None
@@ -232,7 +226,8 @@ def _write(rows: list[dict], src_schema: pa.Schema, out: Path, fmt: str, max_row
         os.replace(tmp, out / name)
         shards.append({"file": name, "rows": len(group), "bytes": (out / name).stat().st_size,
                        "first_clip_id": group[0][0][schema.CLIP_ID], "last_clip_id": group[-1][0][schema.CLIP_ID]})  # fmt: skip
-    index = {"format": fmt, "embedded": embed, "rows": sum(s["rows"] for s in shards), "shards": shards, "source": str(path)}
+    index = {"format": fmt, "embedded": embed, "rows": sum(s["rows"] for s in shards), "shards": shards, "source": str(path),
+             **(extra or {})}  # fmt: skip
     (out / INDEX_FILE).write_text(json.dumps(index, indent=2))
     return index
 

@@ -361,13 +361,15 @@ def execute(cfg: PipelineConfig, units: list[pa.Table], specs: list[StageSpec], 
         stages = [spec.cls(*spec.args) for spec in specs]
         for s in stages:
             s.setup()
+        first, rest = stages[:1], stages[1:]
         step = max([spec.cls.resources_for(spec.params).batch_size or 1 for spec in specs[1:]] or [1])
         for unit in units:
             for start in range(0, unit.num_rows, local_rows):
-                batch = timed(stages[0], unit.slice(start, local_rows)) if stages else unit.slice(start, local_rows)
-                for at in range(0, batch.num_rows, step) if len(stages) > 1 else [0]:
-                    part = batch.slice(at, step) if len(stages) > 1 else batch
-                    for s in stages[1:]:
+                batch = unit.slice(start, local_rows)
+                for s in first:
+                    batch = timed(s, batch)
+                for part in [batch.slice(at, step) for at in range(0, batch.num_rows, step)] if rest else [batch]:
+                    for s in rest:
                         part = timed(s, part)
                     yield _without_samples(part)
         return

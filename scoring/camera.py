@@ -35,7 +35,7 @@ from pydantic import Field
 from curate import schema
 from curate.params import Strict
 from curate.sample import SamplePlan
-from curate.stage import Resources, StageBase, unpack
+from curate.stage import Resources, StageBase, frames_and_indices
 
 CAMERA_MOTION = "camera_motion"
 CAMERA_SPEED = "camera_speed"
@@ -91,15 +91,8 @@ class CameraScorer(StageBase):
 
     def inputs(self, batch: pa.Table) -> list:
         """Per row its frames, their indices in the clip and the clip's frame rate."""
-        n = batch.num_rows
-        blobs = batch.column(schema.SAMPLES).to_pylist() if schema.SAMPLES in batch.column_names else [None] * n
-        fps = batch.column(schema.FPS).to_pylist() if schema.FPS in batch.column_names else [None] * n
-        items = []
-        for blob, rate in zip(blobs, fps):
-            arrays = unpack(blob, (self.name, f"{self.name}__idx"))
-            ok = self.name in arrays and rate
-            items.append((arrays[self.name], arrays[f"{self.name}__idx"], rate) if ok else None)
-        return items
+        fps = batch.column(schema.FPS).to_pylist() if schema.FPS in batch.column_names else [None] * batch.num_rows
+        return [(*got, rate) if got is not None and rate else None for got, rate in zip(frames_and_indices(batch, self.name), fps)]
 
     def score_batch(self, items: list) -> list[dict]:
         return [self.score(*item) for item in items]

@@ -17,7 +17,7 @@ from pydantic import Field
 from curate import schema
 from curate.params import Strict
 from curate.sample import SamplePlan
-from curate.stage import Resources, StageBase, unpack
+from curate.stage import Resources, StageBase, frames_and_indices
 
 
 class FlowParams(Strict):
@@ -75,12 +75,7 @@ class FlowScorer(StageBase):
 
     def inputs(self, batch: pa.Table) -> list:
         """Per row its frames and their indices in the clip (a gap of k frames is k frames of motion)."""
-        blobs = batch.column(schema.SAMPLES).to_pylist() if schema.SAMPLES in batch.column_names else [None] * batch.num_rows
-        items = []
-        for blob in blobs:
-            arrays = unpack(blob, (self.name, f"{self.name}__idx"))
-            items.append((arrays[self.name], arrays[f"{self.name}__idx"]) if self.name in arrays else None)
-        return items
+        return frames_and_indices(batch, self.name)
 
     def score_batch(self, items: list) -> list[dict]:
         return [self.score(frames, indices) for frames, indices in items]
