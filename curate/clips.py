@@ -30,7 +30,7 @@ from curate.config import ClipsParams
 from curate.stage import pack_plans
 from curate.storage import is_transient  # a full disk, a network fault: the next run retries
 from curate.record import InputRecord
-from curate.video import VideoInfo, ffmpeg_exe, ffmpeg_run
+from curate.video import VideoInfo, ffmpeg_exe, ffmpeg_run, seek_args
 
 
 class ExtractError(Exception):
@@ -120,15 +120,6 @@ def _open_scene(a: int, b: int, t, params: ClipsParams, eps: float) -> list[Clip
     return clips
 
 
-def _seek_args(info: VideoInfo, frame: int) -> list[str]:
-    """-ss halfway between the previous frame and `frame`: ffmpeg then starts exactly on `frame`."""
-    if frame <= 0:
-        return []
-    ft = info.frame_times
-    t = info.start_offset_s + (ft[frame - 1] + ft[frame]) / 2.0
-    return ["-ss", f"{t:.6f}"]
-
-
 def _encode_args(params: ClipsParams) -> list[str]:
     return [
         "-c:v", "libx264", "-preset", params.preset, "-crf", str(params.crf),
@@ -186,7 +177,7 @@ def extract(src: str, dst: str, info: VideoInfo, span: ClipSpan, params: ClipsPa
             _run([*ff, *seek, "-i", src, *_common_out(span.end - start), "-c:v", "copy",
                   "-avoid_negative_ts", "make_zero", "-movflags", "+faststart", "-f", "mp4", tmp], timeout)
         elif mode == "exact":
-            _run([*ff, *_seek_args(info, start), "-i", src, *_common_out(span.end - start),
+            _run([*ff, *seek_args(info, start), "-i", src, *_common_out(span.end - start),
                   *_encode_args(params), "-movflags", "+faststart", "-f", "mp4", tmp], timeout)
         else:
             mode = _extract_smart(ff, src, tmp, info, span, params, timeout)
@@ -204,14 +195,14 @@ def _extract_smart(ff: list[str], src: str, tmp: str, info: VideoInfo, span: Cli
     k2 = inner[-1] if inner else None
     if k1 is None or k2 is None or k2 <= k1:
         # No whole GOP inside the clip: nothing to copy, so re-encode it all.
-        _run([*ff, *_seek_args(info, span.start), "-i", src, *_common_out(span.end - span.start),
+        _run([*ff, *seek_args(info, span.start), "-i", src, *_common_out(span.end - span.start),
               *_encode_args(params), "-movflags", "+faststart", "-f", "mp4", tmp], timeout)
         return "exact"
     with tempfile.TemporaryDirectory(dir=os.path.dirname(tmp) or ".", prefix=".smart-") as work:
         parts = []
         if k1 > span.start:
             head = os.path.join(work, "head.ts")
-            _run([*ff, *_seek_args(info, span.start), "-i", src, *_common_out(k1 - span.start),
+            _run([*ff, *seek_args(info, span.start), "-i", src, *_common_out(k1 - span.start),
                   *_encode_args(params), "-f", "mpegts", head], timeout)
             parts.append(head)
         mid = os.path.join(work, "mid.ts")
@@ -222,7 +213,7 @@ def _extract_smart(ff: list[str], src: str, tmp: str, info: VideoInfo, span: Cli
         parts.append(mid)
         if span.end > k2:
             tail = os.path.join(work, "tail.ts")
-            _run([*ff, *_seek_args(info, k2), "-i", src, *_common_out(span.end - k2),
+            _run([*ff, *seek_args(info, k2), "-i", src, *_common_out(span.end - k2),
                   *_encode_args(params), "-f", "mpegts", tail], timeout)
             parts.append(tail)
         listing = os.path.join(work, "parts.txt")
@@ -398,7 +389,7 @@ def _extract_group(src: str, info: VideoInfo, spans: list[ClipSpan], results: li
         out += ["-movflags", "+faststart", "-f", "mp4", os.path.join(workdir, "00000.mp4")]
     if sample_at:
         out += ["-map", "[s]", "-fps_mode", "passthrough", "-f", "rawvideo", "pipe:1"]
-    cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-y", *_seek_args(info, s0), "-i", src,
+    cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-y", *seek_args(info, s0), "-i", src,
            "-filter_complex", graph, *out]  # fmt: skip
 
     with ffmpeg_run(cmd, timeout, subprocess.PIPE if sample_at else subprocess.DEVNULL) as (proc, expired, err):

@@ -28,7 +28,7 @@ from curate.config import (
     ThresholdDetectorParams,
 )
 from curate.record import InputRecord
-from curate.video import DecodeTimeout, VideoInfo, iter_frames, scaled_size
+from curate.video import DecodeTimeout, VideoInfo, iter_frames, scaled_size, seek_args
 
 
 @dataclass
@@ -88,14 +88,16 @@ def _scored_detectors():
 
 
 class _Level:
-    def __init__(self, name: str, stride: int, fps: float, detectors: list, min_len: int = 1):
+    def __init__(self, name: str, stride: int, fps: float, detectors: list, min_len: int = 1, start: int = 0):
         self.name = name
         self.stride = stride
         self.min_len = min_len
         self.rate = Fraction(fps).limit_denominator(100000)
         self.detectors = detectors
         self.fed = [d for d in detectors if hasattr(d, "components")]
-        self.count = 0  # frames this level has seen
+        # this level's number of the next frame it sees: it sees the frames of the whole video
+        # whose index is a multiple of its stride, wherever the decode began (a segment)
+        self.count = -(-start // stride)
         self.last_hsv: np.ndarray | None = None  # of the last frame it saw
         self.found: list[int] = []  # cuts in this level's frame numbers (x stride = native)
 
@@ -145,20 +147,26 @@ class _Level:
                 self.found.append(cut.frame_num)
 
 
-def detect_cuts(path: str, info: VideoInfo, params: CutsParams, deadline_s: float | None = None) -> CutResult:
+def detect_cuts(path: str, info: VideoInfo, params: CutsParams, deadline_s: float | None = None,
+                first: int = 0, count: int | None = None) -> CutResult:
     """Cuts of one video from a single scaled decode: the classical cascade, TransNetV2 on every
-    frame, or the hybrid (TransNetV2 judges the cascade's proposals on windows around them)."""
+    frame, or the hybrid (TransNetV2 judges the cascade's proposals on windows around them).
+    `first`, `count`: decode only frames [first, first + count) (a segment's window, which
+    curate.segments starts on a keyframe); cuts and n_frames are then counted from frame 0."""
     t0 = time.perf_counter()
     width, height = scaled_size(info.coded_width, info.coded_height, params.analysis_size)
-    analysis = CutAnalysis(info.fps, params, width, height)
+    analysis = CutAnalysis(info.fps, params, width, height, start=first)
     # Skipping the in-loop deblocking filter makes H.264/HEVC decoding ~20% cheaper. The error it
     # leaves accumulates over a GOP and resets at the next keyframe: on a still slide that pop is
     # big enough for the sensitive detectors, and `min_changed` is what rules it out (no pixel of a
     # pop changes by STRONG_CHANGE; every real cut measured changes 8% of them or more).
     fast = ("-skip_loop_filter", "all") if params.fast_decode else ()
-    for chunk in iter_frames(path, width, height, threads=params.decode_threads, deadline_s=deadline_s, extra_input_args=fast):
+    seek = tuple(seek_args(info, first))
+    for chunk in iter_frames(path, width, height, threads=params.decode_threads, deadline_s=deadline_s,
+                             extra_input_args=fast + seek, max_frames=count):  # fmt: skip
         analysis.feed(chunk)
     result = analysis.finish()
+    result.n_frames += first
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -171,8 +179,10 @@ class CutAnalysis:
     ahead), which is what lets the deferred clip mode (curate.deferred) plan clips while it
     decodes."""
 
-    def __init__(self, native_fps: float, params: CutsParams, width: int, height: int):
-        self.params, self.width, self.height = params, width, height
+    def __init__(self, native_fps: float, params: CutsParams, width: int, height: int, start: int = 0):
+        """`start`: the video's frame index of the first frame fed (a segment of a long input,
+        decoded from a keyframe before it: curate.segments); cuts are in the video's frame indices."""
+        self.params, self.width, self.height, self.start = params, width, height, start
         self.model = self.stream = self.spool = None
         if params.detector != "classical":
             from curate import transnet
@@ -190,8 +200,8 @@ class CutAnalysis:
             level_fps = native_fps / stride
             min_len = max(1, int(round(params.min_scene_len_s * level_fps)))
             name = "native" if stride == 1 and lv.fps is None else f"{lv.fps:g}fps"
-            self.levels.append(_Level(name, stride, level_fps, [make_detector(d, min_len) for d in lv.detectors], min_len))
-        self.signals = _Signals(params.flash_frames + 1, [lv.stride for lv in self.levels])
+            self.levels.append(_Level(name, stride, level_fps, [make_detector(d, min_len) for d in lv.detectors], min_len, start))
+        self.signals = _Signals(params.flash_frames + 1, [lv.stride for lv in self.levels], start)
         self.tol = max(1, int(round(params.merge_tolerance_s * native_fps)))
         self.min_len = max(1, int(round(params.min_scene_len_s * native_fps)))
         # how far behind the newest frame a provisional cut is final: a level's detectors hold a cut
@@ -205,7 +215,7 @@ class CutAnalysis:
         self.signals.add(chunk, luma)
         if self.use_levels:
             for level in self.levels:
-                level.feed_chunk(chunk, self.n_frames)
+                level.feed_chunk(chunk, self.start + self.n_frames)
         if self.model is not None:
             from curate import transnet
 
@@ -243,12 +253,13 @@ class CutAnalysis:
         for level in sorted(self.levels, key=lambda lv: lv.stride):
             placed = []
             for j in level.found:
-                f = _refine(j * level.stride, level.stride, diff_arr)
+                at = j * level.stride - self.start  # (everything below in frames of this decode)
+                f = _refine(at, level.stride, diff_arr)
                 if not 0 < f < n_frames:
                     continue
                 if is_flash(f, dist_arr, params.flash_frames, params.flash_ratio):
                     flashes.add(f)
-                elif changed[level.stride][j * level.stride] < params.min_changed and (
+                elif changed[level.stride][at] < params.min_changed and (
                         level.stride > 1 or dist_arr[f, 0, -1] < POP_SPAN):
                     weak.add(f)  # nothing in the picture changed strongly: a keyframe pop, noise
                 else:
@@ -271,6 +282,9 @@ class CutAnalysis:
                 cuts = _hybrid(candidates, flashes, dist_arr, self.spool, self.model, params, tol, min_len, n_frames, by_level)
         else:
             cuts = _union(candidates, tol, min_len, n_frames)
+        if self.start:
+            cuts = [c + self.start for c in cuts]
+            by_level = {k: [c + self.start for c in v] for k, v in by_level.items()}
         return CutResult(cuts=cuts, n_frames=n_frames, by_level=by_level, seconds=0.0)
 
 
@@ -370,12 +384,12 @@ class _Signals:
       keyframe's compression pop on a still slide; NaN where not computed).
     Memory: the last max(lags, stride) frames, and a few floats per frame."""
 
-    def __init__(self, lags: int, strides: list[int]):
+    def __init__(self, lags: int, strides: list[int], start: int = 0):
         self.lags, self.strides = lags, sorted(set(strides) | {1})
         self.tail: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
         self.dist: list[np.ndarray] = []
         self.changed: dict[int, list[np.ndarray]] = {s: [] for s in self.strides}
-        self.seen = 0  # frames before this chunk
+        self.seen = start  # the video's index of this chunk's first frame (strides count from frame 0)
 
     def add(self, bgr: np.ndarray, luma: np.ndarray) -> None:
         n, h, w = luma.shape

@@ -191,6 +191,15 @@ def ffmpeg_run(cmd: list[str], timeout: float | None, stdout=subprocess.PIPE,
                 proc.wait()
 
 
+def seek_args(info: VideoInfo, frame: int) -> list[str]:
+    """-ss halfway between the previous frame and `frame`: ffmpeg then starts exactly on `frame`."""
+    if frame <= 0:
+        return []
+    ft = info.frame_times
+    t = info.start_offset_s + (ft[frame - 1] + ft[frame]) / 2.0
+    return ["-ss", f"{t:.6f}"]
+
+
 def iter_frames(
     path: str,
     width: int,
@@ -201,6 +210,7 @@ def iter_frames(
     deadline_s: float | None = None,
     chunk_frames: int = 64,
     extra_input_args: tuple[str, ...] = (),
+    max_frames: int | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield chunks (N, H, W, C) of every frame, decoded and scaled by ffmpeg, in display order.
 
@@ -214,6 +224,7 @@ def iter_frames(
         ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-noautorotate",
         "-threads", str(threads), *extra_input_args, "-i", path,
         "-map", "0:v:0", "-an", "-sn", "-dn", "-fps_mode", "passthrough",
+        *(("-frames:v", str(max_frames)) if max_frames else ()),
         "-vf", f"scale={width}:{height}:flags=area,format={pix_fmt}",
         "-f", "rawvideo", "pipe:1",
     ]  # fmt: skip
