@@ -491,13 +491,15 @@ def span_row(rec: InputRecord, span: ClipSpan, geo: Geometry, mode: str, n_frame
     }  # fmt: skip
 
 
-def make_clips(rec: InputRecord, params: ClipsParams, store, plans: list | None = None) -> list[dict]:
+def make_clips(rec: InputRecord, params: ClipsParams, store, plans: list | None = None,
+               only: tuple[int, int] | None = None) -> list[dict]:
     """Step 3 of an input (curate.per_video): plan the clips, write their files, return their rows
-    (with the scorers' frames for `plans`, when the extraction decoded them).
+    (with the scorers' frames for `plans`, when the extraction decoded them). `only`: the clips
+    of the whole plan that start in frames [a, b) (a segment of a long input, curate.segments).
     A clip whose file cannot be written is not a row (counted in `rec.failed_clips`); a transient
     failure (a full disk) quarantines the input for the next run to retry."""
     try:
-        return _clips(rec, params, store, plans or [])
+        return _clips(rec, params, store, plans or [], only)
     except _Timeout as e:
         rec.set_quarantine(schema.Q_TIMEOUT, f"clips: {e}")
     except _Transient as e:
@@ -507,7 +509,7 @@ def make_clips(rec: InputRecord, params: ClipsParams, store, plans: list | None 
     return []
 
 
-def _clips(rec: InputRecord, params: ClipsParams, store, plans: list) -> list[dict]:
+def _clips(rec: InputRecord, params: ClipsParams, store, plans: list, only: tuple[int, int] | None) -> list[dict]:
     info, n_frames = rec.info, rec.n_frames
     spans, rec.short_scenes_dropped, rec.held_frames_dropped = plan_clips(info, rec.cuts, n_frames, params)
     rec.scenes = len(rec.cuts) + 1
@@ -519,6 +521,9 @@ def _clips(rec: InputRecord, params: ClipsParams, store, plans: list) -> list[di
     for index, span in enumerate(spans):
         start = copy_start(info, span.start) if mode == "copy" else span.start
         rows.append({**span_row(rec, ClipSpan(start, span.end), geo, mode, n_frames), schema.CLIP_INDEX: index})
+    if only is not None:
+        mine = [i for i, span in enumerate(spans) if only[0] <= span.start < only[1]]
+        spans, rows = [spans[i] for i in mine], [rows[i] for i in mine]
     if not params.extract or not rows:
         return rows
     if mode == "exact":

@@ -175,6 +175,10 @@ class PipelineConfig(Strict):
     input_timeout_s: float = Field(900.0, gt=0, allow_inf_nan=False, description="per-input processing limit")
     watchdog: bool = Field(True, description="each input in a child process, killed past input_timeout_s "
                                              "(off: in-process, for a debugger)")
+    segment_s: float = Field(0.0, ge=0, allow_inf_nan=False,
+                             description="inputs longer than this many seconds are cut and clipped as segments of "
+                                         "about this length in parallel, each with input_timeout_s (0: never); "
+                                         "the cuts and clips are those of one pass (curate/segments.py)")
     probe: ProbeParams = Field(default_factory=ProbeParams)
     cuts: CutsParams = Field(default_factory=CutsParams)
     clips: ClipsParams = Field(default_factory=ClipsParams)
@@ -199,7 +203,7 @@ class PipelineConfig(Strict):
 def results_view(dumped: dict) -> dict:
     """The part of a dumped config (model_dump(mode="json"), or manifest.json's "config") that
     changes results: what the hash covers."""
-    data = {k: v for k, v in dumped.items() if k not in ("ray", "executor", "name", "watchdog")}
+    data = {k: v for k, v in dumped.items() if k not in ("ray", "executor", "name", "watchdog", "segment_s")}
     if isinstance(data.get("shards"), dict):
         data["shards"] = {k: v for k, v in data["shards"].items() if k not in ("commit_every_s", "commit_every_videos")}
     if isinstance(data.get("scorers"), dict):  # how many replicas, and what each reserves

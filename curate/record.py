@@ -48,6 +48,7 @@ class VideoRecord:
     clips_with_errors: int = 0  # rows kept with a stage's columns null and the cause in `errors` (add_video)
     rebuilt: bool = False  # rebuilt from its rows after its commit record was lost (duration_s: a lower bound)
     size_bytes: int | None = None  # of the source: only inputs of a done one's size can be its duplicates
+    segments: int = 0  # worked as this many segments (curate.segments); 0: in one piece
 
     # the one summary form from the per-video stage to the commit record: it travels between
     # stages as this JSON (schema.VIDEO_META), and is stored as it

@@ -114,5 +114,7 @@ QUARANTINE_REASONS = (
 # always learns that a video is finished, whatever happened to it.
 VIDEO_META = "_video"  # JSON: per-video facts the committer needs (curate.record.VideoRecord.to_json)
 SECONDS = "_seconds"  # `_seconds.<stage>`: the seconds a stage charged to this row (pipelines.graph.timed)
+SEGMENT = "_segment"  # JSON: a segment of a long input, what its task is given and what it found (curate.segments)
+UNIT = "_unit"  # the unit of work a row came from: its input, or "<input>#<segment>"
 SAMPLES = "_samples"  # npz bytes: the frames each scorer asked for, decoded once (curate.sample)
 INTERNAL_PREFIX = "_"

@@ -38,7 +38,8 @@ def build_stages(cfg: PipelineConfig, out: str, skip: set[str] = frozenset()) ->
     did not sample (copy, smart)."""
     scorers = scorer_specs(cfg, skip=skip) if cfg.clips.extract else []
     plans = tuple(scorers[0].args[1]) if scorers else ()
-    video = StageSpec(VideoStage, (cfg.probe, cfg.cuts, cfg.clips, out, cfg.input_timeout_s, cfg.watchdog, plans))
+    video = StageSpec(VideoStage, (cfg.probe, cfg.cuts, cfg.clips, out, cfg.input_timeout_s, cfg.watchdog, plans,
+                                   cfg.segment_s))  # fmt: skip
     return [video, *scorers]
 
 
@@ -108,13 +109,23 @@ def _run_locked(cfg: PipelineConfig, inputs: list[str], store: OutputStore, leas
     if on_progress:
         on_progress(finished, finished + len(todo))
     if todo:
-        units = [pa.table({schema.SOURCE_URI: pa.array([u], pa.string())}) for u in todo]
-        for uri, rows in regroup(execute(cfg, units, stages), schema.SOURCE_URI, _rows_of_input):
-            record, rows = _finished_input(rows)
+        def commit(record: VideoRecord, rows: pa.Table | None) -> None:
+            nonlocal finished
             committer.add_video(record, rows if record.clips else None)
             finished += 1
             if on_progress:
                 on_progress(finished, len(dups) + len(todo))
+
+        units = [pa.table({schema.SOURCE_URI: pa.array([u], pa.string())}) for u in todo]
+        long: dict[str, dict] = {}  # inputs longer than segment_s: worked as segments below
+        for uri, rows in regroup(execute(cfg, units, stages), schema.UNIT, _rows_of_input):
+            record, rows, segment = _finished_input(rows)
+            if segment is not None:
+                long[uri] = segment
+                continue
+            commit(record, rows)
+        if long:
+            _run_segments(cfg, long, stages, commit)
         committer.flush()
     committer.flush()  # the duplicates found before any work, when nothing else was to do
     committer.compact()
@@ -132,15 +143,94 @@ def _run_locked(cfg: PipelineConfig, inputs: list[str], store: OutputStore, leas
 
 
 def _rows_of_input(uri: str, first: pa.Table) -> int:
-    """How many rows make an input whole: its clips, or its one marker row."""
+    """How many rows make a unit of work (an input, a segment) whole: its clips, or its one marker row."""
     return max(1, VideoRecord.from_json(first.column(schema.VIDEO_META)[0].as_py()).clips)
 
 
-def _finished_input(rows: pa.Table) -> tuple[VideoRecord, pa.Table]:
-    """An input's summary (with the seconds each stage charged its rows) and its shard rows."""
+def _finished_input(rows: pa.Table) -> tuple[VideoRecord, pa.Table, dict | None]:
+    """A unit's summary (with the seconds each stage charged its rows), its shard rows, and what a
+    segment's task found (None for a whole input)."""
     record = VideoRecord.from_json(rows.column(schema.VIDEO_META)[0].as_py())
+    segment = rows.column(schema.SEGMENT)[0].as_py() if schema.SEGMENT in rows.column_names else None
     timings = [c for c in rows.column_names if c.startswith(schema.SECONDS + ".")]
     for c in timings:
         stage = c.split(".", 1)[1]
         record.stage_seconds[stage] = record.stage_seconds.get(stage, 0.0) + (pc.sum(rows.column(c)).as_py() or 0.0)
-    return record, rows.drop_columns([*timings, schema.VIDEO_META])
+    internal = [c for c in (schema.VIDEO_META, schema.UNIT, schema.SEGMENT) if c in rows.column_names]
+    return record, rows.drop_columns([*timings, *internal]), json.loads(segment) if segment else None
+
+
+def _run_segments(cfg: PipelineConfig, long: dict[str, dict], stages: list[StageSpec],
+                  commit: Callable[[VideoRecord, pa.Table | None], None]) -> None:
+    """The inputs longer than segment_s, in two rounds of one task per segment (curate.segments):
+    their cuts (the per-video stage alone), then their clips through every stage; each input is
+    committed once, when all its segments are in, as one pass would have committed it."""
+    def units(round_: int, extra: dict[str, dict]) -> list[pa.Table]:
+        return [pa.table({schema.SOURCE_URI: [uri], schema.SEGMENT: [json.dumps({**seg, **extra.get(uri, {}),
+                                                                                 "round": round_, "k": k})]})
+                for uri, seg in long.items() for k in range(len(seg["ranges"]))]  # fmt: skip
+
+    found: dict[str, dict[int, tuple[VideoRecord, pa.Table, dict]]] = {uri: {} for uri in long}
+    failed: dict[str, VideoRecord] = {}
+    for unit, rows in regroup(execute(cfg, units(1, {}), stages[:1]), schema.UNIT, _rows_of_input):
+        record, rows, result = _finished_input(rows)
+        uri = record.source_uri
+        if result is None and not record.quarantine:  # (a segment's cuts always come back with it)
+            record.quarantine = {"reason": schema.Q_ERROR, "detail": f"{unit}: no cuts came back"}
+        if record.quarantine:
+            failed.setdefault(uri, record)
+        else:
+            found[uri][result["k"]] = (record, rows, result)
+    cuts: dict[str, dict] = {}
+    for uri, seg in long.items():
+        if uri in failed:
+            continue
+        parts = [found[uri][k][2] for k in range(len(seg["ranges"]))]
+        n_frames = parts[-1]["n_frames"]
+        if n_frames < cfg.probe.min_frames:
+            failed[uri] = VideoRecord(uri, seg["video_id"], 0, quarantine={"reason": schema.Q_UNDECODABLE,
+                                                                           "detail": f"{n_frames} frames decode"})  # fmt: skip
+            continue
+        cuts[uri] = {"cuts": [c for p in parts for c in p["cuts"] if c < n_frames], "n_frames": n_frames,
+                     "cut_s": sum(p["seconds"] for p in parts)}  # fmt: skip
+    for uri, record in failed.items():
+        commit(_whole(long[uri], [record]), None)
+    todo = {uri: seg for uri, seg in long.items() if uri in cuts}
+    if not todo:
+        return
+    long = todo
+    done: dict[str, dict[int, tuple[VideoRecord, pa.Table]]] = {uri: {} for uri in long}
+    for unit, rows in regroup(execute(cfg, units(2, cuts), stages), schema.UNIT, _rows_of_input):
+        record, rows, result = _finished_input(rows)
+        uri = record.source_uri
+        k = result["k"] if result else int(unit.rsplit("#", 1)[1])
+        done[uri][k] = (record, rows)
+        if len(done[uri]) == len(long[uri]["ranges"]):
+            parts = [done[uri][i] for i in range(len(done[uri]))]
+            record = _whole(long[uri], [r for r, _ in parts], cuts[uri]["cut_s"])
+            tables = [t for r, t in parts if r.clips and not r.quarantine]
+            rows = pa.concat_tables(tables, promote_options="default").sort_by(schema.CLIP_INDEX) if tables else None
+            commit(record, None if record.quarantine else rows)
+            del done[uri]
+
+
+def _whole(seg: dict, records: list[VideoRecord], cut_s: float = 0.0) -> VideoRecord:
+    """One input's record from its segments' (a segment's quarantine is the input's: its other
+    segments' clips are then not committed, as for an input that failed in one piece)."""
+    from curate.segments import info_from_json
+
+    info = info_from_json(seg["info"])
+    bad = next((r for r in records if r.quarantine), None)
+    seconds: dict[str, float] = {"probe": seg.get("probe_s", 0.0), "cuts": cut_s}
+    for r in records:
+        for k, v in r.stage_seconds.items():
+            seconds[k] = seconds.get(k, 0.0) + v
+    first = records[0]
+    return VideoRecord(
+        source_uri=first.source_uri, video_id=seg["video_id"], clips=0 if bad else sum(r.clips for r in records),
+        duration_s=info.duration_s, size_bytes=info.size_bytes,
+        clip_seconds=0.0 if bad else sum(r.clip_seconds for r in records), scenes=first.scenes,
+        short_scenes_dropped=first.short_scenes_dropped, held_frames_dropped=first.held_frames_dropped,
+        failed_clips=[c for r in records for c in r.failed_clips][:20], stage_seconds=seconds,
+        quarantine=bad.quarantine if bad else None, segments=len(seg["ranges"]),
+    )  # fmt: skip
