@@ -132,8 +132,10 @@ def _segment_steps(rec: InputRecord, task: dict, cuts_p: CutsParams, clips_p: Cl
                                f"segment {task['k']}: {type(e).__name__}: {e}", retry=retry)  # fmt: skip
 
     def cuts() -> dict | None:
+        from curate.faults import hang
         from curate.video import DecodeTimeout
 
+        hang("segment", f"{rec.uri}#{task['k']}")  # crash tests: a segment that never returns
         try:
             return {"round": 1, "k": task["k"], **segments.segment_cuts(rec, cuts_p, a, b, last)}
         except DecodeTimeout as e:
