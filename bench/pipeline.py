@@ -12,6 +12,8 @@ Run: python bench/pipeline.py [--videos DIR] [--only NAME ...]
         pass + select + export --materialize, at the demo recipe's 320 px and the svd recipe's 576 px)
      python bench/pipeline.py --memory     (peak memory of a deferred pass: a 2-minute and a
         25-minute 1080p input)
+     python bench/pipeline.py --long       (a 24.5-minute 1080p talk in one piece and as
+        segments, alone and beside the other inputs: wall time, identical rows)
 """
 
 from __future__ import annotations
@@ -165,12 +167,52 @@ def peak_memory(work: Path) -> None:
     print(f"| 25 min / 2 min | | {peaks['25 min 1080p'] / peaks['2 min 1080p']:.2f} |")
 
 
+def long_input(videos: list[Path], work: Path) -> None:
+    """The real 2-minute 1080p talk joined 12 times (stream copy: 24.5 minutes, 44,136 frames),
+    run by `curate run demo` (Ray on this machine's CPUs) in one piece (input_timeout_s raised, or
+    the recipe's 300 s makes it a `timeout`) and as segments (the recipe's segment_s, its 300 s
+    limit per segment); then with the other inputs beside it, against the work it holds (the
+    manifest's stage seconds over the CPUs)."""
+    from curate.shards import read_shards
+    from curate.video import ffmpeg_exe
+
+    talk = next(v for v in videos if "test_video" in v.name)
+    (work / "list.txt").write_text(f"file '{talk}'\n" * 12)
+    solo, mixed = work / "solo", work / "mixed"
+    solo.mkdir()
+    mixed.mkdir()
+    long = solo / "talk_x12.mp4"
+    subprocess.run([ffmpeg_exe(), "-v", "error", "-f", "concat", "-safe", "0", "-i", str(work / "list.txt"), "-map", "0:v",
+                    "-c", "copy", str(long)], check=True)  # fmt: skip
+    os.link(long, mixed / long.name)
+    for v in videos:
+        if v != talk:
+            os.link(v, mixed / v.name)
+    cpus = os.cpu_count() or 1
+    print(f"| run | wall s | x one piece | clips | quarantined | stage s summed / {cpus} CPUs |")
+    print("|---|---|---|---|---|---|")
+    walls, rows = {}, {}
+    for name, src, sets in (("one piece", solo, ["segment_s=0", "input_timeout_s=7200"]), ("segments", solo, []),
+                            ("segments + 19 short inputs", mixed, [])):  # fmt: skip
+        out = work / name.replace(" ", "_")
+        wall, m = curate_run(src, out, [*WEIGHT_FREE, *sets])
+        walls[name] = wall
+        summed = sum((m.get("stage_seconds") or {}).values())
+        t = read_shards(str(out))
+        rows[name] = sorted(map(str, t.drop_columns(["clip_uri"]).to_pylist())) if name != "segments + 19 short inputs" else None
+        print(f"| {name} | {wall:.1f} | {wall / walls['one piece']:.2f} | {m['counts']['clips']} | "
+              f"{m['counts']['quarantined']} | {summed / cpus:.1f} |", flush=True)  # fmt: skip
+    same = len(set(rows["one piece"]) ^ set(rows["segments"]))
+    print(f"rows, one piece vs segments: {len(rows['one piece'])} vs {len(rows['segments'])}, {same} not in both")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--videos", type=Path, default=SHARED)
     ap.add_argument("--only", nargs="*", help="run names containing these words")
     ap.add_argument("--deferred", action="store_true", help="eager against deferred, run + select + export")
     ap.add_argument("--memory", action="store_true", help="peak memory of a deferred pass, 2 and 25 minutes")
+    ap.add_argument("--long", action="store_true", help="a 24.5-minute 1080p input in one piece and as segments")
     args = ap.parse_args(argv)
     if args.memory:
         with tempfile.TemporaryDirectory(prefix="bench-memory-") as tmp:
@@ -180,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     if not videos:
         print(f"no videos in {args.videos}")
         return 1
+    if args.long:
+        with tempfile.TemporaryDirectory(prefix="bench-long-") as tmp:
+            long_input(videos, Path(tmp))
+        return 0
     if args.deferred:
         with tempfile.TemporaryDirectory(prefix="bench-deferred-") as tmp:
             base = bare_decode(videos)

@@ -320,8 +320,36 @@ def groups(info: VideoInfo, spans: list[ClipSpan]) -> list[list[int]]:
     return out
 
 
+def carried_clips(spans: list[ClipSpan], geo: Geometry, plans: list) -> int:
+    """How many of an input's clips, from its first, carry the scorers' frames from the extraction
+    (SAMPLE_BUDGET_BYTES of raw frames, by the plan: the same clips whether the input is one task
+    or several segments, so a clip's scores never depend on how its input was split; the others'
+    frames are decoded by the sample step from their files)."""
+    if not plans:
+        return 0
+    frame, total = geo.width * geo.height * 3, 0
+    for k, span in enumerate(spans):
+        if total >= SAMPLE_BUDGET_BYTES:
+            return k
+        n = kept_count(span, geo.rate)
+        total += frame * len(set().union(*(p.indices(n, geo.fps) for p in plans)))
+    return len(spans)
+
+
+def extraction_groups(info: VideoInfo, spans: list[ClipSpan], carry: int) -> list[list[int]]:
+    """The ffmpeg processes of an extraction (`groups`), also cut where the carrying clips end.
+    A clip's encoded bytes depend on its group (the encoder's rate control looks across clips), so
+    a segment of a long input extracts whole groups of the input's plan: its clips are the groups
+    that start in its frames (make_clips)."""
+    out = []
+    for whole in groups(info, spans):
+        out += [part for part in ([i for i in whole if i < carry], [i for i in whole if i >= carry]) if part]
+    return out
+
+
 def extract_video(src: str, info: VideoInfo, spans: list[ClipSpan], params: ClipsParams, workdir: str,
-                  plans: list | None = None, deadline: float | None = None, geo: Geometry | None = None) -> list[ClipFile]:
+                  plans: list | None = None, deadline: float | None = None, geo: Geometry | None = None,
+                  carry: int | None = None) -> list[ClipFile]:
     """Every clip of one input in one decode: per group of clips, one ffmpeg process decodes the
     range once, drops the frames between clips (and those `max_fps` drops), scales, and encodes
     one stream whose keyframes are forced onto the clip starts, which the segment muxer splits
@@ -331,18 +359,18 @@ def extract_video(src: str, info: VideoInfo, spans: list[ClipSpan], params: Clip
     twice and no process seeks per clip. `geo`: the stored size and rate, when not the params'."""
     geo = geo or geometry(info, params)
     results = [ClipFile() for _ in spans]
-    carried = 0
-    for gi, members in enumerate(groups(info, spans)):
+    # The samples travel with the input's rows: past a budget (a very long input) the rest of its
+    # clips are sampled by the sample step instead, so memory stays flat in video length.
+    # `carry`: how many of `spans` carry them (carried_clips of the input's whole plan).
+    carry = carried_clips(spans, geo, plans or []) if carry is None else carry
+    for gi, members in enumerate(extraction_groups(info, spans, carry)):
         left = None if deadline is None else deadline - time.time()
-        # The samples travel with the input's rows: past a budget (a very long input) the rest of
-        # its clips are sampled by the sample step instead, so memory stays flat in video length.
-        group_plans = (plans or []) if carried < SAMPLE_BUDGET_BYTES else []
+        group_plans = (plans or []) if members[0] < carry else []
         try:
             if left is not None and left <= 0:
                 raise ExtractTimeout("ffmpeg timed out: time budget spent")
             _extract_group(src, info, [spans[i] for i in members], [results[i] for i in members], geo, params,
                            os.path.join(workdir, f"g{gi:05d}"), group_plans, left)  # fmt: skip
-            carried += sum(len(results[i].sample or b"") for i in members)
         except (ExtractError, OSError) as e:
             for i in members:
                 if results[i].path is None and results[i].error is None:
@@ -374,8 +402,10 @@ def _extract_group(src: str, info: VideoInfo, spans: list[ClipSpan], results: li
     else:
         graph = f"{chain}[e]"
     force = _any_of([f"eq(n,{x})" for x in starts])
+    # Each output stops at its last frame, and ffmpeg with them: the select filter alone would let
+    # it decode on to the end of the input (a group before the last, a segment of a long input)
     out = [] if not encode else [
-        "-map", "[e]", "-an", "-sn", "-dn", "-map_metadata", "-1", "-fps_mode", "passthrough",
+        "-map", "[e]", "-an", "-sn", "-dn", "-map_metadata", "-1", "-fps_mode", "passthrough", "-frames:v", str(sum(counts)),
         "-c:v", "libx264", "-preset", params.preset, "-crf", str(params.crf), "-pix_fmt", "yuv420p",
         "-force_key_frames", f"expr:{force}", "-forced-idr", "1",
     ]  # fmt: skip
@@ -388,7 +418,7 @@ def _extract_group(src: str, info: VideoInfo, spans: list[ClipSpan], results: li
     else:
         out += ["-movflags", "+faststart", "-f", "mp4", os.path.join(workdir, "00000.mp4")]
     if sample_at:
-        out += ["-map", "[s]", "-fps_mode", "passthrough", "-f", "rawvideo", "pipe:1"]
+        out += ["-map", "[s]", "-fps_mode", "passthrough", "-frames:v", str(len(sample_at)), "-f", "rawvideo", "pipe:1"]
     cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-y", *seek_args(info, s0), "-i", src,
            "-filter_complex", graph, *out]  # fmt: skip
 
@@ -521,13 +551,19 @@ def _clips(rec: InputRecord, params: ClipsParams, store, plans: list, only: tupl
     for index, span in enumerate(spans):
         start = copy_start(info, span.start) if mode == "copy" else span.start
         rows.append({**span_row(rec, ClipSpan(start, span.end), geo, mode, n_frames), schema.CLIP_INDEX: index})
-    if only is not None:
-        mine = [i for i, span in enumerate(spans) if only[0] <= span.start < only[1]]
+    carry = None
+    if only is not None:  # a segment: see extraction_groups
+        if mode == "exact":  # whole groups of the input's plan, and its carrying clips
+            whole = carried_clips(spans, geo, plans)
+            mine = [i for g in extraction_groups(info, spans, whole) if only[0] <= spans[g[0]].start < only[1] for i in g]
+            carry = sum(1 for i in mine if i < whole)
+        else:
+            mine = [i for i, span in enumerate(spans) if only[0] <= span.start < only[1]]
         spans, rows = [spans[i] for i in mine], [rows[i] for i in mine]
     if not params.extract or not rows:
         return rows
     if mode == "exact":
-        return _one_pass(rec, spans, rows, params, store, plans)
+        return _one_pass(rec, spans, rows, params, store, plans, carry)
     kept = []
     for span, row in zip(spans, rows):
         left = rec.remaining_s()
@@ -550,7 +586,8 @@ def _failed(rec: InputRecord, cid: str, e: Exception) -> None:
     rec.failed_clips.append(f"{cid}: {e}"[:500])  # no file, so not a clip: counted, not a row
 
 
-def _one_pass(rec: InputRecord, spans: list[ClipSpan], rows: list[dict], params: ClipsParams, store, plans: list) -> list[dict]:
+def _one_pass(rec: InputRecord, spans: list[ClipSpan], rows: list[dict], params: ClipsParams, store, plans: list,
+              carry: int | None = None) -> list[dict]:
     """All clips of the input from one decode (extract_video), moved into OUT under their names."""
     vid = rec.video_id
     if store.local:  # beside the clips, so each is a rename; a killed run's leftovers are swept
@@ -559,7 +596,7 @@ def _one_pass(rec: InputRecord, spans: list[ClipSpan], rows: list[dict], params:
     else:
         work = tempfile.mkdtemp(prefix="curate-clips-")
     try:
-        files = extract_video(rec.local, rec.info, spans, params, work, plans, rec.deadline)
+        files = extract_video(rec.local, rec.info, spans, params, work, plans, rec.deadline, carry=carry)
         kept = []
         for span, row, f in zip(spans, rows, files):
             try:

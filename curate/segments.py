@@ -50,8 +50,10 @@ def window(info: VideoInfo, params: CutsParams, lag: int, a: int, b: int, n_fram
     first = 0
     if a > 0:
         want = max(0, a - back)
-        k = bisect_right(info.keyframes, want) - 1
-        first = info.keyframes[k] if k >= 0 else 0
+        k = bisect_right(info.keyframes, want - 1) - 1
+        # the frame after a keyframe: ffmpeg's seek to it lands on that keyframe, where a seek to
+        # the keyframe itself (halfway from the frame before, curate.video.seek_args) lands a GOP earlier
+        first = info.keyframes[k] + 1 if k >= 0 and info.keyframes[k] > 0 else 0
     end = n_frames if b >= n_frames else min(n_frames, b + lag + int(round(LOOKAHEAD_S * info.fps)) + 1)
     return first, end
 

@@ -169,3 +169,16 @@ def test_a_run_killed_between_segments_resumes_to_one_pass(tmp_path, dissolve):
     assert done.returncode == 0, done.stderr[-2000:]
     assert_same_rows(rows_of(out), rows_of(one))
     assert verify(str(out)).ok
+
+
+def test_the_clips_that_carry_their_frames_do_not_depend_on_the_split(tmp_path, monkeypatch):
+    """Past the sample budget a clip's frames come from its file (the sample step), not from the
+    extraction: which clips carry theirs is decided on the input's whole plan, so a clip's scores
+    are the same in one piece and in segments (in-process, for the smaller budget to reach it)."""
+    import curate.clips
+
+    monkeypatch.setattr(curate.clips, "SAMPLE_BUDGET_BYTES", 3 << 20)  # a few clips' frames
+    sets = ["watchdog=false", "scorers.phash.enabled=false"]
+    one, _ = one_run(tmp_path, [TESTVIDEO], "one", *sets)
+    seg, _ = one_run(tmp_path, [TESTVIDEO], "seg", *sets, "segment_s=4")
+    assert_same_rows(rows_of(seg), rows_of(one))
