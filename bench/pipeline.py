@@ -189,21 +189,29 @@ def long_input(videos: list[Path], work: Path) -> None:
         if v != talk:
             os.link(v, mixed / v.name)
     cpus = os.cpu_count() or 1
-    print(f"| run | wall s | x one piece | clips | quarantined | stage s summed / {cpus} CPUs |")
-    print("|---|---|---|---|---|---|")
+
+    def cpu_s() -> tuple[float, float]:  # (busy, all) CPU-seconds of the machine so far (/proc/stat)
+        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        hz = os.sysconf("SC_CLK_TCK")
+        return (sum(ticks) - ticks[3] - ticks[4]) / hz, sum(ticks) / hz
+
+    print(f"| run | wall s | x one piece | clips | quarantined | CPU-s busy (machine) | CPUs busy, of {cpus} |")
+    print("|---|---|---|---|---|---|---|")
     walls, rows = {}, {}
     for name, src, sets in (("one piece", solo, ["segment_s=0", "input_timeout_s=7200"]), ("segments", solo, []),
-                            ("segments + 19 short inputs", mixed, [])):  # fmt: skip
+                            ("segments + 19 short inputs", mixed, []), ("one piece + 19 short inputs", mixed,
+                                                                        ["segment_s=0", "input_timeout_s=7200"])):  # fmt: skip
         out = work / name.replace(" ", "_")
+        busy0, _ = cpu_s()
         wall, m = curate_run(src, out, [*WEIGHT_FREE, *sets])
+        busy = cpu_s()[0] - busy0
         walls[name] = wall
-        summed = sum((m.get("stage_seconds") or {}).values())
         t = read_shards(str(out))
-        rows[name] = sorted(map(str, t.drop_columns(["clip_uri"]).to_pylist())) if name != "segments + 19 short inputs" else None
+        rows[name] = sorted(map(str, t.drop_columns(["clip_uri"]).to_pylist()))
         print(f"| {name} | {wall:.1f} | {wall / walls['one piece']:.2f} | {m['counts']['clips']} | "
-              f"{m['counts']['quarantined']} | {summed / cpus:.1f} |", flush=True)  # fmt: skip
-    same = len(set(rows["one piece"]) ^ set(rows["segments"]))
-    print(f"rows, one piece vs segments: {len(rows['one piece'])} vs {len(rows['segments'])}, {same} not in both")
+              f"{m['counts']['quarantined']} | {busy:.0f} | {busy / wall:.2f} |", flush=True)  # fmt: skip
+    for a, b in (("one piece", "segments"), ("one piece + 19 short inputs", "segments + 19 short inputs")):
+        print(f"rows, {a} vs {b}: {len(rows[a])} vs {len(rows[b])}, {len(set(rows[a]) ^ set(rows[b]))} in one only")
 
 
 def main(argv: list[str] | None = None) -> int:

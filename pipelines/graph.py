@@ -349,8 +349,10 @@ def scorer_specs(cfg: PipelineConfig, names: Iterable[str] | None = None, skip: 
     return [StageSpec(SampleStage, (cfg.sample, plans), cfg.sample)] + [StageSpec(cls, (p,), p) for cls, p in scorers]
 
 
-def execute(cfg: PipelineConfig, units: list[pa.Table], specs: list[StageSpec], local_rows: int = 1) -> Iterable[pa.Table]:
-    """Stream the units of work (an input's row, a committed part's rows) through the stages: on
+def execute(cfg: PipelineConfig, units: list[pa.Table] | pa.Table, specs: list[StageSpec],
+            local_rows: int = 1) -> Iterable[pa.Table]:
+    """Stream the units of work (a committed part's rows; or one table, a unit per row: the inputs,
+    with no Python object per input, which a million inputs would feel) through the stages: on
     Ray (units joined into `input_blocks` blocks; the stages' own batch sizes) or in this process
     (`local_rows` rows at a time into the first stage, whose rows go on through the others a
     stage's batch at a time: a batch's frames are in memory at once, not an input's). The scorers'
@@ -363,7 +365,7 @@ def execute(cfg: PipelineConfig, units: list[pa.Table], specs: list[StageSpec], 
             s.setup()
         first, rest = stages[:1], stages[1:]
         step = max([spec.cls.resources_for(spec.params).batch_size or 1 for spec in specs[1:]] or [1])
-        for unit in units:
+        for unit in _each(units):
             for start in range(0, unit.num_rows, local_rows):
                 batch = unit.slice(start, local_rows)
                 for s in first:
@@ -391,19 +393,25 @@ def execute(cfg: PipelineConfig, units: list[pa.Table], specs: list[StageSpec], 
         raise
 
 
+def _each(units: list[pa.Table] | pa.Table) -> Iterable[pa.Table]:
+    return (units.slice(i, 1) for i in range(units.num_rows)) if isinstance(units, pa.Table) else iter(units)
+
+
 def _without_samples(batch: pa.Table) -> pa.Table:
     return batch.drop_columns([schema.SAMPLES]) if schema.SAMPLES in batch.column_names else batch
 
 
-def build_dataset(cfg: PipelineConfig, units: list[pa.Table], specs: list[StageSpec], cluster: dict[str, float]):
+def build_dataset(cfg: PipelineConfig, units: list[pa.Table] | pa.Table, specs: list[StageSpec], cluster: dict[str, float]):
     """The lazy Ray Data graph for a cluster of these resources (ray.cluster_resources()): the
     units joined into `input_blocks` blocks, then the stages. Refuses (ResourcesShort) before any
     work when the scorers' pools cannot all start: they would wait forever."""
     import ray
 
     apart = video_tasks_apart(specs, cluster)
-    n = input_blocks(len(units), cluster)
-    blocks = [pa.concat_tables(units[len(units) * i // n:len(units) * (i + 1) // n]) for i in range(n)]
+    size = units.num_rows if isinstance(units, pa.Table) else len(units)
+    n = input_blocks(size, cluster)
+    cuts = [(size * i // n, size * (i + 1) // n) for i in range(n)]
+    blocks = [units.slice(a, b - a) if isinstance(units, pa.Table) else pa.concat_tables(units[a:b]) for a, b in cuts]
     return add_steps(ray.data.from_arrow(blocks), cfg, specs, cluster.get("GPU", 0.0) > 0, apart)
 
 

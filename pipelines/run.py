@@ -116,7 +116,7 @@ def _run_locked(cfg: PipelineConfig, inputs: list[str], store: OutputStore, leas
             if on_progress:
                 on_progress(finished, len(dups) + len(todo))
 
-        units = [pa.table({schema.SOURCE_URI: pa.array([u], pa.string())}) for u in todo]
+        units = pa.table({schema.SOURCE_URI: pa.array(todo, pa.string())})  # a unit per row
         long: dict[str, dict] = {}  # inputs longer than segment_s: worked as segments below
         for uri, rows in regroup(execute(cfg, units, stages), schema.UNIT, _rows_of_input):
             record, rows, segment = _finished_input(rows)
@@ -165,10 +165,10 @@ def _run_segments(cfg: PipelineConfig, long: dict[str, dict], stages: list[Stage
     """The inputs longer than segment_s, in two rounds of one task per segment (curate.segments):
     their cuts (the per-video stage alone), then their clips through every stage; each input is
     committed once, when all its segments are in, as one pass would have committed it."""
-    def units(round_: int, extra: dict[str, dict]) -> list[pa.Table]:
-        return [pa.table({schema.SOURCE_URI: [uri], schema.SEGMENT: [json.dumps({**seg, **extra.get(uri, {}),
-                                                                                 "round": round_, "k": k})]})
+    def units(round_: int, extra: dict[str, dict]) -> pa.Table:  # a segment per row
+        each = [(uri, json.dumps({**seg, **extra.get(uri, {}), "round": round_, "k": k}))
                 for uri, seg in long.items() for k in range(len(seg["ranges"]))]  # fmt: skip
+        return pa.table({schema.SOURCE_URI: [u for u, _ in each], schema.SEGMENT: [t for _, t in each]})
 
     found: dict[str, dict[int, tuple[VideoRecord, pa.Table, dict]]] = {uri: {} for uri in long}
     failed: dict[str, VideoRecord] = {}
