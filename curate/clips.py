@@ -322,17 +322,19 @@ def groups(info: VideoInfo, spans: list[ClipSpan]) -> list[list[int]]:
 
 def carried_clips(spans: list[ClipSpan], geo: Geometry, plans: list) -> int:
     """How many of an input's clips, from its first, carry the scorers' frames from the extraction
-    (SAMPLE_BUDGET_BYTES of raw frames, by the plan: the same clips whether the input is one task
+    (SAMPLE_BUDGET_BYTES of packed frames, reckoned from the plan: the same clips whether the input is one task
     or several segments, so a clip's scores never depend on how its input was split; the others'
     frames are decoded by the sample step from their files)."""
     if not plans:
         return 0
-    frame, total = geo.width * geo.height * 3, 0
+    # bytes per frame of each plan, as curate.stage.pack_plans stores it (resized to the plan's size)
+    frame = {p.name: math.prod(p.size_for(geo.width, geo.height)) * 3 for p in plans}
+    total = 0
     for k, span in enumerate(spans):
         if total >= SAMPLE_BUDGET_BYTES:
             return k
         n = kept_count(span, geo.rate)
-        total += frame * len(set().union(*(p.indices(n, geo.fps) for p in plans)))
+        total += sum(frame[p.name] * len(p.indices(n, geo.fps)) for p in plans)
     return len(spans)
 
 

@@ -177,6 +177,13 @@ class Committer:
         remaining rows go in the same repair commit, so nothing is duplicated). See `_repair`."""
         good, damaged_records = read_records(self.store)
         names = [n for n, _ in good] + damaged_records
+        fence = None
+        if getattr(self.lease, "took_over", False):  # before anything is moved or deleted (see _fence)
+            self._next_commit = max((int(n[7:13]) for n in names), default=-1) + 1
+            fence = self._fence()
+            if fence is None:
+                return self._recover_again(check_clips)  # the old holder's commit landed first: read it
+            names.append(f"commit-{self._next_commit - 1:06d}.json")
         records = [rec for _, rec in good]
         removed = {p for rec in records for p in rec.get("removes", [])}
         accepted = self.accepted_hashes(records)
@@ -216,8 +223,8 @@ class Committer:
         self.live_parts = list(live)
         self._next_commit = max((int(n[7:13]) for n in names), default=-1) + 1
         self._next_part = max((int(p[5:11]) for p in ever | set(unnamed)), default=-1) + 1
-        if getattr(self.lease, "took_over", False) and not self._fence():
-            return self._recover_again(check_clips)  # the old holder's commit landed first: read it
+        if fence is not None:
+            self.records.append(fence)
         unreadable = [p for p in self.live_parts if p not in missing and not self._readable(p)]
         lost = lost_records(good, damaged_records)
         if missing or unreadable or unnamed or lost or check_clips:
@@ -234,22 +241,22 @@ class Committer:
                     self.done_sizes.add(v["size_bytes"])
         return set(self.done_sources)
 
-    def _fence(self) -> bool:
-        """After taking over another run's lease: create the next commit record ourselves, so that
-        a commit the old holder still has in flight (stalled on the network past its lease) finds
-        its name taken and fails, instead of landing after this run's recovery. False when the old
-        holder's record got there first."""
+    def _fence(self) -> dict | None:
+        """After taking over another run's lease, before recovery moves or deletes anything: create
+        the next commit record ourselves, so that a commit the old holder still has in flight
+        (stalled on the network past its lease) finds its name taken and fails ("stopped"), instead
+        of landing while this run's recovery removes its uncommitted parts. None when the old
+        holder's record got there first (then it is read like any other)."""
         name = f"commit-{self._next_commit:06d}.json"
         rec = {"config_hash": self.config_hash, "time": time.time(), "parts": [], "videos": [], "kind": FENCE,
                "owner": getattr(self.lease, "info", {}).get("owner")}  # fmt: skip
         try:
             self.store.create_exclusive(json.dumps(rec).encode(), COMMITS, name)
         except AlreadyExists:
-            return False
+            return None
         self._next_commit += 1
-        self.records.append(rec)
         self.lease.took_over = False
-        return True
+        return rec
 
     def _recover_again(self, check_clips: bool) -> set[str]:
         self.records, self.live_parts = [], []

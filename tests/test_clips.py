@@ -221,9 +221,8 @@ def test_samples_carried_within_a_budget_then_left_to_the_sample_step(tmp_path, 
 
     monkeypatch.setattr(clips, "GROUP_CLIPS", 2)
     info = probe(three_shots.path)
-    geo = clips.geometry(info, ClipsParams())
-    # the budget by the plan (one frame per clip, raw at the stored size): two clips carry theirs
-    monkeypatch.setattr(clips, "SAMPLE_BUDGET_BYTES", 2 * geo.width * geo.height * 3 - 1)
+    # the budget by the plan (one 64x48 frame per clip, as packed): two clips carry theirs
+    monkeypatch.setattr(clips, "SAMPLE_BUDGET_BYTES", 2 * 64 * 48 * 3 - 1)
     spans = [ClipSpan(a, a + 30) for a in (0, 40, 100, 170, 220)]
     plan = SamplePlan("mid", positions=(0.5,), max_side=64)
     files = extract_video(three_shots.path, info, spans, ClipsParams(), str(tmp_path), [plan])
