@@ -265,6 +265,12 @@ def geometry(info: VideoInfo, params: ClipsParams) -> Geometry:
     return Geometry(out_w, out_h, fps, rate, (out_w, out_h) != (even_w, even_h))
 
 
+def stored_size_filter(geo: Geometry) -> str:
+    """The ffmpeg filter that gives a clip's stored pixels (the extraction's, and the deferred
+    mode's, which must be the same)."""
+    return f"scale={geo.width}:{geo.height}:flags=area" if geo.scaled else f"crop={geo.width}:{geo.height}"
+
+
 def kept_frames(span: ClipSpan, rate: float | None) -> list[int]:
     """The source frames of `span` a clip stores: frame n is kept when it starts a new cell of a
     grid of 1/rate source frames from the span start (even spacing, the first frame always kept).
@@ -389,7 +395,7 @@ def _extract_group(src: str, info: VideoInfo, spans: list[ClipSpan], results: li
     starts = [sum(counts[:k]) for k in range(len(spans))]  # each clip's first frame in the encoded stream
     keep = _any_of([_keep_expr(sp.start - s0, sp.end - s0, geo.rate) for sp in spans])
     setpts = "PTS-STARTPTS" if geo.rate is None else f"N/({geo.fps!r}*TB)"
-    size = f"scale={geo.width}:{geo.height}:flags=area" if geo.scaled else f"crop={geo.width}:{geo.height}"
+    size = stored_size_filter(geo)
     # yuv420p pinned before the split: the encode gets exactly the scaled pixels and the scorers
     # the same pixels in RGB (left open, ffmpeg may scale straight to RGB and convert back)
     chain = f"[0:v]select='{keep}',setpts={setpts},{size},format=yuv420p"
@@ -541,10 +547,16 @@ def make_clips(rec: InputRecord, params: ClipsParams, store, plans: list | None 
     return []
 
 
+def plan_input(rec: InputRecord, params: ClipsParams) -> list[ClipSpan]:
+    """The clips of an input whose cuts and frame count are known, and its scene counts into the record."""
+    spans, rec.short_scenes_dropped, rec.held_frames_dropped = plan_clips(rec.info, rec.cuts, rec.n_frames, params)
+    rec.scenes = len(rec.cuts) + 1
+    return spans
+
+
 def _clips(rec: InputRecord, params: ClipsParams, store, plans: list, only: tuple[int, int] | None) -> list[dict]:
     info, n_frames = rec.info, rec.n_frames
-    spans, rec.short_scenes_dropped, rec.held_frames_dropped = plan_clips(info, rec.cuts, n_frames, params)
-    rec.scenes = len(rec.cuts) + 1
+    spans = plan_input(rec, params)
     mode = effective_mode(info, params.mode)
     geo = geometry(info, params)
     if mode == "copy":  # a stream copy keeps the source's frames, odd sizes included

@@ -171,6 +171,23 @@ def detect_cuts(path: str, info: VideoInfo, params: CutsParams, deadline_s: floa
     return result
 
 
+def _level_shape(level_fps: float | None, native_fps: float, params: CutsParams) -> tuple[int, int]:
+    """(stride, min_scene_len in the level's frames) of a cascade level on a video of `native_fps`."""
+    stride = 1 if level_fps is None or level_fps >= native_fps else max(1, int(round(native_fps / level_fps)))
+    return stride, max(1, int(round(params.min_scene_len_s * (native_fps / stride))))
+
+
+def analysis_lag(native_fps: float, params: CutsParams) -> int:
+    """How far behind the newest frame a provisional cut is final (CutAnalysis.lag): a level's
+    detectors hold a cut for up to its min_scene_len (PySceneDetect's flash filter merges within
+    it) plus their windows, at its stride; then the flash check, the merge tolerance and the
+    minimum length."""
+    shapes = [_level_shape(lv.fps, native_fps, params) for lv in params.levels]
+    tol = max(1, int(round(params.merge_tolerance_s * native_fps)))
+    min_len = max(1, int(round(params.min_scene_len_s * native_fps)))
+    return max([stride * (n + 4) for stride, n in shapes] or [0]) + params.flash_frames + tol + min_len + 2
+
+
 class CutAnalysis:
     """The cut detection of one video, fed its analysis frames (BGR at `width` x `height`) a chunk
     at a time: `finish()` gives the cuts. `provisional()` gives the cuts of what it has seen so
@@ -196,18 +213,14 @@ class CutAnalysis:
         self.native = native_fps
         self.levels: list[_Level] = []
         for lv in params.levels:
-            stride = 1 if lv.fps is None or lv.fps >= native_fps else max(1, int(round(native_fps / lv.fps)))
-            level_fps = native_fps / stride
-            min_len = max(1, int(round(params.min_scene_len_s * level_fps)))
+            stride, min_len = _level_shape(lv.fps, native_fps, params)
             name = "native" if stride == 1 and lv.fps is None else f"{lv.fps:g}fps"
-            self.levels.append(_Level(name, stride, level_fps, [make_detector(d, min_len) for d in lv.detectors], min_len, start))
+            detectors = [make_detector(d, min_len) for d in lv.detectors]
+            self.levels.append(_Level(name, stride, native_fps / stride, detectors, min_len, start))
         self.signals = _Signals(params.flash_frames + 1, [lv.stride for lv in self.levels], start)
         self.tol = max(1, int(round(params.merge_tolerance_s * native_fps)))
         self.min_len = max(1, int(round(params.min_scene_len_s * native_fps)))
-        # how far behind the newest frame a provisional cut is final: a level's detectors hold a cut
-        # for up to its min_scene_len (PySceneDetect's flash filter merges within it) plus their
-        # windows, at its stride; then the flash check, the merge tolerance and the minimum length
-        self.lag = max([lv.stride * (lv.min_len + 4) for lv in self.levels] or [0]) + params.flash_frames + self.tol + self.min_len + 2
+        self.lag = analysis_lag(native_fps, params)
         self.n_frames = 0
 
     def feed(self, chunk: np.ndarray) -> None:

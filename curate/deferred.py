@@ -27,8 +27,8 @@ import threading
 import numpy as np
 
 from curate import schema
-from curate.clips import (SAMPLE_BUDGET_BYTES, ClipSpan, Geometry, geometry, kept_frames, plan_clips, read_exact,
-                          sample_spans, span_row)
+from curate.clips import (SAMPLE_BUDGET_BYTES, ClipSpan, Geometry, geometry, kept_frames, plan_clips, plan_input,
+                          read_exact, sample_spans, span_row, stored_size_filter)
 from curate.config import ClipsParams, CutsParams
 from curate.cuts import CutAnalysis
 from curate.faults import fault
@@ -146,7 +146,7 @@ def _deferred(rec: InputRecord, cuts_p: CutsParams, clips_p: ClipsParams, plans:
     geo = geometry(info, clips_p)
     aw, ah = scaled_size(info.width, info.height, cuts_p.analysis_size)  # frames come rotated, as clips store them
     analysis = CutAnalysis(info.fps, cuts_p, aw, ah)
-    size = f"scale={geo.width}:{geo.height}:flags=area" if geo.scaled else f"crop={geo.width}:{geo.height}"
+    size = stored_size_filter(geo)
     work = tempfile.mkdtemp(prefix="curate-deferred-")
     spill = _Spill(work, geo.width, geo.height)
     read_fd, write_fd = os.pipe()
@@ -211,9 +211,8 @@ def _decode_once(rec: InputRecord, proc, expired, read_fd: int, analysis: CutAna
         if result.n_frames < min_frames:
             rec.set_quarantine(schema.Q_UNDECODABLE, f"{result.n_frames} frames decode")
             return []
-        spans, rec.short_scenes_dropped, rec.held_frames_dropped = plan_clips(info, result.cuts, result.n_frames, clips_p)
+        spans = plan_input(rec, clips_p)
         clip.n_frames = result.n_frames
-        rec.scenes = len(result.cuts) + 1
         rows = [clip.row(span) for span in spans]  # rows planned early are reused; a span no longer planned goes
         for index, row in enumerate(rows):
             row[schema.CLIP_INDEX] = index
@@ -252,14 +251,12 @@ class _From:
 
 def _span_rows(rec: InputRecord, clips_p: ClipsParams, plans: list, only: tuple[int, int]) -> list[dict]:
     info = rec.info
-    spans, rec.short_scenes_dropped, rec.held_frames_dropped = plan_clips(info, rec.cuts, rec.n_frames, clips_p)
-    rec.scenes = len(rec.cuts) + 1
-    mine = [(i, span) for i, span in enumerate(spans) if only[0] <= span.start < only[1]]
+    mine = [(i, span) for i, span in enumerate(plan_input(rec, clips_p)) if only[0] <= span.start < only[1]]
     if not mine:
         return []
     geo = geometry(info, clips_p)
     first, end = mine[0][1].start, mine[-1][1].end
-    size = f"scale={geo.width}:{geo.height}:flags=area" if geo.scaled else f"crop={geo.width}:{geo.height}"
+    size = stored_size_filter(geo)
     cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", *seek_args(info, first), "-i", rec.local,
            "-map", "0:v:0", "-an", "-sn", "-dn", "-fps_mode", "passthrough", "-frames:v", str(end - first),
            "-vf", f"{size},format=yuv420p", "-f", "rawvideo", "pipe:1"]  # fmt: skip

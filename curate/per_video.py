@@ -115,21 +115,11 @@ def _segment_steps(rec: InputRecord, task: dict, cuts_p: CutsParams, clips_p: Cl
     """The steps of one segment's round: its local copy, then its cuts (round 1) or its clips
     (round 2, from the cuts every segment found)."""
     from curate import segments
-    from curate.storage import localize
+    from curate.video import fetch_input
 
     rec.info, rec.video_id = segments.info_from_json(task["info"]), task["video_id"]
     a, b = task["ranges"][task["k"]]
     last = task["k"] == len(task["ranges"]) - 1
-
-    def local() -> None:
-        try:
-            rec.local = localize(rec.uri)
-        except Exception as e:  # noqa: BLE001 - the whole input is then quarantined by the driver
-            from curate.storage import is_transient
-
-            retry = isinstance(e, FileNotFoundError) or is_transient(e)
-            rec.set_quarantine(schema.Q_MISSING if isinstance(e, FileNotFoundError) else schema.Q_ERROR,
-                               f"segment {task['k']}: {type(e).__name__}: {e}", retry=retry)  # fmt: skip
 
     def cuts() -> dict | None:
         from curate.faults import hang
@@ -154,7 +144,9 @@ def _segment_steps(rec: InputRecord, task: dict, cuts_p: CutsParams, clips_p: Cl
 
         return make_clips(rec, clips_p, store, plans, only=(a, b))
 
-    return [("fetch", local), ("cuts", cuts) if task["round"] == 1 else ("clips", clips)]
+    # (a segment's quarantine, its copy's included, is its whole input's: pipelines/run.py)
+    return [("fetch", lambda: fetch_input(rec, f"segment {task['k']}")),
+            ("cuts", cuts) if task["round"] == 1 else ("clips", clips)]
 
 
 def _table(uri: str, summary: VideoRecord, rows: list[dict], video_id: str | None, unit: str | None = None,

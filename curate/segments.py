@@ -43,7 +43,7 @@ def split(info: VideoInfo, n_frames: int, segment_s: float) -> list[tuple[int, i
     return [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-def window(info: VideoInfo, params: CutsParams, lag: int, a: int, b: int, n_frames: int) -> tuple[int, int]:
+def window(info: VideoInfo, lag: int, a: int, b: int, n_frames: int) -> tuple[int, int]:
     """The frames [first, end) a segment [a, b) decodes for its cuts: from the keyframe at or
     before a - look-back (so its frames are those of a whole decode) to b + lag + look-ahead."""
     back = max(2 * lag, int(round(LOOKBACK_S * info.fps)))
@@ -62,13 +62,10 @@ def segment_cuts(rec: InputRecord, params: CutsParams, a: int, b: int, last: boo
     """Round 1 for one segment: the cuts in [a, b) (`last`: to the end of the input), how many
     frames decode (counted from frame 0; the last segment's is the input's), and the by-level
     detail in [a, b)."""
-    from curate.cuts import CutAnalysis, detect_cuts
-    from curate.video import scaled_size
+    from curate.cuts import analysis_lag, detect_cuts
 
     info = rec.info
-    w, h = scaled_size(info.coded_width, info.coded_height, params.analysis_size)
-    lag = CutAnalysis(info.fps, params, w, h).lag
-    first, end = window(info, params, lag, a, info.n_frames if last else b, info.n_frames)
+    first, end = window(info, analysis_lag(info.fps, params), a, b, info.n_frames)
     result = detect_cuts(rec.local, info, params, rec.remaining_s(), first=first, count=None if last else end - first)
     hi = result.n_frames if last else b
 

@@ -270,16 +270,30 @@ def iter_frames(
 # --- step 1 of an input (curate.per_video): probe into the record ---------------------------------
 
 
+def fetch_input(rec: InputRecord, what: str = "probe") -> bool:
+    """A local copy of the input into the record (a remote one is downloaded), or its quarantine: a
+    missing file may appear and a network fault or a full disk says nothing about the input, so
+    the next run retries those."""
+    from curate.storage import is_transient, localize
+
+    try:
+        rec.local = localize(rec.uri)
+        return True
+    except FileNotFoundError as e:
+        rec.set_quarantine(schema.Q_MISSING, str(e), retry=True)
+    except Exception as e:  # noqa: BLE001 - one input never stops the run
+        rec.set_quarantine(schema.Q_ERROR, f"{what}: {type(e).__name__}: {e}", retry=is_transient(e))
+    return False
+
+
 def probe_input(rec: InputRecord, params: ProbeParams) -> None:
     """Step 1 of an input (curate.per_video): a local copy, its identity (content fingerprint),
     geometry, timing and keyframes into the record, or a quarantine reason."""
-    from curate.storage import fingerprint, localize
+    from curate.storage import fingerprint
 
+    if not fetch_input(rec):
+        return
     try:
-        try:
-            rec.local = localize(rec.uri)
-        except FileNotFoundError as e:
-            raise ProbeError(schema.Q_MISSING, str(e)) from None
         hang("probe", rec.uri)  # crash tests: an input that never returns (the watchdog's case)
         rec.info = probe(rec.local, params.max_pixels)
         rec.video_id = fingerprint(rec.local, rec.info.size_bytes)

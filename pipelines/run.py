@@ -170,22 +170,22 @@ def _run_segments(cfg: PipelineConfig, long: dict[str, dict], stages: list[Stage
                 for uri, seg in long.items() for k in range(len(seg["ranges"]))]  # fmt: skip
         return pa.table({schema.SOURCE_URI: [u for u, _ in each], schema.SEGMENT: [t for _, t in each]})
 
-    found: dict[str, dict[int, tuple[VideoRecord, pa.Table, dict]]] = {uri: {} for uri in long}
+    found: dict[str, dict[int, dict]] = {uri: {} for uri in long}  # what each segment's cuts task found
     failed: dict[str, VideoRecord] = {}
     for unit, rows in regroup(execute(cfg, units(1, {}), stages[:1]), schema.UNIT, _rows_of_input):
-        record, rows, result = _finished_input(rows)
+        record, _, result = _finished_input(rows)
         uri = record.source_uri
         if result is None and not record.quarantine:  # (a segment's cuts always come back with it)
             record.quarantine = {"reason": schema.Q_ERROR, "detail": f"{unit}: no cuts came back"}
         if record.quarantine:
             failed.setdefault(uri, record)
         else:
-            found[uri][result["k"]] = (record, rows, result)
+            found[uri][result["k"]] = result
     cuts: dict[str, dict] = {}
     for uri, seg in long.items():
         if uri in failed:
             continue
-        parts = [found[uri][k][2] for k in range(len(seg["ranges"]))]
+        parts = [found[uri][k] for k in range(len(seg["ranges"]))]
         n_frames = parts[-1]["n_frames"]
         if n_frames < cfg.probe.min_frames:
             failed[uri] = VideoRecord(uri, seg["video_id"], 0, quarantine={"reason": schema.Q_UNDECODABLE,
@@ -201,10 +201,9 @@ def _run_segments(cfg: PipelineConfig, long: dict[str, dict], stages: list[Stage
     long = todo
     done: dict[str, dict[int, tuple[VideoRecord, pa.Table]]] = {uri: {} for uri in long}
     for unit, rows in regroup(execute(cfg, units(2, cuts), stages), schema.UNIT, _rows_of_input):
-        record, rows, result = _finished_input(rows)
+        record, rows, _ = _finished_input(rows)
         uri = record.source_uri
-        k = result["k"] if result else int(unit.rsplit("#", 1)[1])
-        done[uri][k] = (record, rows)
+        done[uri][int(unit.rsplit("#", 1)[1])] = (record, rows)  # (unit: "<input>#<segment>")
         if len(done[uri]) == len(long[uri]["ranges"]):
             parts = [done[uri][i] for i in range(len(done[uri]))]
             record = _whole(long[uri], [r for r, _ in parts], cuts[uri]["cut_s"])
