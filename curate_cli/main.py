@@ -447,6 +447,39 @@ def report_cmd(
     console.print(f"[green]report[/green] -> {path}")
 
 
+@app.command("browse")
+def browse_cmd(
+    out: str = typer.Argument(..., help="a curate OUT (or a subset, or a shards parquet)"),
+    rules: Optional[str] = typer.Option(None, "--rules", help="RULES.yaml (or recipe) whose filters the controls start from"),
+    dedup: Optional[str] = typer.Option(None, "--dedup", help="a `curate dedup` output: one clip per group, kept clip shown"),
+    save: Path = typer.Option(Path("browse_rules.yaml"), "--save", help="where the page's \"save rules\" writes"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on (default: this machine only)"),
+    port: int = typer.Option(8766, "--port", help="port (0: any free one)"),
+) -> None:
+    """Pick thresholds by looking: a live page with a control per score, the funnel `select` would
+    give, histograms, moving previews sorted by any column and the clips at each threshold's margin;
+    "save rules" writes a RULES file for `curate select`."""
+    from curate.config import ConfigError
+    from curate.shards import DamagedOut
+    from curate.storage import OutError, refuse_inside_output
+    from datatools.browse import Browser, BrowseError, serve
+    from datatools.select import SelectError, load_rules
+
+    if save.is_dir():
+        _fail(f"--save {save}: is a directory; name the RULES file to write")
+    try:
+        refuse_inside_output(str(save), "--save")
+        browser = Browser(out, load_rules(rules), save, dedup)
+    except (ConfigError, SelectError, BrowseError, DamagedOut, OutError) as e:
+        _fail(str(e))
+    try:
+        serve(browser, host, port)
+    except OSError as e:
+        _fail(f"--host {host} --port {port}: {e.strerror or e}")
+    except KeyboardInterrupt:
+        pass
+
+
 @app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def train_cmd(
     config: Path = typer.Argument(..., help="trainer config: a YAML path or a recipe name (train/tiny)"),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -126,10 +127,13 @@ def _refuse_nulls(col: pa.ChunkedArray, name: str, filt: Filter) -> None:
         )
 
 
-def _value(raw: str, typ: pa.DataType) -> str | int | float | None:
+def _value(raw: str, typ: pa.DataType) -> str | int | float | bool | None:
     """The comparison value, read as the column's type (not YAML's guesses: 1e-3 is a number,
-    `no` is a string). Quotes around a string are optional. None when a number was needed."""
+    `no` is a string, a boolean column wants true or false). Quotes around a string are optional.
+    None when a number or a boolean was needed and `raw` is not one."""
     raw = raw.strip()
+    if pa.types.is_boolean(typ):
+        return {"true": True, "false": False}.get(raw.lower())
     if pa.types.is_string(typ) or pa.types.is_large_string(typ):
         return raw[1:-1] if len(raw) >= 2 and raw[0] == raw[-1] and raw[0] in "'\"" else raw
     try:
@@ -150,7 +154,8 @@ def evaluate(table: pa.Table, filt: Filter) -> tuple[np.ndarray, dict]:
         _refuse_nulls(col, name, filt)
         value = _value(raw, col.type)
         if value is None:
-            raise SelectError(f"filter {filt.where!r}: {raw!r} is not a number (column {name!r} is {col.type})")
+            what = "true or false" if pa.types.is_boolean(col.type) else "a number"
+            raise SelectError(f"filter {filt.where!r}: {raw!r} is not {what} (column {name!r} is {col.type})")
         mask = _OPS[op](col, pa.scalar(value))
         info.update(column=name, op=op, threshold=value)
     else:
@@ -204,62 +209,84 @@ def choose_captions(table: pa.Table, mix: CaptionMix) -> tuple[list[str | None],
     return captions, chosen
 
 
-def _hours(table: pa.Table, mask: np.ndarray | None = None) -> float:
-    d = np.nan_to_num(table.column(schema.DURATION_S).to_numpy(zero_copy_only=False).astype(np.float64))
-    return float(d[mask].sum() if mask is not None else d.sum()) / 3600.0
+@dataclass
+class Funnel:
+    """What a set of rules does to a table: the rows kept, one step per rule (the dicts
+    funnel.json holds) and each rule's own keep-mask, in the rules' order (dedup last)."""
+
+    keep: np.ndarray
+    steps: list[dict]
+    masks: list[np.ndarray]
+    hours: float  # of the whole table
+    kept_hours: float
+
+
+def funnel(table: pa.Table, rules: Rules, groups: dict[str, str] | None = None) -> Funnel:
+    """The one funnel `select` writes and `browse` shows. `groups` (clip id -> dedup group) saves
+    re-reading `rules.dedup.groups` when the caller holds them."""
+    n = table.num_rows
+    durations = np.nan_to_num(table.column(schema.DURATION_S).to_numpy(zero_copy_only=False).astype(np.float64))
+
+    def hours(mask: np.ndarray) -> float:
+        return float(durations[mask].sum()) / 3600.0
+
+    keep = np.ones(n, dtype=bool)
+    steps, masks = [], []
+    rule_masks = [evaluate(table, f) for f in rules.filters]
+    if rules.dedup is not None:
+        rule_masks.append(None)  # decided on what the filters kept
+    for item in rule_masks:
+        mask, info = item if item is not None else dedup_mask(table, keep, rules.dedup, groups)
+        before = keep.copy()
+        keep &= mask
+        masks.append(mask)
+        steps.append({
+            **info,
+            "alone_removed_clips": int((~mask).sum()),
+            "alone_removed_hours": hours(~mask),
+            "removed_clips": int((before & ~mask).sum()),
+            "removed_hours": hours(before & ~mask),
+            "kept_clips": int(keep.sum()),
+            "kept_hours": hours(keep),
+        })  # fmt: skip
+    return Funnel(keep, steps, masks, hours(np.ones(n, dtype=bool)), hours(keep))
 
 
 def select(table: pa.Table, rules: Rules) -> tuple[pa.Table, dict]:
     """The subset (with `caption` / `caption_source` added) and its funnel."""
-    n = table.num_rows
-    total_h = _hours(table)
-    keep = np.ones(n, dtype=bool)
-    steps = []
-    for filt in rules.filters:
-        mask, info = evaluate(table, filt)
-        before = keep.copy()
-        keep &= mask
-        steps.append({
-            **info,
-            "alone_removed_clips": int((~mask).sum()),
-            "alone_removed_hours": _hours(table, ~mask),
-            "removed_clips": int((before & ~mask).sum()),
-            "removed_hours": _hours(table, before & ~mask),
-            "kept_clips": int(keep.sum()),
-            "kept_hours": _hours(table, keep),
-        })  # fmt: skip
-    if rules.dedup is not None:
-        mask, info = dedup_mask(table, keep, rules.dedup)
-        before = keep.copy()
-        keep &= mask
-        steps.append({**info, "alone_removed_clips": int((~mask).sum()), "alone_removed_hours": _hours(table, ~mask),
-                      "removed_clips": int((before & ~mask).sum()), "removed_hours": _hours(table, before & ~mask),
-                      "kept_clips": int(keep.sum()), "kept_hours": _hours(table, keep)})  # fmt: skip
+    f = funnel(table, rules)
+    keep = f.keep
     subset = table.filter(pa.array(keep))
     captions, chosen = choose_captions(subset, rules.caption)
     for name, values in ((CAPTION, captions), (CAPTION_SOURCE, chosen)):
         col = pa.array(values, pa.string())
         subset = subset.set_column(subset.column_names.index(name), name, col) if name in subset.column_names else subset.append_column(name, col)
-    funnel = {
-        "input": {"clips": n, "hours": total_h},
-        "filters": steps,
-        "output": {"clips": int(keep.sum()), "hours": _hours(table, keep)},
+    funnel_json = {
+        "input": {"clips": table.num_rows, "hours": f.hours},
+        "filters": f.steps,
+        "output": {"clips": int(keep.sum()), "hours": f.kept_hours},
         "captions": {s: chosen.count(s) for s in CAPTION_SOURCES} | {"none": chosen.count(None)},
     }
-    return subset, funnel
+    return subset, funnel_json
 
 
-def dedup_mask(table: pa.Table, keep: np.ndarray, rule: DedupRule) -> tuple[np.ndarray, dict]:
-    """True for the clips that stay: every clip outside a group, and per group the kept member
-    (`rule.keep`) among those the filters kept; clips the dedup output does not know stay (and
-    are counted, so a stale dedup output shows)."""
+def read_dedup_groups(rule: DedupRule) -> dict[str, str]:
+    """clip id -> dedup group of a `curate dedup` output."""
     from datatools.dedup import DUP_GROUP, DedupError, read_groups
 
     try:
         groups = read_groups(rule.groups)
     except DedupError as e:
         raise SelectError(str(e)) from None
-    by_id = dict(zip(groups.column(schema.CLIP_ID).to_pylist(), groups.column(DUP_GROUP).to_pylist()))
+    return dict(zip(groups.column(schema.CLIP_ID).to_pylist(), groups.column(DUP_GROUP).to_pylist()))
+
+
+def dedup_mask(table: pa.Table, keep: np.ndarray, rule: DedupRule, by_id: dict[str, str] | None = None) -> tuple[np.ndarray, dict]:
+    """True for the clips that stay: every clip outside a group, and per group the kept member
+    (`rule.keep`) among those the filters kept; clips the dedup output does not know stay (and
+    are counted, so a stale dedup output shows)."""
+    if by_id is None:
+        by_id = read_dedup_groups(rule)
     if rule.keep == "longest":
         col, label = schema.DURATION_S, "longest"
     elif rule.keep in table.column_names:
