@@ -128,7 +128,8 @@ def slots_of(rules: Rules, columns: dict[str, Column]) -> list[dict]:
     slots, taken = [], set()
     for i, f in enumerate(rules.filters):
         slot = {"key": f"other:{i}", "slot": "other", "filter": f.model_dump(mode="json", exclude_none=True), "label": f.label()}
-        common = {"nulls": f.nulls, "name": f.name}
+        # the filter as written travels with its control until the control moves (`1e-3` stays `1e-3`)
+        common = {"nulls": f.nulls, "name": f.name, "filter": f.model_dump(mode="json", exclude_none=True)}
         if f.where:
             m = _EXPR.match(f.where)
             name, op, raw = m.groups() if m else (None, None, None)
@@ -359,7 +360,7 @@ class Browser:
         key = clip_key(uri)
         if key is None:
             return None
-        if self.store.remote:
+        if not self.store.local:
             return "video/mp4", self.store.read_bytes(CLIPS, *key)
         root = os.path.realpath(os.path.join(self.store.path(CLIPS), ""))
         real = os.path.realpath(self.store.path(CLIPS, *key))

@@ -24,7 +24,7 @@ def scores(n: int, seed: int = 0) -> pa.Table:
     vid = [videos[i % 40] for i in range(n)]
     aest = rng.normal(5.0, 1.0, n).astype(np.float32)
     return pa.table({
-        schema.CLIP_ID: [f"{v}-{i:06d}" for i, v in enumerate(vid)],
+        schema.CLIP_ID: [f"{v}-{10 * i:07d}-{10 * i + 9:07d}" for i, v in enumerate(vid)],
         schema.VIDEO_ID: vid,
         schema.SOURCE_URI: [f"/data/raw/{v}.mp4" for v in vid],
         schema.CLIP_INDEX: np.arange(n, dtype=np.int32),
