@@ -90,9 +90,12 @@ def _json_label(v):
 
 def columns_of(table: pa.Table) -> dict[str, Column]:
     """The columns a control can filter: numbers (not positions or ids), booleans, and strings
-    with at most MAX_LABELS distinct values; in the table's order."""
+    with at most MAX_LABELS distinct values; the scores first (in the table's order), then the
+    clip's own columns (duration, size, rate), which a user filters less often."""
     out: dict[str, Column] = {}
-    for name in table.column_names:
+    core = {f.name for f in schema.CLIP_FIELDS}
+    names = [n for n in table.column_names if n not in core] + [n for n in table.column_names if n in core]
+    for name in names:
         col = table.column(name)
         typ = col.type
         if name in NOT_CONTROLS:
