@@ -207,8 +207,10 @@ def results_view(dumped: dict) -> dict:
     if isinstance(data.get("shards"), dict):
         data["shards"] = {k: v for k, v in data["shards"].items() if k not in ("commit_every_s", "commit_every_videos")}
     if isinstance(data.get("scorers"), dict):  # how many replicas, and what each reserves
+        # a scorer that does not run changes nothing (so a release that adds one keeps every hash)
         data["scorers"] = {name: {k: v for k, v in section.items() if k not in SCHEDULING_KEYS}
-                           if isinstance(section, dict) else section for name, section in data["scorers"].items()}  # fmt: skip
+                           if isinstance(section, dict) else section for name, section in data["scorers"].items()
+                           if not (isinstance(section, dict) and section.get("enabled") is False)}  # fmt: skip
     return data
 
 
@@ -318,22 +320,47 @@ def resolve_config(path: str | Path) -> Path:
     raise ConfigError(f"config file not found: {p} (nor a recipe of that name; recipes: {', '.join(recipes())})")
 
 
+BASE_KEY = "base"  # a YAML's top-level `base: RECIPE` starts from that recipe (or file)
+
+
+def _read_yaml(path: str | Path, chain: tuple[str, ...]) -> tuple[dict[str, Any], str]:
+    """A config file's mapping, with its `base` (a recipe name or a path, itself possibly based)
+    read first and the file's keys merged over it, mapping by mapping."""
+    p = resolve_config(path)
+    if str(p) in chain:
+        raise ConfigError(f"config {p}: `{BASE_KEY}` loops back to itself ({' -> '.join([*chain, str(p)])})")
+    try:
+        loaded = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {p} is not valid YAML: {e}") from e
+    if loaded is None:
+        loaded = {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config {p}: top level must be a mapping, got {type(loaded).__name__}")
+    if BASE_KEY not in loaded:
+        return loaded, str(p)
+    base = loaded.pop(BASE_KEY)
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"config {p}: `{BASE_KEY}` must name a recipe or a YAML file")
+    if not os.path.isabs(base) and os.sep in base and (p.parent / base).is_file():
+        base = str(p.parent / base)  # a path beside the file that names it
+    data, _ = _read_yaml(base, (*chain, str(p)))
+    return _merged(data, loaded), str(p)
+
+
+def _merged(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 def load_model(model: type[BaseModel], path: str | Path | None, overrides: list[str] | None = None):
     """Any strict config model from YAML plus overrides; errors name the file and the key."""
     data: dict[str, Any] = {}
     source = "<defaults>"
     if path is not None:
-        p = resolve_config(path)
-        source = str(p)
-        try:
-            loaded = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise ConfigError(f"config {p} is not valid YAML: {e}") from e
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config {p}: top level must be a mapping, got {type(loaded).__name__}")
-        data = loaded
+        data, source = _read_yaml(path, ())
     given: dict[str, str] = {}
     for item in overrides or []:
         key, value = parse_override(item)

@@ -31,9 +31,10 @@ SUBSET_FILE = "subset.parquet"
 INDEX_FILE = "index.json"
 CLIP_BYTES = "clip_bytes"
 TRAIN_CONFIG, TRAIN_CHECKPOINT = "config.json", "ckpt.pt"
-# the training caption where no `curate select` chose one: the merged caption, then the image
-# captioner's, then the video captioner's (also the CLIP scorer's default order)
-CAPTION_PREFERENCE = (schema.CAPTION_LLM, schema.CAPTION_COCA, schema.CAPTION_VBLIP)
+# the training caption where no `curate select` chose one: the merged caption, then the
+# video-language model's, then the image captioner's, then BLIP-2's over frames (also the CLIP
+# scorer's default order)
+CAPTION_PREFERENCE = (schema.CAPTION_LLM, schema.CAPTION_VLM, schema.CAPTION_COCA, schema.CAPTION_VBLIP)
 
 
 class DatasetError(ValueError):

@@ -31,6 +31,14 @@ class ModelRef:
     kind: Literal["open_clip", "hf", "file"]
     name: str  # open_clip model name / HF id or local dir / file path
     pretrained: str | None = None  # open_clip pretrained tag or local checkpoint
+    # (import name, the extra that installs it) of the libraries that load it; None: by kind
+    packages: tuple[tuple[str, str], ...] | None = None
+
+    def needs(self) -> tuple[tuple[str, str], ...]:
+        if self.packages is not None:
+            return self.packages
+        return {"open_clip": (("torch", "models"), ("open_clip", "models")),
+                "hf": (("torch", "models"), ("transformers", "models"))}.get(self.kind, (("torch", "models"),))  # fmt: skip
 
     def describe(self) -> str:
         if self.kind == "open_clip":
@@ -46,7 +54,19 @@ class ModelStatus:
     how: str  # how to provide it when missing
 
 
+def missing_packages(ref: ModelRef) -> list[tuple[str, str]]:
+    """The libraries `ref` needs that are not installed (a weights check would only fail on them
+    with a misleading cause: "not in the local cache" for a missing transformers)."""
+    return [(pkg, extra) for pkg, extra in ref.needs() if importlib.util.find_spec(pkg) is None]
+
+
 def check(ref: ModelRef) -> ModelStatus:
+    gone = missing_packages(ref)
+    if gone:
+        names = ", ".join(pkg for pkg, _ in gone)
+        extras = ",".join(dict.fromkeys(extra for _, extra in gone))
+        return ModelStatus(ref, False, f"the Python package{'s' if len(gone) > 1 else ''} {names} "
+                           f"{'are' if len(gone) > 1 else 'is'} not installed", f"pip install 'curate[{extras}]'")  # fmt: skip
     if ref.kind == "file":
         ok = os.path.isfile(ref.name)
         return ModelStatus(ref, ok, ref.name if ok else f"no file at {ref.name}",

@@ -94,8 +94,25 @@ def _clip_schema(version: int) -> pa.Schema:
     return pa.schema(schema.CLIP_FIELDS + list(_score_fields(version)))
 
 
+def family_type(name: str) -> pa.DataType | None:
+    """The type of a column a registered scorer's family names (StageBase.column_families)."""
+    return _family_type(version, name)
+
+
+@functools.lru_cache(maxsize=1024)
+def _family_type(version: int, name: str) -> pa.DataType | None:
+    import re
+
+    for cls in scorers().values():
+        for pattern, typ in cls.column_families:
+            if re.fullmatch(pattern, name):
+                return typ
+    return None
+
+
 def conform(table: pa.Table) -> pa.Table:
-    """Shard-ready table: the declared columns in schema order, cast to their types."""
+    """Shard-ready table: the declared columns in schema order, cast to their types, then the
+    columns of the scorers' families (by name), cast to theirs; anything else is dropped."""
     target = clip_schema()
     cols = []
     for field in target:
@@ -103,4 +120,10 @@ def conform(table: pa.Table) -> pa.Table:
             cols.append(table.column(field.name).cast(field.type))
         else:
             cols.append(pa.nulls(table.num_rows, field.type))
-    return pa.Table.from_arrays(cols, schema=target)
+    fields = list(target)
+    for name in sorted(set(table.column_names) - set(target.names)):
+        typ = family_type(name)
+        if typ is not None:
+            cols.append(table.column(name).cast(typ))
+            fields.append(pa.field(name, typ))
+    return pa.Table.from_arrays(cols, schema=pa.schema(fields))

@@ -71,6 +71,7 @@ AESTHETIC_SCORE = "aesthetic_score"  # LAION-style MLP head on the image embeddi
 CAPTION_COCA = "caption_coca"
 CAPTION_VBLIP = "caption_vblip"
 CAPTION_LLM = "caption_llm"
+CAPTION_VLM = "caption_vlm"  # a video-language model's caption (scoring/caption_vlm.py)
 PHASH = "phash"  # 64-bit DCT hash (pHash) of the clip's mean frame (scoring/phash.py)
 PHASH_FRAMES = "phash_frames"  # pHashes of the mean frame, then each sampled frame, each under curate.dedup.CROPS
 PHASH_COLOR = "phash_color"  # mean R, G, B (0..255) of the sampled frames: the colour pHash (luma) cannot see

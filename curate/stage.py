@@ -47,6 +47,10 @@ class StageBase:
     # the columns it writes (its fields' names unless it writes clip fields, as the core stages do)
     output_columns: ClassVar[tuple[str, ...]] = ()
     order: ClassVar[int] = 100  # scorers run in this order (curate.registry)
+    # Columns whose names a config chooses (a rubric's `vlm_<name>`): (full-match regex, type),
+    # first match wins. The shards keep a column of a family as that type (registry.conform); an
+    # instance declares the ones it writes in its own output_fields / output_columns.
+    column_families: ClassVar[tuple[tuple[str, pa.DataType], ...]] = ()
 
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)

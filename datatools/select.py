@@ -33,7 +33,7 @@ from curate.params import Strict
 FUNNEL_FILE = "funnel.json"
 CAPTION = "caption"  # the training caption chosen per clip (select adds it)
 CAPTION_SOURCE = "caption_source"
-CAPTION_SOURCES = (schema.CAPTION_COCA, schema.CAPTION_VBLIP, schema.CAPTION_LLM)
+CAPTION_SOURCES = (schema.CAPTION_COCA, schema.CAPTION_VBLIP, schema.CAPTION_LLM, schema.CAPTION_VLM)
 
 _OPS = {">=": pc.greater_equal, "<=": pc.less_equal, ">": pc.greater, "<": pc.less, "==": pc.equal, "!=": pc.not_equal}
 _EXPR = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|==|!=|>|<)\s*(.+?)\s*$")

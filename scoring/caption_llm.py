@@ -1,7 +1,8 @@
 """One caption from two: an instruction-tuned LLM merges the CoCa (frame) and V-BLIP (video)
-captions, as SVD does. The prompt lives in the config; `{caption_coca}` and `{caption_vblip}`
-are replaced by the captions ("none" when one is missing; no row gets a caption from nothing).
-Greedy decoding, left-padded batches.
+captions, as SVD does. The prompt lives in the config; `{caption_coca}`, `{caption_vblip}` and
+`{caption_vlm}` (a video-language model's, scoring/caption_vlm.py) are replaced by the captions
+("none" when one is missing); a row with none of the captions its prompt names gets none (no
+caption from nothing). Greedy decoding, left-padded batches.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ DEFAULT_PROMPT = (
     "Caption of the whole clip: {caption_vblip}\n"
     "Write one short, factual caption of the clip that combines both. Answer with the caption only."
 )
+
+
+SOURCES = (schema.CAPTION_COCA, schema.CAPTION_VBLIP, schema.CAPTION_VLM)  # render()'s order
 
 
 class LlmParams(ModelParams):
@@ -66,16 +70,16 @@ class LlmCaptioner(StageBase):
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
-    def render(self, coca: str | None, vblip: str | None) -> str:
-        text = self.params.prompt.format(caption_coca=coca or "none", caption_vblip=vblip or "none")
+    def render(self, coca: str | None, vblip: str | None, vlm: str | None = None) -> str:
+        text = self.params.prompt.format(caption_coca=coca or "none", caption_vblip=vblip or "none", caption_vlm=vlm or "none")
         if self.params.use_chat_template and getattr(self.tokenizer, "chat_template", None):
             return self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
         return text
 
-    def merge(self, pairs: list[tuple[str | None, str | None]]) -> list[str]:
+    def merge(self, pairs: list[tuple[str | None, ...]]) -> list[str]:
         import torch
 
-        prompts = [self.render(c, v) for c, v in pairs]
+        prompts = [self.render(*captions) for captions in pairs]
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
         with torch.no_grad():
             out = self.model.generate(**enc, do_sample=False, max_new_tokens=self.params.max_new_tokens,
@@ -88,7 +92,9 @@ class LlmCaptioner(StageBase):
     def inputs(self, batch: pa.Table) -> list:
         n = batch.num_rows
         col = lambda c: batch.column(c).to_pylist() if c in batch.column_names else [None] * n  # noqa: E731
-        return [(c, v) if c or v else None for c, v in zip(col(schema.CAPTION_COCA), col(schema.CAPTION_VBLIP))]
+        used = [c for c in SOURCES if "{" + c + "}" in self.params.prompt]  # a caption the prompt never shows gives nothing
+        rows = list(zip(*(col(c) for c in SOURCES)))
+        return [r if any(r[SOURCES.index(c)] for c in used) else None for r in rows]
 
     def score_batch(self, items: list) -> list[dict]:
         return [{schema.CAPTION_LLM: m} for m in self.merge(items)]

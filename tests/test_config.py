@@ -23,7 +23,11 @@ def test_hash_ignores_where_it_runs():
     wide = ["scorers.clip.actors=4", "scorers.clip.num_cpus=0.5", "scorers.clip.num_gpus=0.25", "scorers.ocr.threads=2",
             "scorers.ocr.runtime=onnxruntime"]  # the same boxes as OpenVINO (tests/test_ocr.py)
     assert load_config(None, wide).hash() == load_config(None).hash()
-    assert load_config(None, ["scorers.clip.batch_size=3"]).hash() != load_config(None).hash()
+    on = ["scorers.clip.enabled=true"]
+    assert load_config(None, [*on, "scorers.clip.batch_size=3"]).hash() != load_config(None, on).hash()
+    # a scorer that does not run changes nothing: its settings (and a release adding one) keep the hash
+    assert load_config(None, ["scorers.clip.batch_size=3"]).hash() == load_config(None).hash()
+    assert load_config(None, ["scorers.caption_vlm.questions={x: 'Is it?'}"]).hash() == load_config(None).hash()
     assert load_config(None, ["scorers.ocr.precision=bf16"]).hash() != load_config(None).hash()
 
 

@@ -126,12 +126,49 @@ def blip2(root: Path) -> str:
     return str(path)
 
 
+QWEN2VL_CHAT = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}{% else %}"
+    "{% for c in m['content'] %}{% if c['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>{% else %}{{ c['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def qwen2vl(root: Path) -> str:
+    """Qwen2-VL's architecture (vision tower with 2x2 merge and frame pairs, M-RoPE language model),
+    tiny, with its processor: saved as a Qwen2-VL checkpoint on the hub is."""
+    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor, Qwen2VLVideoProcessor
+
+    tok = tokenizer(chat=False)
+    special = ["<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<|im_start|>", "<|im_end|>"]
+    tok.add_special_tokens({"additional_special_tokens": special})
+    ids = {t: tok.convert_tokens_to_ids(t) for t in special}
+    cfg = Qwen2VLConfig(
+        text_config={"vocab_size": len(tok), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                     "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 4096,
+                     "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+                     "bos_token_id": tok.bos_token_id, "eos_token_id": tok.eos_token_id, "pad_token_id": tok.pad_token_id},
+        vision_config={"depth": 1, "embed_dim": 32, "hidden_size": 32, "num_heads": 2, "mlp_ratio": 2, "patch_size": 14,
+                       "spatial_merge_size": 2, "temporal_patch_size": 2},
+        image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+        vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+    )  # fmt: skip
+    model = Qwen2VLForConditionalGeneration(cfg)
+    _randomize(model, seed=4)
+    path = root / "tiny-qwen2vl"
+    model.save_pretrained(path)
+    pixels = {"min_pixels": 28 * 28 * 4, "max_pixels": 56 * 56 * 4}
+    Qwen2VLProcessor(image_processor=Qwen2VLImageProcessor(**pixels), tokenizer=tok, video_processor=Qwen2VLVideoProcessor(**pixels),
+                     chat_template=QWEN2VL_CHAT).save_pretrained(path)  # fmt: skip
+    return str(path)
+
+
 def build_all(root: Path) -> dict[str, str]:
     clip_cfg, clip_ckpt = open_clip_model(root, "tiny-clip", CLIP_CFG)
     coca_cfg, coca_ckpt = open_clip_model(root, "tiny-coca", COCA_CFG)
     return {
         "clip_cfg": clip_cfg, "clip_ckpt": clip_ckpt, "coca_cfg": coca_cfg, "coca_ckpt": coca_ckpt,
-        "aesthetic": aesthetic_head(root), "llm": llm(root), "blip2": blip2(root),
+        "aesthetic": aesthetic_head(root), "llm": llm(root), "blip2": blip2(root), "vlm": qwen2vl(root),
     }  # fmt: skip
 
 
