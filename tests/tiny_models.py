@@ -172,6 +172,16 @@ def build_all(root: Path) -> dict[str, str]:
     }  # fmt: skip
 
 
+def vlm_sets(m: dict[str, str], questions: dict[str, str] | None = None) -> list[str]:
+    """--set overrides that run caption_vlm on the tiny Qwen2-VL (small windows, short answers)."""
+    sets = ["scorers.caption_vlm.enabled=true", "scorers.caption_vlm.optional=false", f"scorers.caption_vlm.model={m['vlm']}",
+            "scorers.caption_vlm.max_new_tokens=6", "scorers.caption_vlm.fps=4", "scorers.caption_vlm.window_frames=4",
+            "scorers.caption_vlm.max_side=64", "scorers.caption_vlm.batch_size=2"]  # fmt: skip
+    if questions is not None:
+        sets.append(f"scorers.caption_vlm.questions={json.dumps(questions)}")
+    return sets
+
+
 def scorer_sets(m: dict[str, str]) -> list[str]:
     """--set overrides that point every model stage at the tiny models."""
     return [
