@@ -9,7 +9,8 @@ Sections (each isolated: one that fails records its error and the run goes on):
 - train_tiny: configs/train/tiny.yaml end to end (train, eval, samples) on generated clips;
 - stages: the model stages' architectures at real size with random weights (open_clip ViT-L-14
   images/s, open_clip CoCa ViT-L-14 captions/s, BLIP-2 OPT-2.7B captions/s, a Qwen2-1.5B-shaped
-  LLM merges/s) at each stage's configured batch, bf16;
+  LLM merges/s, Qwen2-VL-2B windows/s and tokens/s and its six-question rubric clips/s) at each
+  stage's configured batch, bf16;
 - transnet: TransNetV2 (its real weights) frames/s on 100-frame windows of 48x27 frames;
 - ocr_detector: OCR's DBNet (shipped weights) frames/s at 576x320, through onnxruntime's CUDA
   provider where the machine's onnxruntime has one (else its CPU provider, said in the table).
@@ -253,7 +254,71 @@ def stages(dev: str, smoke: bool) -> dict:
     out["caption_llm"] = {"model": "toy Qwen2" if smoke else "Qwen2.5-1.5B shapes", "batch": bs, "prompt_tokens": prompt, "new_tokens": 40,
                           "merges_per_s": _generate_rate(m, inputs, bs, 40, dev, reps)}  # fmt: skip
     m = None
+    out["caption_vlm"], out["caption_vlm_rubric"] = vlm(dev, smoke, reps)
     return out
+
+
+def vlm_inputs(cfg, batch: int, frames: int, height: int, width: int, prompt_tokens: int, dev: str, dt) -> dict:
+    """What Qwen2-VL's processor hands the model for `batch` windows of `frames` frames at height x
+    width (multiples of 28): flattened 14x14x2 patches, the grid per video, and a prompt whose
+    video placeholder is one token per 2x2-merged patch pair."""
+    import torch
+
+    v = cfg.vision_config
+    t, h, w = frames // v.temporal_patch_size, height // v.patch_size, width // v.patch_size
+    pixels = torch.randn(batch * t * h * w, 3 * v.temporal_patch_size * v.patch_size**2, device=dev, dtype=dt)
+    grid = torch.tensor([[t, h, w]] * batch, device=dev)
+    n_video = t * h * w // v.spatial_merge_size**2
+    text = torch.randint(10, 1000, (batch, prompt_tokens), device=dev)
+    ids = torch.cat([torch.full((batch, 1), cfg.vision_start_token_id, device=dev), torch.full((batch, n_video), cfg.video_token_id, device=dev),
+                     torch.full((batch, 1), cfg.vision_end_token_id, device=dev), text], dim=1)  # fmt: skip
+    kind = (ids == cfg.video_token_id).long() * 2  # the processor's mm_token_type_ids: 2 marks a video token
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "mm_token_type_ids": kind, "pixel_values_videos": pixels,
+            "video_grid_thw": grid}
+
+
+def vlm(dev: str, smoke: bool, reps: int) -> tuple[dict, dict]:
+    """scoring/caption_vlm.py's two calls at Qwen2-VL-2B's shapes (random weights): a window's
+    caption (generate, the stage's max_new_tokens) and the rubric (one forward pass per question
+    with the video: its default svd_vlm rubric of six), on windows of the stage's default frames."""
+    import torch
+    import transformers as tf
+
+    from scoring.caption_vlm import VlmParams
+
+    dt = torch.bfloat16 if dev == "cuda" else torch.float32
+    p = VlmParams()
+    if smoke:
+        cfg = tf.Qwen2VLConfig(
+            text_config={"vocab_size": 1000, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+                         "num_key_value_heads": 1, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0,
+                         "rope_parameters": {"rope_type": "default", "rope_theta": 1e4, "mrope_section": [2, 3, 3]}},
+            vision_config={"depth": 1, "embed_dim": 32, "hidden_size": 32, "num_heads": 2, "mlp_ratio": 2},
+            image_token_id=997, video_token_id=998, vision_start_token_id=996, vision_end_token_id=999)  # fmt: skip
+        frames, height, width, bs, new = 4, 56, 84, 2, 8
+    else:  # Qwen/Qwen2-VL-2B-Instruct's shapes
+        cfg = tf.Qwen2VLConfig(
+            text_config={"vocab_size": 151936, "hidden_size": 1536, "intermediate_size": 8960, "num_hidden_layers": 28,
+                         "num_attention_heads": 12, "num_key_value_heads": 2, "tie_word_embeddings": True,
+                         "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}},
+            vision_config={"depth": 32, "embed_dim": 1280, "hidden_size": 1536, "num_heads": 16, "mlp_ratio": 4},
+            tie_word_embeddings=True)  # fmt: skip
+        # a 16:9 window at the stage's max_side (448 x 252, rounded to 28 px) and its window_frames
+        frames, height, width, bs, new = p.window_frames, 252, p.max_side, p.batch_size, p.max_new_tokens
+    with torch.device(dev):
+        m = tf.Qwen2VLForConditionalGeneration(cfg).to(dt).eval()
+    inputs = vlm_inputs(cfg, bs, frames, height, width, 30, dev, dt)
+    caption = {"model": "toy Qwen2-VL" if smoke else "Qwen2-VL-2B shapes", "batch": bs, "frames": frames, "size": f"{width}x{height}",
+               "video_tokens": int((inputs["input_ids"] == cfg.video_token_id).sum()) // bs, "new_tokens": new,
+               "params_M": sum(q.numel() for q in m.parameters()) / 1e6}  # fmt: skip
+    caption["windows_per_s"] = _generate_rate(m, inputs, bs, new, dev, reps)
+    caption["tokens_per_s"] = caption["windows_per_s"] * new
+    questions = 6
+    ask = vlm_inputs(cfg, questions, frames, height, width, 20, dev, dt)
+    with torch.inference_mode():
+        sec = _timed(lambda: m(**ask).logits[:, -1], dev, reps)
+    rubric = {"model": caption["model"], "batch": questions, "questions": questions, "clips_per_s": 1 / sec}
+    return caption, rubric
 
 
 def transnet(dev: str, smoke: bool) -> dict:
