@@ -315,8 +315,15 @@ def vlm(dev: str, smoke: bool, reps: int) -> tuple[dict, dict]:
     caption["tokens_per_s"] = caption["windows_per_s"] * new
     questions = 6
     ask = vlm_inputs(cfg, questions, frames, height, width, 20, dev, dt)
+    grid, pixels = ask.pop("video_grid_thw"), ask.pop("pixel_values_videos")
+
+    def rubric():  # the stage's path: the video through the vision tower once, its tokens reused per question
+        feats = m.get_video_features(pixels[: int(grid[0].prod())], grid[:1], return_dict=True)
+        feats.pooler_output = tuple(feats.pooler_output) * questions
+        return m(**ask, video_grid_thw=grid, mm_encoder_outputs={"video": feats}).logits[:, -1]
+
     with torch.inference_mode():
-        sec = _timed(lambda: m(**ask).logits[:, -1], dev, reps)
+        sec = _timed(rubric, dev, reps)
     rubric = {"model": caption["model"], "batch": questions, "questions": questions, "clips_per_s": 1 / sec}
     return caption, rubric
 

@@ -10,9 +10,8 @@ generated for the clip (windows and merge together).
 The rubric (`questions`: name -> a yes/no question) is read from the model's next-token
 distribution after each question, never from free text: P(yes) / (P(yes) + P(no)) over the
 tokens that spell yes and no, into `vlm_<name>_p`, and `vlm_<name>` = that probability >=
-`threshold`. The model sees at most `window_frames` frames spread over the whole clip; each
-question is a row of one batch with that video (the vision encoder runs per row: simple, and
-the batch keeps a GPU busy).
+`threshold`. The model sees at most `window_frames` frames spread over the whole clip, through
+its vision tower once; each question is a row of one batch that reuses those video tokens.
 
 Backends: transformers (AutoModelForImageTextToText + AutoProcessor; any device) and, where
 vllm is installed (GPU nodes), vLLM with the same prompts, greedy decoding and the yes/no
@@ -210,6 +209,9 @@ class _Transformers:
         self.tokenizer.padding_side = "left"  # generation continues the right end of every row
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
+        import inspect
+
+        self.reuse_video = "mm_encoder_outputs" in inspect.signature(self.model.forward).parameters
 
     def answer_tokens(self):
         return _answer_ids(self.tokenizer)
@@ -239,14 +241,25 @@ class _Transformers:
         return self._generate(self._encode(prompts, None))
 
     def yes_probability(self, videos: list[np.ndarray], questions: list[str], yes: list[int], no: list[int]) -> list[list[float]]:
-        """Per video, per question, P(yes) / (P(yes) + P(no)) of the first answer token."""
+        """Per video, per question, P(yes) / (P(yes) + P(no)) of the first answer token. The
+        video goes through the vision tower once; its tokens are handed to every question's row
+        (transformers' `mm_encoder_outputs`), so a rubric costs one vision pass and a prefill per
+        question."""
         import torch
 
         out = []
         for video in videos:
             enc = self._encode(questions, [video] * len(questions))
             with torch.no_grad():
-                logits = self.model(**enc).logits[:, -1, :].float()  # left padding: the last position is every row's next token
+                if self.reuse_video:
+                    grid = enc.pop("video_grid_thw")
+                    pixels = enc.pop("pixel_values_videos")[: int(grid[0].prod())]  # every row's video is the same
+                    feats = self.model.get_video_features(pixels, grid[:1], return_dict=True)
+                    feats.pooler_output = tuple(feats.pooler_output) * len(questions)
+                    logits = self.model(**enc, video_grid_thw=grid, mm_encoder_outputs={"video": feats}).logits
+                else:
+                    logits = self.model(**enc).logits
+                logits = logits[:, -1, :].float()  # left padding: the last position is every row's next token
             probs = torch.softmax(logits, dim=-1)
             p_yes, p_no = probs[:, yes].sum(-1), probs[:, no].sum(-1)
             out.append((p_yes / (p_yes + p_no).clamp_min(1e-30)).tolist())

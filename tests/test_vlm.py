@@ -92,9 +92,14 @@ def test_the_rubric_is_the_models_next_token_probability_of_yes_against_no(tiny_
 
     s = stage(tiny_models)
     frames = s.inputs(sampled(s, [clips[0]]))[0]
-    got = s.score_batch([frames])[0]
-    video = s.overview(np.asarray(frames))
     m = s.model
+    vision = []
+    encode = m.model.get_video_features
+    m.model.get_video_features = lambda *a, **k: vision.append(1) or encode(*a, **k)
+    got = s.score_batch([frames])[0]
+    assert m.reuse_video and len(vision) == 1  # the clip's window and the rubric's overview: one vision pass each
+    m.model.get_video_features = encode
+    video = s.overview(np.asarray(frames))
     for q, question in QUESTIONS.items():
         enc = m._encode([question], [video])
         with torch.no_grad():
