@@ -21,7 +21,7 @@ def test_gpu_proof_runs_end_to_end_in_cpu_smoke_mode(tmp_path):
         assert r["samples_per_s"] > 0 and 0 < r["mfu"] and r["achieved_tflops"] > 0
     assert res["train_step"]["flops_per_step"] > 0
     assert res["train_tiny"]["steps"] == 4 and res["train_tiny"]["wall_s"] > 0
-    assert set(res["stages"]) == {"clip", "caption_coca", "caption_vblip", "caption_llm"}
+    assert set(res["stages"]) == {"clip", "caption_coca", "caption_vblip", "caption_llm", "caption_vlm", "caption_vlm_rubric"}
     assert all(any(k.endswith("_per_s") and v > 0 for k, v in s.items()) for s in res["stages"].values())
     assert res["transnet"]["frames_per_s"] > 0
     assert res["ocr_detector"]["batch1_frames_per_s"] > 0 and res["ocr_detector"]["provider"] == "CPUExecutionProvider"
