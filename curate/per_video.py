@@ -5,9 +5,9 @@ The steps are plain library functions (`curate.video.probe_input`, `curate.cuts.
 serialises the record once, at its boundary, as the summary the committer needs. The stage owns
 the local copy of a remote input from start to end (made by probe, removed here, whatever happened).
 
-Each input runs in its own process, forked from a forkserver (a clean, single-threaded parent:
+Each input runs in a child process, forked from a forkserver (a clean, single-threaded parent:
 safe inside a Ray worker full of threads, and cheap because the server imported the decoders
-once), because `input_timeout_s` is checked cooperatively between steps and enforced on the ffmpeg
+once) and kept for the next inputs until it is killed or has served CHILD_INPUTS, because `input_timeout_s` is checked cooperatively between steps and enforced on the ffmpeg
 children, but a demuxer stuck inside PyAV or a Python loop cannot be interrupted from inside. The
 child leads its own process group, so a kill also ends its ffmpeg processes; it works in a private
 temp directory that the parent removes. An input that outlives its budget becomes a `timeout`
@@ -218,30 +218,16 @@ class VideoStage(_stage.StageBase):
         return pa.concat_tables(tables)
 
     def _isolated(self, uri: str, unit: str | None = None) -> pa.Table:
-        ctx = mp.get_context("forkserver")
-        # (only the first call of a process decides: the forkserver then lives on)
-        ctx.set_forkserver_preload(_PRELOAD + (_PRELOAD_MODEL if self.args[1].detector != "classical" else []))
+        preload = _PRELOAD + (_PRELOAD_MODEL if self.args[1].detector != "classical" else [])
         workdir = tempfile.mkdtemp(prefix="curate-video-")
-        recv, send = ctx.Pipe(duplex=False)
         t0 = time.monotonic()
-        proc = ctx.Process(target=_child, args=(self.args, uri, unit, workdir, dict(os.environ), send), daemon=True)
+        limit = self.timeout_s + grace_s(self.timeout_s)
         try:
-            proc.start()
-            send.close()
-            limit = self.timeout_s + grace_s(self.timeout_s)
-            data = None
-            if recv.poll(limit):
-                try:
-                    data = recv.recv_bytes()
-                except EOFError:
-                    data = None
-            if data is None:
-                _kill_group(proc.pid)
-            proc.join(10)
+            data, exitcode = _worker(preload).run((self.args, uri, unit, workdir, dict(os.environ)), limit)
             took = time.monotonic() - t0
             if data is None:
-                if proc.exitcode is not None and proc.exitcode < 0 and took < limit:
-                    name = signal.Signals(-proc.exitcode).name
+                if exitcode is not None and exitcode < 0 and took < limit:
+                    name = signal.Signals(-exitcode).name
                     return quarantine_row(uri, schema.Q_ERROR, f"the process working on it died ({name})", took, unit)
                 return quarantine_row(uri, schema.Q_TIMEOUT, f"watchdog: no result after {took:.0f}s "
                                       f"(input_timeout_s={self.timeout_s:g}); the process was killed", took, unit)  # fmt: skip
@@ -249,32 +235,86 @@ class VideoStage(_stage.StageBase):
                 return quarantine_row(uri, schema.Q_ERROR, json.loads(data)["error"][:2000], took, unit)
             return pa.ipc.open_stream(data).read_all()
         finally:
-            recv.close()
-            if proc.is_alive():
-                _kill_group(proc.pid)
-                proc.join(5)
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _child(args: tuple, uri: str, unit: str | None, workdir: str, env: dict, conn) -> None:
-    os.setsid()  # its own process group: a kill reaches the ffmpeg processes it starts
-    os.environ.clear()  # the caller's environment now, not the forkserver's at its start
-    os.environ.update(env)
-    tempfile.tempdir = workdir
-    os.environ["TMPDIR"] = workdir
-    try:
-        from curate.storage import OutputStore
+# A child serves this many inputs, then a fresh one takes over (what an input leaves behind in a
+# process, a grown heap or a leaked handle, lives at most that long).
+CHILD_INPUTS = 50
 
-        probe, cuts, clips, out, timeout_s, plans, segment_s = args
-        table = process_input(uri, probe, cuts, clips, OutputStore(out), timeout_s, plans, segment_s, unit)
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, table.schema) as w:
-            w.write_table(table)
-        conn.send_bytes(sink.getvalue().to_pybytes())
-    except BaseException as e:  # noqa: BLE001 -- reported to the parent as this input's failure
-        conn.send_bytes(json.dumps({"error": f"{type(e).__name__}: {e}"}).encode())
-    finally:
-        conn.close()
+
+class _Child:
+    """One watchdog child, forked from the forkserver, that works inputs one at a time until it
+    is killed (an input past its time: its whole process group, ffmpeg included, goes), dies, or
+    has served CHILD_INPUTS. Forking a child per input cost about 65 ms an input (bench/README)."""
+
+    def __init__(self, preload: list[str]):
+        ctx = mp.get_context("forkserver")
+        # (only the first call of a process decides: the forkserver then lives on)
+        ctx.set_forkserver_preload(preload)
+        self.conn, child_end = ctx.Pipe(duplex=True)
+        self.proc = ctx.Process(target=_serve, args=(child_end,), daemon=True)
+        self.proc.start()
+        child_end.close()
+        self.served = 0
+
+    def run(self, request: tuple, limit: float) -> tuple[bytes | None, int | None]:
+        """(the reply, None), or (None, the child's exit code) when it died or ran past `limit`
+        and was killed; the child is then gone."""
+        try:
+            self.conn.send(request)
+            if self.conn.poll(limit):
+                self.served += 1
+                return self.conn.recv_bytes(), None
+        except (EOFError, OSError):
+            pass
+        self.stop()
+        return None, self.proc.exitcode
+
+    def alive(self) -> bool:
+        return self.proc.is_alive() and self.served < CHILD_INPUTS
+
+    def stop(self) -> None:
+        if self.proc.is_alive():
+            _kill_group(self.proc.pid)
+        self.proc.join(10)
+        self.conn.close()
+
+
+_CHILD: dict[int, _Child] = {}  # by the pid of the process that started it (a fork does not inherit it)
+
+
+def _worker(preload: list[str]) -> _Child:
+    child = _CHILD.get(os.getpid())
+    if child is None or not child.alive():
+        if child is not None:
+            child.stop()
+        child = _CHILD[os.getpid()] = _Child(preload)
+    return child
+
+
+def _serve(conn) -> None:
+    os.setsid()  # its own process group: a kill reaches the ffmpeg processes it starts
+    from curate.storage import OutputStore
+
+    while True:
+        try:
+            args, uri, unit, workdir, env = conn.recv()
+        except (EOFError, OSError):
+            return  # the parent is gone or done with it
+        os.environ.clear()  # the caller's environment now, not the forkserver's at its start
+        os.environ.update(env)
+        tempfile.tempdir = workdir
+        os.environ["TMPDIR"] = workdir
+        try:
+            probe, cuts, clips, out, timeout_s, plans, segment_s = args
+            table = process_input(uri, probe, cuts, clips, OutputStore(out), timeout_s, plans, segment_s, unit)
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, table.schema) as w:
+                w.write_table(table)
+            conn.send_bytes(sink.getvalue().to_pybytes())
+        except BaseException as e:  # noqa: BLE001 -- reported to the parent as this input's failure
+            conn.send_bytes(json.dumps({"error": f"{type(e).__name__}: {e}"}).encode())
 
 
 def _kill_group(pid: int | None) -> None:
