@@ -77,6 +77,7 @@ class CameraScorer(StageBase):
     def __init__(self, params: CameraParams):
         self.params = params
         self._flow = None
+        self._grids: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
     def setup(self) -> None:
         import cv2
@@ -103,10 +104,7 @@ class CameraScorer(StageBase):
 
         h, w = a.shape
         flow = self._flow.calc(a, b, None)
-        g = self.params.grid
-        ys, xs = np.mgrid[0:g, 0:g]
-        px = ((xs + 0.5) * w / g).ravel().astype(np.float32)
-        py = ((ys + 0.5) * h / g).ravel().astype(np.float32)
+        px, py = self._grid(w, h)
         # only where the picture has texture: on a flat wall the flow is zero whatever the camera
         # does (the aperture problem), and those points would outvote the rest for "static"
         eig = cv2.cornerMinEigenVal(a, 7)[py.astype(int), px.astype(int)]
@@ -130,13 +128,22 @@ class CameraScorer(StageBase):
         model = (src - c) @ m[:, :2].T + m[:, 2] + c
         resid = np.linalg.norm(dst - model, axis=1)
         moved = np.linalg.norm(model - src, axis=1)
-        mag = np.linalg.norm(flow, axis=2)
+        mag = cv2.magnitude(*cv2.split(flow))  # (numpy's norm over the field was a third of a pair's time)
         ph, pw = h // 4, w // 4  # the 4x4 grid's cells, one reduction for all sixteen
         patches = mag[:4 * ph, :4 * pw].reshape(4, ph, 4, pw).mean(axis=(1, 3)).ravel()
         per_s = 1.0 / (w * dt)  # pixels between the two frames -> frame widths per second
         return {"tx": float(m[0, 2]) * per_s, "ty": float(m[1, 2]) * per_s, "zoom": float(np.log(max(scale, 1e-6))) / dt,
                 "roll": angle / dt, "speed": float(moved.mean()) * per_s, "object": float(resid.mean()) * per_s,
                 "patches": np.asarray(patches) * per_s}  # fmt: skip
+
+    def _grid(self, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
+        """The fit's points: the centres of a grid x grid lattice over a w x h frame (per size, once)."""
+        key = (w, h)
+        if key not in self._grids:
+            g = self.params.grid
+            ys, xs = np.mgrid[0:g, 0:g]
+            self._grids[key] = (((xs + 0.5) * w / g).ravel().astype(np.float32), ((ys + 0.5) * h / g).ravel().astype(np.float32))
+        return self._grids[key]
 
     def score(self, frames: np.ndarray, indices: np.ndarray, fps: float) -> dict:
         import cv2
