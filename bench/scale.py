@@ -11,7 +11,10 @@ moving hue; a hard cut every 7.3 s) and the segment muxer cuts it into N files o
 generating 10,000 inputs takes one encoder start (455 s here at 10,000, most of it muxing), not
 10,000 of them.
 
-Run: python bench/scale.py [--inputs 1000] [--workers 2] [--executor ray|local] [--keep DIR]
+`--s3`: the same inputs uploaded to a local S3 server (moto): the listing of `-i s3://...` and
+the run with every input downloaded by its worker.
+
+Run: python bench/scale.py [--inputs 1000] [--workers 2] [--executor ray|local] [--keep DIR] [--s3]
 """
 
 from __future__ import annotations
@@ -105,12 +108,55 @@ def cli_seconds(*args: str) -> float:
     return time.perf_counter() - t0
 
 
+def from_s3(work: Path, files: list[str], dec_s: float, args) -> int:
+    """The same inputs uploaded to a moto server: how long `-i s3://bucket/prefix/` takes to list,
+    and the run with every input downloaded by its worker (OUT on local disk)."""
+    import socket
+
+    import logging
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # a line per request otherwise
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        os.environ.update({"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"})  # fmt: skip
+        s3 = boto3.client("s3")
+        s3.create_bucket(Bucket="scale")
+        t0 = time.perf_counter()
+        for f in files:
+            s3.upload_file(f, "scale", f"in/{Path(f).name}")
+        print(f"uploaded {len(files)} inputs in {time.perf_counter() - t0:.1f} s")
+        from curate.storage import resolve_inputs
+
+        t0 = time.perf_counter()
+        listed = resolve_inputs(["s3://scale/in/"])
+        print(f"listing s3://scale/in/: {len(listed)} inputs in {time.perf_counter() - t0:.2f} s")
+        n = len(files)
+        full = curate_run("s3://scale/in/", n, work / "out_s3", args.workers, args.executor)
+        over_ms = (full["wall_s"] - dec_s) / n * 1000
+        print(f"curate run, {n} inputs from S3 ({args.executor}, {args.workers} workers): {full['wall_s']:.1f} s; "
+              f"{over_ms:.0f} ms per input beyond the local bare decode; {full['clips']} clip rows; "
+              f"driver peak RSS {full['peak_rss_mb']:.0f} MB")  # fmt: skip
+    finally:
+        server.stop()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--inputs", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--executor", default="ray", choices=["ray", "local"])
     ap.add_argument("--keep", default=None, help="work here and keep it (default: a temp dir, removed)")
+    ap.add_argument("--s3", action="store_true", help="the inputs from a local S3 server (moto): listing and run only")
     args = ap.parse_args(argv)
     n, small = args.inputs, max(1, args.inputs // 10)
     work = Path(args.keep or tempfile.mkdtemp(prefix="curate-scale-"))
@@ -121,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{len(files)} inputs generated in {time.perf_counter() - t0:.1f} s")
         dec_s, frames = bare_decode(files, args.workers)
         print(f"bare decode ({args.workers} processes, PyAV): {dec_s:.1f} s, {frames} frames")
+        if args.s3:
+            return from_s3(work, files, dec_s, args)
         few = curate_run(work / "in", small, work / "out_small", args.workers, args.executor)
         full = curate_run(work / "in", n, work / "out", args.workers, args.executor)
         commits = len(list((work / "out" / "_commits").glob("commit-*.json")))
