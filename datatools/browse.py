@@ -65,8 +65,7 @@ class Column:
         d = {"name": self.name, "kind": self.kind, "nulls": self.nulls}
         if self.kind == "number":
             d.update(min=float(self.edges[0]), max=float(self.edges[-1]), edges=self.edges.tolist(),
-                     counts=np.bincount(self.bin_of[self.bin_of >= 0], minlength=BINS).tolist(),
-                     integer=bool(np.all(np.mod(self.sorted_values, 1) == 0)))  # fmt: skip
+                     counts=np.bincount(self.bin_of[self.bin_of >= 0], minlength=BINS).tolist())  # fmt: skip
         else:
             d.update(labels=[_json_label(v) for v in self.labels],
                      counts=np.bincount(self.label_of[self.label_of >= 0], minlength=len(self.labels)).tolist())  # fmt: skip
