@@ -180,6 +180,9 @@ class Browser:
             raise BrowseError(str(e)) from None
         if self.table.num_rows == 0:
             raise BrowseError(f"{out}: has no clip rows")
+        missing = [c for c in (schema.CLIP_ID, schema.DURATION_S) if c not in self.table.column_names]
+        if missing:
+            raise BrowseError(f"{out}: no {' or '.join(missing)} column: not curate's clip rows")
         self.out = out
         self.store = OutputStore(out, create=False) if what_is(out) == OUT else None
         self.rules = rules

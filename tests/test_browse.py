@@ -368,10 +368,12 @@ def test_a_100000_row_out_answers_the_page(tmp_path):
 def test_cli_mistakes_are_one_line(tmp_path, out):
     bad = tmp_path / "bad.yaml"
     bad.write_text("filters:\n  - wher: flow_mean >= 1\n")
+    pq.write_table(pa.table({"x": [1, 2]}), tmp_path / "other.parquet")
     for args, says in ((["browse", str(tmp_path / "nowhere")], "no such file"),
                        (["browse", str(out), "--rules", str(bad)], "wher"),
                        (["browse", str(out), "--save", str(out / "rules.yaml")], "inside the curate output"),
                        (["browse", str(out), "--save", str(tmp_path)], "is a directory"),
-                       (["browse", str(out), "--dedup", str(tmp_path / "nodups")], "curate dedup")):  # fmt: skip
+                       (["browse", str(out), "--dedup", str(tmp_path / "nodups")], "curate dedup"),
+                       (["browse", str(tmp_path / "other.parquet")], "not curate's clip rows")):  # fmt: skip
         r = runner.invoke(app, args)
         assert r.exit_code == 2 and says in r.output and "Traceback" not in r.output, (args, r.output)
