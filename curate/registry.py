@@ -94,19 +94,19 @@ def _clip_schema(version: int) -> pa.Schema:
     return pa.schema(schema.CLIP_FIELDS + list(_score_fields(version)))
 
 
-def family_type(name: str) -> pa.DataType | None:
-    """The type of a column a registered scorer's family names (StageBase.column_families)."""
-    return _family_type(version, name)
+def family_of(name: str) -> tuple[str, pa.DataType] | None:
+    """(scorer, type) of a column a registered scorer's family names (StageBase.column_families)."""
+    return _family_of(version, name)
 
 
 @functools.lru_cache(maxsize=1024)
-def _family_type(version: int, name: str) -> pa.DataType | None:
+def _family_of(version: int, name: str) -> tuple[str, pa.DataType] | None:
     import re
 
-    for cls in scorers().values():
+    for scorer, cls in scorers().items():
         for pattern, typ in cls.column_families:
             if re.fullmatch(pattern, name):
-                return typ
+                return scorer, typ
     return None
 
 
@@ -122,8 +122,8 @@ def conform(table: pa.Table) -> pa.Table:
             cols.append(pa.nulls(table.num_rows, field.type))
     fields = list(target)
     for name in sorted(set(table.column_names) - set(target.names)):
-        typ = family_type(name)
-        if typ is not None:
-            cols.append(table.column(name).cast(typ))
-            fields.append(pa.field(name, typ))
+        family = family_of(name)
+        if family is not None:
+            cols.append(table.column(name).cast(family[1]))
+            fields.append(pa.field(name, family[1]))
     return pa.Table.from_arrays(cols, schema=pa.schema(fields))

@@ -472,12 +472,7 @@ def browse_cmd(
         browser = Browser(out, load_rules(rules), save, dedup)
     except (ConfigError, SelectError, BrowseError, DamagedOut, OutError) as e:
         _fail(str(e))
-    try:
-        serve(browser, host, port)
-    except OSError as e:
-        _fail(f"--host {host} --port {port}: {e.strerror or e}")
-    except KeyboardInterrupt:
-        pass
+    _listen(lambda: serve(browser, host, port), host, port)
 
 
 @app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -588,11 +583,16 @@ def vote_cmd(
     files, pairs = index(cmp)
     if not pairs:
         _fail(f"{cmp}: no sample videos of two arms with the same prompt and seeds: nothing to vote on")
+    console.print(f"{len(pairs)} pairs over {len(files)} sample videos")
+    _listen(lambda: serve(cmp, host, port), host, port)
+
+
+def _listen(serve, host: str, port: int) -> None:
+    """Run a page's server until Ctrl-C; a bad port or an address in use is one line."""
     if not 0 <= port <= 65535:
         _fail(f"--port {port}: not a port number")
-    console.print(f"{len(pairs)} pairs over {len(files)} sample videos")
     try:
-        serve(cmp, host, port)
+        serve()
     except OSError as e:
         _fail(f"cannot listen on {host}:{port}: {e.strerror or e}")
     except KeyboardInterrupt:

@@ -32,14 +32,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from curate import schema
-from datatools.select import _EXPR, DedupRule, Filter, Rules, SelectError, funnel, parse_percent, read_dedup_groups
+from curate.dataset import CAPTION_PREFERENCE, best_caption
+from datatools.select import _EXPR, CAPTION, DedupRule, Filter, Rules, SelectError, funnel, parse_percent, read_dedup_groups
 
 BINS = 40
 MAX_LABELS = 64  # a string column with more distinct values is text, not labels
 # numbers that place or name a clip rather than describe it
 NOT_CONTROLS = {schema.CLIP_INDEX, schema.START_FRAME, schema.END_FRAME, schema.START_S, schema.END_S, schema.PHASH,
                 # names and free text: a handful of sources would read as labels
-                schema.CLIP_ID, schema.VIDEO_ID, schema.SOURCE_URI, schema.CLIP_URI, schema.OCR_TEXT, "caption",
+                schema.CLIP_ID, schema.VIDEO_ID, schema.SOURCE_URI, schema.CLIP_URI, schema.OCR_TEXT, CAPTION,
                 schema.CAPTION_COCA, schema.CAPTION_VBLIP, schema.CAPTION_LLM}
 MAX_PAGE = 96
 MARGIN = 8
@@ -61,7 +62,7 @@ class Column:
     labels: list = field(default_factory=list)  # labels (and booleans) in display order
     label_of: np.ndarray | None = None  # index into labels per row, -1 for null
 
-    def describe(self, n_rows: int) -> dict:
+    def describe(self) -> dict:
         d = {"name": self.name, "kind": self.kind, "nulls": self.nulls}
         if self.kind == "number":
             d.update(min=float(self.edges[0]), max=float(self.edges[-1]), edges=self.edges.tolist(),
@@ -213,7 +214,7 @@ class Browser:
     def meta(self) -> dict:
         sortable = [c for c in self.table.column_names if c not in (schema.PREVIEW,) and _sortable(self.table.column(c).type)]
         return {"out": str(self.out), "rows": self.n, "hours": float(self.durations.sum()) / 3600.0,
-                "columns": [c.describe(self.n) for c in self.columns.values()], "slots": slots_of(self.rules, self.columns),
+                "columns": [c.describe() for c in self.columns.values()], "slots": slots_of(self.rules, self.columns),
                 "dedup": None if self.rules.dedup is None else {"groups": self.rules.dedup.groups, "keep": self.rules.dedup.keep},
                 "keep_choices": ["longest", *[c for c, col in self.columns.items() if col.kind == "number"]],
                 "sortable": sortable, "save_to": str(self.save_to)}  # fmt: skip
@@ -226,16 +227,12 @@ class Browser:
         dedup = body.get("dedup")
         if not isinstance(filters, list) or (dedup is not None and not isinstance(dedup, dict)):
             raise BrowseError("filters must be a list and dedup an object or null")
+        if dedup is not None and self.rules.dedup is None:
+            raise BrowseError("no dedup groups: start `curate browse` with --dedup DUPS (a `curate dedup` output)")
         try:
             parsed = [Filter.model_validate(f) for f in filters]
-            rule = None
-            if dedup is not None:
-                if self.rules.dedup is None:
-                    raise BrowseError("no dedup groups: start `curate browse` with --dedup DUPS (a `curate dedup` output)")
-                rule = DedupRule(groups=self.rules.dedup.groups, keep=str(dedup.get("keep", "longest")))
+            rule = None if dedup is None else DedupRule(groups=self.rules.dedup.groups, keep=str(dedup.get("keep", "longest")))
         except ValueError as e:
-            if isinstance(e, BrowseError):
-                raise
             raise BrowseError(_first_line(e)) from None
         return Rules(filters=parsed, dedup=rule, caption=self.rules.caption)
 
@@ -339,11 +336,11 @@ class Browser:
         rows = [int(r) for r in rows]
         if not rows:
             return []
-        cols = list(dict.fromkeys([schema.CLIP_ID, schema.DURATION_S, *show, *[c for c in CAPTION_COLS if c in self.table.column_names]]))
+        cols = list(dict.fromkeys([schema.CLIP_ID, schema.DURATION_S, *show, CAPTION, *CAPTION_PREFERENCE]))
         sub = self.table.select([c for c in cols if c in self.table.column_names]).take(rows).to_pylist()
         cards = []
         for r, rec in zip(rows, sub):
-            caption = next((rec[c] for c in CAPTION_COLS if rec.get(c)), None)
+            caption = best_caption(rec)
             cards.append({"row": r, "clip_id": rec[schema.CLIP_ID], "duration_s": rec.get(schema.DURATION_S), "kept": bool(keep[r]),
                           "values": {c: _jsonable(rec.get(c)) for c in show if c in rec}, "caption": caption,
                           "media": "webp" if self.has_preview[r] else "mp4" if self.has_file[r] else None})  # fmt: skip
@@ -395,9 +392,6 @@ class Browser:
         assert again == rules.model_copy(update={"filters": [Filter.model_validate(x) for x in data["filters"]]})
         command = f"curate select {self.save_to} -s {self.out} -o SUBSET"
         return {"path": str(self.save_to), "yaml": text, "clips": int(f.keep.sum()), "command": command}
-
-
-CAPTION_COLS = ("caption", schema.CAPTION_LLM, schema.CAPTION_COCA, schema.CAPTION_VBLIP)
 
 
 def _sortable(typ: pa.DataType) -> bool:

@@ -232,13 +232,10 @@ def funnel(table: pa.Table, rules: Rules, groups: dict[str, str] | None = None) 
 
     keep = np.ones(n, dtype=bool)
     steps, masks = [], []
-    rule_masks = [evaluate(table, f) for f in rules.filters]
-    if rules.dedup is not None:
-        rule_masks.append(None)  # decided on what the filters kept
-    for item in rule_masks:
-        mask, info = item if item is not None else dedup_mask(table, keep, rules.dedup, groups)
+
+    def step(mask: np.ndarray, info: dict) -> None:
         before = keep.copy()
-        keep &= mask
+        np.logical_and(keep, mask, out=keep)
         masks.append(mask)
         steps.append({
             **info,
@@ -249,6 +246,11 @@ def funnel(table: pa.Table, rules: Rules, groups: dict[str, str] | None = None) 
             "kept_clips": int(keep.sum()),
             "kept_hours": hours(keep),
         })  # fmt: skip
+
+    for f in rules.filters:
+        step(*evaluate(table, f))
+    if rules.dedup is not None:  # decided on what the filters kept
+        step(*dedup_mask(table, keep, rules.dedup, groups))
     return Funnel(keep, steps, masks, hours(np.ones(n, dtype=bool)), hours(keep))
 
 

@@ -156,6 +156,10 @@ def _rescore_parts(cfg: PipelineConfig, store: OutputStore, committer: Committer
     redo = {*run_names, *cleared, *(["sample"] if specs else [])}
     base_names = set(registry.clip_schema().names)
 
+    def rescored_family(column: str) -> bool:  # a rubric's vlm_<name> of a scorer that runs again
+        family = registry.family_of(column)
+        return column not in base_names and family is not None and family[0] in redo
+
     def prepare(part: str) -> pa.Table:
         table = pq.read_table(store.path(SHARDS, part), filesystem=store.fs)
         table = registry.conform(table)  # a part from before a column existed gets it (null)
@@ -164,7 +168,7 @@ def _rescore_parts(cfg: PipelineConfig, store: OutputStore, committer: Committer
         errors = [[e for e in (errs or []) if e.split(":", 1)[0] not in redo] for errs in table.column(schema.ERRORS).to_pylist()]
         table = table.set_column(table.column_names.index(schema.ERRORS), schema.ERRORS, pa.array(errors, pa.list_(pa.string())))
         # a recomputed or cleared scorer's named columns (a rubric's) go: the new config says which exist
-        table = table.drop_columns([c for c in table.column_names if c not in base_names and _family_of(c) in redo])
+        table = table.drop_columns([c for c in table.column_names if rescored_family(c)])
         for c in null_cols:
             table = table.set_column(table.column_names.index(c), c, pa.nulls(table.num_rows, table.schema.field(c).type))
         table = table.append_column(PART_COLUMN, pa.array([part] * table.num_rows, pa.string()))
@@ -196,15 +200,3 @@ def _scored(cfg: PipelineConfig, parts: list[str], prepare, specs):
         return
     for part, rows in regroup(execute(cfg, units, specs, local_rows=16), PART_COLUMN, lambda p, _: counts[p]):
         yield part, rows.sort_by(ROW_COLUMN)  # the part's own order, whatever Ray's
-
-
-def _family_of(column: str) -> str | None:
-    """The scorer whose column family names `column` (StageBase.column_families)."""
-    import re
-
-    from curate.registry import scorers as registered
-
-    for name, cls in registered().items():
-        if any(re.fullmatch(p, column) for p, _ in cls.column_families):
-            return name
-    return None

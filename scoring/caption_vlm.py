@@ -32,7 +32,7 @@ from curate import schema
 from curate.models import ModelRef
 from curate.params import ModelParams
 from curate.sample import SamplePlan
-from curate.stage import StageBase, frames_for
+from curate.stage import StageBase
 
 TOKENS = "caption_vlm_tokens"
 PREFIX = "vlm_"
@@ -122,9 +122,6 @@ class VlmCaptioner(StageBase):
         self.yes, self.no = self.model.answer_tokens()
 
     # -- the batch loop ------------------------------------------------------------------------
-    def inputs(self, batch: pa.Table) -> list:
-        return frames_for(batch, self.name)
-
     def windows(self, frames: np.ndarray) -> list[np.ndarray]:
         """The clip's frames cut into windows of at most window_frames."""
         n_windows = max(1, math.ceil(len(frames) / self.params.window_frames))

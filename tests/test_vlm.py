@@ -59,7 +59,8 @@ def test_columns_types_windows_and_batching(tiny_models, clips):
         assert r["errors"] == [] and isinstance(r["caption_vlm"], str) and r["caption_vlm"]
         windows = int(np.ceil(seconds * 4 / 4))  # fps 4, window_frames 4
         # every window's caption and, for more than one window, the merge: at most max_new_tokens each
-        assert 1 <= r["caption_vlm_tokens"] <= 6 * (windows + (windows > 1))
+        calls = windows + (1 if windows > 1 else 0)
+        assert 1 <= r["caption_vlm_tokens"] <= 6 * calls
         for q in QUESTIONS:
             p = r[f"vlm_{q}_p"]
             assert 0.0 <= p <= 1.0 and r[f"vlm_{q}"] == (p >= 0.5)
@@ -67,6 +68,7 @@ def test_columns_types_windows_and_batching(tiny_models, clips):
     for a, b in zip(alone, rows):
         assert a["caption_vlm"] == b["caption_vlm"] and a["caption_vlm_tokens"] == b["caption_vlm_tokens"]
         for q in QUESTIONS:
+            # float32 sums over a padded batch differ in the last bits from one row alone
             assert a[f"vlm_{q}_p"] == pytest.approx(b[f"vlm_{q}_p"], abs=1e-5)
 
 
@@ -105,7 +107,7 @@ def test_the_rubric_is_the_models_next_token_probability_of_yes_against_no(tiny_
         with torch.no_grad():
             probs = torch.softmax(m.model(**enc).logits[0, -1].float(), -1)
         p = float(probs[s.yes].sum() / (probs[s.yes].sum() + probs[s.no].sum()))
-        assert got[f"vlm_{q}_p"] == pytest.approx(p, abs=1e-5)
+        assert got[f"vlm_{q}_p"] == pytest.approx(p, abs=1e-5)  # batched and padded vs alone: float32 order
     yes = [m.tokenizer.decode([t]).strip().lower() for t in s.yes]
     no = [m.tokenizer.decode([t]).strip().lower() for t in s.no]
     assert all("yes".startswith(t) and t for t in yes) and all("no".startswith(t) and t for t in no)
@@ -123,6 +125,7 @@ def test_run_local_and_ray_select_on_the_rubric_and_rescore_another_rubric(tmp_p
     assert len(local) == len(ray_rows) >= 2
     for a, b in zip(local, ray_rows):
         assert a["caption_vlm"] == b["caption_vlm"] and a["vlm_slideshow"] == b["vlm_slideshow"]
+        # Ray's batches group clips differently: float32 sums over other paddings
         assert a["vlm_slideshow_p"] == pytest.approx(b["vlm_slideshow_p"], abs=1e-5)
     table = read_shards(str(tmp_path / "local"))
     assert table.schema.field("vlm_slideshow").type == pa.bool_() and table.schema.field("vlm_camera_shake_p").type == pa.float32()
