@@ -13,10 +13,11 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import BaseModel, Field, ValidationError, create_model, model_validator
 
+from curate.errors import UserError
 from curate.params import Strict
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config file or override that cannot be used; the message names the file and key."""
 
 

@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate import schema
+from curate.errors import UserError
 from curate.shards import MANIFEST_FILE, MARKER_FILE
 from curate.storage import OutputStore, is_output_dir, is_remote
 
@@ -37,7 +38,7 @@ TRAIN_CONFIG, TRAIN_CHECKPOINT = "config.json", "ckpt.pt"
 CAPTION_PREFERENCE = (schema.CAPTION_LLM, schema.CAPTION_VLM, schema.CAPTION_COCA, schema.CAPTION_VBLIP)
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """A path that is not the kind of curate data a verb needs (one line for the CLI)."""
 
 

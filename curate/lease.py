@@ -21,6 +21,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 
+from curate.errors import UserError
 from curate.storage import precondition_failed, s3_client, split_s3, with_retries
 
 log = logging.getLogger("curate")
@@ -28,11 +29,11 @@ log = logging.getLogger("curate")
 LEASE_FILE = "_lease"
 
 
-class LeaseHeld(RuntimeError):
+class LeaseHeld(UserError, RuntimeError):
     """Another run holds OUT."""
 
 
-class LeaseLost(RuntimeError):
+class LeaseLost(UserError, RuntimeError):
     """This run's lease on OUT expired or was taken: it must not commit again."""
 
 

@@ -17,10 +17,12 @@ import types
 from dataclasses import dataclass
 from typing import Literal
 
+from curate.errors import UserError
+
 log = logging.getLogger("curate")
 
 
-class MissingModelError(RuntimeError):
+class MissingModelError(UserError, RuntimeError):
     """Raised when weights a stage needs are not on this machine."""
 
 

@@ -33,6 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from curate import __version__, registry, schema
+from curate.errors import UserError
 from curate.faults import fault as _fault
 from curate.record import VideoRecord
 from curate.storage import AlreadyExists, OutputStore, is_transient, with_retries
@@ -57,7 +58,7 @@ DAMAGED = "_damaged"  # where damaged parts are set aside
 CLIP_RE = re.compile(r"^[0-9a-f]{16}-\d{7}-\d{7}\.mp4$|^\.[0-9a-f]{16}-\d{7}-\d{7}\.mp4\.part$")
 
 
-class ConfigMismatch(RuntimeError):
+class ConfigMismatch(UserError, RuntimeError):
     pass
 
 
@@ -117,7 +118,7 @@ def lost_records(good: list[tuple[str, dict]], damaged: list[str]) -> list[str]:
     return [n for n in lost if n not in repaired]
 
 
-class OutNotOurs(RuntimeError):
+class OutNotOurs(UserError, RuntimeError):
     """OUT holds files that are not curate's."""
 
 
@@ -650,7 +651,7 @@ def committed_parts(store: OutputStore) -> list[str]:
     return list(dict.fromkeys(p for _, rec in good for p in rec["parts"] if p not in removed))
 
 
-class DamagedOut(ValueError):
+class DamagedOut(UserError, ValueError):
     """A committed part of OUT cannot be read."""
 
 

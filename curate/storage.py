@@ -22,6 +22,8 @@ from urllib.parse import parse_qs, quote, unquote_to_bytes, urlsplit
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from curate.errors import UserError
+
 log = logging.getLogger("curate")
 
 VIDEO_EXTENSIONS = {
@@ -32,7 +34,7 @@ MANIFEST_EXTENSIONS = {".txt", ".lst", ".parquet"}
 _MANIFEST_COLUMNS = ("source_uri", "uri", "url", "path")
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     pass
 
 
@@ -402,7 +404,7 @@ def duplicates_by_content(uris: list[str], known: dict[str, str] | None = None,
     return out
 
 
-class OutError(ValueError):
+class OutError(UserError, ValueError):
     """OUT is not a place curate may write to."""
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+from typer.core import TyperGroup
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -20,8 +21,23 @@ from rich.table import Table
 
 import curate
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Curate video corpora into training data.")
 console = Console(stderr=True)
+
+
+class _Verbs(TyperGroup):
+    """Every verb: a mistake the user can fix (curate.errors.UserError) is one line and exit 2."""
+
+    def invoke(self, ctx):
+        from curate.errors import UserError
+        from curate.storage import display
+
+        try:
+            return super().invoke(ctx)
+        except UserError as e:
+            _fail(display(str(e)))
+
+
+app = typer.Typer(cls=_Verbs, add_completion=False, no_args_is_help=True, help="Curate video corpora into training data.")
 
 
 PACKAGE = Path(curate.__file__).resolve().parent
@@ -85,23 +101,17 @@ def _progress() -> Progress:
 
 def _run(config: Optional[Path], inputs: list[str], out: str, sets: list[str], ray_address: Optional[str],
          force: bool = False) -> dict:
-    from curate.config import ConfigError, load_config
-    from curate.lease import LeaseHeld, LeaseLost
-    from curate.models import MissingModelError
-    from curate.shards import ConfigMismatch, OutNotOurs
-    from curate.storage import InputError, OutError, check_out_path, display, resolve_inputs
+    from curate.config import load_config
+    from curate.storage import check_out_path, display, resolve_inputs
 
-    try:
-        cfg = load_config(config, sets)
-    except ConfigError as e:
-        _fail(str(e))
+    cfg = load_config(config, sets)
     if ray_address:
         cfg.ray.address = ray_address
     _log_to_console()
     try:
         check_out_path(out)
         uris = resolve_inputs(inputs, out)
-    except (InputError, OutError, OSError) as e:
+    except OSError as e:
         _fail(display(str(e)))
     if not uris:
         _fail(f"no video inputs found in: {' '.join(inputs)}")
@@ -117,8 +127,6 @@ def _run(config: Optional[Path], inputs: list[str], out: str, sets: list[str], r
 
         try:
             result = run(cfg, uris, out, on_progress=on_progress, force=force)
-        except (ConfigError, ConfigMismatch, MissingModelError, OutNotOurs, OutError, LeaseHeld, LeaseLost) as e:
-            _fail(display(str(e)))
         except OSError as e:  # a full disk, a vanished mount: what was committed stays whole
             _fail(f"{display(str(e))} -- everything committed before this is intact; run the same command again "
                   "to resume", code=1)
@@ -165,12 +173,8 @@ def rescore_cmd(
     """Add or recompute scorer columns on OUT from its clip files (no new cuts or clips);
     resumable, exactly-once. Scorers that are new, changed, or named with --scorer run; one
     switched off (--set scorers.X.enabled=false) gets null columns."""
-    from curate.config import ConfigError
-    from curate.lease import LeaseHeld, LeaseLost
-    from curate.models import MissingModelError
-    from curate.shards import ConfigMismatch
-    from curate.storage import OutError, display
-    from pipelines.rescore import RescoreError, rescore
+    from curate.storage import display
+    from pipelines.rescore import rescore
 
     if ray_address:
         sets = [*sets, f"ray.address={ray_address}"]
@@ -184,8 +188,6 @@ def rescore_cmd(
 
         try:
             result = rescore(out, sets, named, on_progress=on_progress)
-        except (ConfigError, RescoreError, ConfigMismatch, MissingModelError, OutError, LeaseHeld, LeaseLost) as e:
-            _fail(display(str(e)))
         except OSError as e:
             _fail(f"{display(str(e))} -- every part rescored before this is committed; run the same command again "
                   "to resume", code=1)
@@ -214,15 +216,15 @@ def dedup_cmd(
     """Group near-duplicate clips over OUTs by their perceptual hashes (and clip embeddings):
     DIR/dedup.parquet gives each clip its group's representative; `curate select --dedup DIR`
     keeps one per group."""
-    from curate.config import ConfigError, load_model
-    from datatools.dedup import DedupError, DedupParams, run_dedup
+    from curate.config import load_model
+    from datatools.dedup import DedupParams, run_dedup
 
     try:
         params = load_model(DedupParams, None, sets)
         if on_ray or ray_address:
             _filter_native_stderr()
         summary = run_dedup(outs, dest, params, "ray" if (on_ray or ray_address) else "local", ray_address)
-    except (ConfigError, DedupError, OSError, ValueError) as e:
+    except (OSError, ValueError) as e:
         _fail(str(e))
     console.print(f"[green]done[/green]: {summary['clips']} clips ({summary['with_hashes']} hashed, "
                   f"{summary['with_embeddings']} with embeddings): {summary['groups_with_duplicates']} groups hold "
@@ -273,20 +275,12 @@ def demo(
     console.print(f"inspect with: curate inspect {Path(out) / 'curated'}")
 
 
-def _open_out(out: str) -> dict:
-    """OUT's manifest, or one line saying why `out` is not a finished curate output."""
-    from curate.dataset import DatasetError, open_out
-
-    try:
-        return open_out(out)[1]
-    except DatasetError as e:
-        _fail(str(e))
-
-
 @app.command()
 def inspect(out: str = typer.Argument(..., help="an OUT directory or URI"), as_json: bool = typer.Option(False, "--json")) -> None:
     """Summarise an OUT: counts, hours in/out, per-stage timings, quarantine reasons."""
-    manifest = _open_out(out)
+    from curate.dataset import open_out
+
+    manifest = open_out(out)[1]
     if as_json:
         typer.echo(json.dumps(manifest, indent=2))
         return
@@ -344,10 +338,7 @@ def select_cmd(
     keep: str = typer.Option("longest", "--keep", help="with --dedup: longest, or a score column (its highest)"),
 ) -> None:
     """Apply thresholds to stored scores: write SUBSET/subset.parquet and SUBSET/funnel.json."""
-    from curate.config import ConfigError
-    from curate.shards import DamagedOut
-    from curate.storage import OutError
-    from datatools.select import DedupRule, SelectError, load_rules, rules_from_flags, run_select
+    from datatools.select import DedupRule, load_rules, rules_from_flags, run_select
 
     if nulls not in (None, "refuse", "drop", "keep"):
         _fail(f"--nulls {nulls!r}: choose refuse, drop or keep")
@@ -356,7 +347,7 @@ def select_cmd(
         if dedup:
             r = r.model_copy(update={"dedup": DedupRule(groups=dedup, keep=keep)})
         funnel = run_select(source, out, r)
-    except (ConfigError, SelectError, FileNotFoundError, DamagedOut, OutError) as e:
+    except FileNotFoundError as e:
         _fail(str(e))
     t = Table(title=f"funnel -> {out}")
     for col in ("filter", "threshold", "removes alone", "removes here", "kept clips", "kept hours"):
@@ -433,16 +424,15 @@ def report_cmd(
     dedup: Optional[str] = typer.Option(None, "--dedup", help="a `curate dedup` output: show its largest groups"),
 ) -> None:
     """One self-contained HTML report: score histograms, funnel, decile thumbnails, timings, quarantine."""
-    from curate.config import ConfigError
-    from datatools.dedup import DedupError
+    from curate.dataset import open_out
     from datatools.report import write_report
 
-    _open_out(out)
+    open_out(out)
     if dest is not None and Path(dest).is_dir():
         _fail(f"-o {dest}: is a directory; name the HTML file to write")
     try:
         path = write_report(out, dest, rules, dedup)
-    except (ConfigError, DedupError, ValueError) as e:
+    except ValueError as e:
         _fail(str(e))
     console.print(f"[green]report[/green] -> {path}")
 
@@ -459,19 +449,14 @@ def browse_cmd(
     """Pick thresholds by looking: a live page with a control per score, the funnel `select` would
     give, histograms, moving previews sorted by any column and the clips at each threshold's margin;
     "save rules" writes a RULES file for `curate select`."""
-    from curate.config import ConfigError
-    from curate.shards import DamagedOut
-    from curate.storage import OutError, refuse_inside_output
-    from datatools.browse import Browser, BrowseError, serve
-    from datatools.select import SelectError, load_rules
+    from curate.storage import refuse_inside_output
+    from datatools.browse import Browser, serve
+    from datatools.select import load_rules
 
     if save.is_dir():
         _fail(f"--save {save}: is a directory; name the RULES file to write")
-    try:
-        refuse_inside_output(str(save), "--save")
-        browser = Browser(out, load_rules(rules), save, dedup)
-    except (ConfigError, SelectError, BrowseError, DamagedOut, OutError) as e:
-        _fail(str(e))
+    refuse_inside_output(str(save), "--save")
+    browser = Browser(out, load_rules(rules), save, dedup)
     _listen(lambda: serve(browser, host, port), host, port)
 
 
@@ -485,13 +470,12 @@ def train_cmd(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="stop early (resume later)"),
 ) -> None:
     """Train a small ModelScope-style text-to-video model: metrics.jsonl, checkpoints, samples."""
-    from curate.config import ConfigError
     from t2v.train import load_train_config, train
 
     try:
         cfg = load_train_config(config, sets)
         result = train(cfg, data, out, init_from, max_steps)
-    except (ConfigError, ValueError, FileNotFoundError) as e:  # bad data or settings: one line, no traceback
+    except (ValueError, FileNotFoundError) as e:  # bad data or settings: one line, no traceback
         _fail(str(e))
     ev = {k: round(v["loss"], 5) for k, v in result.get("eval", {}).items() if v.get("loss") is not None}
     console.print(f"[green]trained[/green] to step {result['step']} -> {out}; eval loss {ev}")
@@ -506,13 +490,12 @@ def train_vae_cmd(
     sets: list[str] = typer.Option([], "--set"),
 ) -> None:
     """Train a small AutoencoderKL on the clips, for `model.mode: latent` (`--set model.vae=OUT`)."""
-    from curate.config import ConfigError
     from t2v.train import load_train_config, train_vae
 
     try:
         cfg = load_train_config(config, sets)
         r = train_vae(cfg, data, out, steps)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     console.print(f"[green]vae[/green] -> {out}: loss {r['first_loss']:.4f} -> {r['last_loss']:.4f}")
 
@@ -528,11 +511,8 @@ def compare_cmd(
     sets: list[str] = typer.Option([], "--set"),
 ) -> None:
     """Train every arm identically, evaluate all on shared sets, rank with bootstrap CIs and Elo."""
-    from curate.config import ConfigError
     from t2v.compare import compare
     from t2v.train import load_train_config
-
-    import re
 
     def pairs(items: list[str], flag: str) -> dict[str, str]:
         out_: dict[str, str] = {}
@@ -562,7 +542,7 @@ def compare_cmd(
     try:
         cfg = load_train_config(config, sets)
         board = compare(cfg, arm_map, out, seeds, eval_map, votes)
-    except (ConfigError, ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:
         _fail(str(e))
     Console().print((out / "leaderboard.md").read_text())
     console.print(f"[green]ranking[/green]: {' > '.join(board['ranking'])} -> {out / 'leaderboard.json'}")
@@ -622,15 +602,12 @@ app.add_typer(models_app, name="models")
 
 
 def _model_statuses(config: Optional[Path], sets: list[str]):
-    from curate.config import ConfigError, load_config
+    from curate.config import load_config
     from curate.models import check
     from curate.registry import scorers
     from pipelines.graph import model_stages
 
-    try:
-        cfg = load_config(config, sets)
-    except ConfigError as e:
-        _fail(str(e))
+    cfg = load_config(config, sets)
     if config is None:  # no config: everything the model stages would load with their defaults
         for name, cls in scorers().items():
             if cls.model_refs(getattr(cfg.scorers, name)):

@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 
 from curate import schema
 from curate.dataset import CAPTION_PREFERENCE, best_caption
+from curate.errors import UserError
 from datatools.select import _EXPR, CAPTION, DedupRule, Filter, Rules, SelectError, funnel, parse_percent, read_dedup_groups
 
 BINS = 40
@@ -46,7 +47,7 @@ MAX_PAGE = 96
 MARGIN = 8
 
 
-class BrowseError(ValueError):
+class BrowseError(UserError, ValueError):
     """A request the page cannot be answered for (one line, shown on the page)."""
 
 

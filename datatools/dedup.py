@@ -27,6 +27,7 @@ from pydantic import Field
 
 from curate import registry, schema
 from curate.dedup import N_CROPS, components, frame_distance, masks, semdedup_edges, table_edges
+from curate.errors import UserError
 from curate.params import Strict
 
 DEDUP_FILE = "dedup.parquet"
@@ -35,7 +36,7 @@ DUP_GROUP, GROUP_SIZE, DUP_DISTANCE, DUP_COSINE, OUT_COLUMN = "dup_group", "grou
 COLUMNS = [schema.CLIP_ID, schema.DURATION_S, schema.PHASH_FRAMES, schema.PHASH_COLOR, schema.CLIP_EMBEDDING]
 
 
-class DedupError(ValueError):
+class DedupError(UserError, ValueError):
     pass
 
 

@@ -28,6 +28,7 @@ from pydantic import Field, model_validator
 from curate import schema
 from curate.config import load_model
 from curate.dataset import SUBSET_FILE
+from curate.errors import UserError
 from curate.params import Strict
 
 FUNNEL_FILE = "funnel.json"
@@ -39,7 +40,7 @@ _OPS = {">=": pc.greater_equal, "<=": pc.less_equal, ">": pc.greater, "<": pc.le
 _EXPR = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(>=|<=|==|!=|>|<)\s*(.+?)\s*$")
 
 
-class SelectError(ValueError):
+class SelectError(UserError, ValueError):
     pass
 
 

@@ -30,6 +30,7 @@ from pydantic import ValidationError
 from curate import registry, schema
 from curate.config import ConfigError, PipelineConfig, _set_dotted, format_error, parse_override, pipeline_config_model
 from curate.dataset import DatasetError, open_out
+from curate.errors import UserError
 from curate.lease import lease_for
 from curate.shards import MANIFEST_FILE, RESCORE, RESCORE_DONE, SHARDS, Committer, resolve_clip_uris
 from curate.storage import OutputStore, check_out_path
@@ -40,7 +41,7 @@ PART_COLUMN = "_part"  # in flight: which committed part a row came from ...
 ROW_COLUMN = "_row"  # ... and where in it
 
 
-class RescoreError(ValueError):
+class RescoreError(UserError, ValueError):
     """A rescore that cannot start (not a finished OUT, an override outside the scorers)."""
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from curate.errors import UserError
 from t2v.config import DataConfig
 
 
@@ -35,7 +36,7 @@ def load_rows(data: str | Path) -> list[dict]:
     return sorted(out, key=lambda r: r["clip_id"])  # a stable order, whatever the source order
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Training data that cannot be used (missing, not curate's, empty)."""
 
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from curate.errors import UserError
 from curate.models import resolve_device
 from t2v.config import TrainConfig, load_train_config
 from t2v.data import ClipSet, DataError, batch_indices, decode_clip, is_heldout, load_rows
@@ -244,7 +245,7 @@ RESUME_SAFE = ("device", "compile", "log_every", "ckpt_every", "optim.max_steps"
                "eval.max_clips", "sample.")  # fmt: skip
 
 
-class ResumeMismatch(ValueError):
+class ResumeMismatch(UserError, ValueError):
     pass
 
 

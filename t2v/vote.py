@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from curate.errors import UserError
+
 VOTES_FILE = "votes.jsonl"
 
 
@@ -93,7 +95,7 @@ def append_vote(path: Path, record: dict) -> None:
         os.close(fd)  # (closing releases the lock)
 
 
-class VotesError(ValueError):
+class VotesError(UserError, ValueError):
     """A votes file that cannot be read as votes (named with its line)."""
 
 
