@@ -29,8 +29,8 @@ from curate import schema
 from curate.config import ClipsParams
 from curate.stage import pack_plans
 from curate.storage import is_transient  # a full disk, a network fault: the next run retries
-from curate.record import InputRecord
-from curate.video import VideoInfo, ffmpeg_exe, ffmpeg_run, seek_args
+from curate.record import InputRecord, Quarantine
+from curate.video import DecodeTimeout, VideoInfo, ffmpeg_exe, ffmpeg_run, seek_args
 
 
 class ExtractError(Exception):
@@ -536,15 +536,7 @@ def make_clips(rec: InputRecord, params: ClipsParams, store, plans: list | None 
     of the whole plan that start in frames [a, b) (a segment of a long input, curate.segments).
     A clip whose file cannot be written is not a row (counted in `rec.failed_clips`); a transient
     failure (a full disk) quarantines the input for the next run to retry."""
-    try:
-        return _clips(rec, params, store, plans or [], only)
-    except _Timeout as e:
-        rec.set_quarantine(schema.Q_TIMEOUT, f"clips: {e}")
-    except _Transient as e:
-        rec.set_quarantine(schema.Q_ERROR, f"clips: {e}", retry=True)
-    except Exception as e:  # noqa: BLE001
-        rec.set_quarantine(schema.Q_ERROR, f"clips: {type(e).__name__}: {e}")
-    return []
+    return _clips(rec, params, store, plans or [], only)
 
 
 def plan_input(rec: InputRecord, params: ClipsParams) -> list[ClipSpan]:
@@ -582,7 +574,7 @@ def _clips(rec: InputRecord, params: ClipsParams, store, plans: list, only: tupl
     for span, row in zip(spans, rows):
         left = rec.remaining_s()
         if left is not None and left <= 0:
-            raise _Timeout("time budget spent during extraction")
+            raise DecodeTimeout("time budget spent during extraction")
         try:
             row[schema.CLIP_URI], row[schema.CLIP_MODE] = extract_clip(store, rec.local, info, span, rec.video_id, row[schema.CLIP_ID], params, left)
         except (ExtractError, OSError) as e:
@@ -594,9 +586,9 @@ def _clips(rec: InputRecord, params: ClipsParams, store, plans: list, only: tupl
 
 def _failed(rec: InputRecord, cid: str, e: Exception) -> None:
     if isinstance(e, ExtractTimeout):
-        raise _Timeout(str(e)) from None
+        raise DecodeTimeout(str(e)) from None
     if is_transient(e):  # the whole input again on the next run, not a hole in it now
-        raise _Transient(f"{cid}: {e}") from None
+        raise Quarantine(schema.Q_ERROR, f"clips: {cid}: {e}", retry=True) from None
     rec.failed_clips.append(f"{cid}: {e}"[:500])  # no file, so not a clip: counted, not a row
 
 
@@ -655,10 +647,3 @@ def extract_clip(store, local: str, info: VideoInfo, span: ClipSpan, vid: str, c
             store.put_file(tmp, *rel)
     return store.uri_of(*rel), mode
 
-
-class _Timeout(Exception):
-    pass
-
-
-class _Transient(Exception):
-    pass

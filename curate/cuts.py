@@ -27,7 +27,7 @@ from curate.config import (
     DetectorParams,
     ThresholdDetectorParams,
 )
-from curate.record import InputRecord
+from curate.record import InputRecord, Quarantine
 from curate.video import DecodeTimeout, VideoInfo, iter_frames, scaled_size, seek_args
 
 
@@ -210,7 +210,6 @@ class CutAnalysis:
             else:  # the 48x27 frames go to disk, read back around the proposals: memory stays flat
                 self.spool = tempfile.TemporaryFile()
         self.use_levels = params.detector != "transnetv2"
-        self.native = native_fps
         self.levels: list[_Level] = []
         for lv in params.levels:
             stride, min_len = _level_shape(lv.fps, native_fps, params)
@@ -510,14 +509,9 @@ def _union(candidates: list[tuple[int, int, float]], tol: int, min_len: int, n_f
 def find_cuts(rec: InputRecord, params: CutsParams, min_frames: int = 1) -> None:
     """Step 2 of an input (curate.per_video): the cut list and the true decoded frame count."""
     left = rec.remaining_s()
-    try:
-        if left is not None and left <= 0:
-            raise DecodeTimeout("time budget spent before cut detection")
-        result = detect_cuts(rec.local, rec.info, params, deadline_s=left)
-    except DecodeTimeout as e:
-        return rec.set_quarantine(schema.Q_TIMEOUT, f"cuts: {e}")
-    except Exception as e:  # noqa: BLE001
-        return rec.set_quarantine(schema.Q_ERROR, f"cuts: {type(e).__name__}: {e}")
+    if left is not None and left <= 0:
+        raise DecodeTimeout("time budget spent before cut detection")
+    result = detect_cuts(rec.local, rec.info, params, deadline_s=left)
     if result.n_frames < min_frames:
-        return rec.set_quarantine(schema.Q_UNDECODABLE, f"{result.n_frames} frames decode")
-    rec.cuts, rec.n_frames, rec.cuts_by_level = result.cuts, result.n_frames, result.by_level
+        raise Quarantine(schema.Q_UNDECODABLE, f"{result.n_frames} frames decode")
+    rec.cuts, rec.n_frames = result.cuts, result.n_frames

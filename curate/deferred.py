@@ -32,7 +32,7 @@ from curate.clips import (SAMPLE_BUDGET_BYTES, ClipSpan, Geometry, geometry, kep
 from curate.config import ClipsParams, CutsParams
 from curate.cuts import CutAnalysis
 from curate.faults import fault
-from curate.record import InputRecord, VideoInfo
+from curate.record import InputRecord, Quarantine, VideoInfo
 from curate.stage import pack_plans
 from curate.video import DecodeTimeout, ffmpeg_exe, ffmpeg_run, scaled_size, seek_args
 
@@ -131,17 +131,7 @@ class _Spill:
 
 def deferred_clips(rec: InputRecord, cuts_p: CutsParams, clips_p: ClipsParams, plans: list, min_frames: int = 1) -> list[dict]:
     """Cuts, clip spans and the scorers' frames of one input from one decode (the steps `cuts`
-    and `clips` of the other modes): its clip rows, or [] with the record's quarantine set."""
-    try:
-        return _deferred(rec, cuts_p, clips_p, plans, min_frames)
-    except DecodeTimeout as e:
-        rec.set_quarantine(schema.Q_TIMEOUT, f"deferred: {e}")
-    except Exception as e:  # noqa: BLE001 - one input never stops the run
-        rec.set_quarantine(schema.Q_ERROR, f"deferred: {type(e).__name__}: {e}")
-    return []
-
-
-def _deferred(rec: InputRecord, cuts_p: CutsParams, clips_p: ClipsParams, plans: list, min_frames: int) -> list[dict]:
+    and `clips` of the other modes): its clip rows."""
     info = rec.info
     geo = geometry(info, clips_p)
     aw, ah = scaled_size(info.width, info.height, cuts_p.analysis_size)  # frames come rotated, as clips store them
@@ -207,10 +197,9 @@ def _decode_once(rec: InputRecord, proc, expired, read_fd: int, analysis: CutAna
         if expired.is_set():
             raise DecodeTimeout(f"decode exceeded {left:.0f}s")
         result = analysis.finish()
-        rec.cuts, rec.n_frames, rec.cuts_by_level = result.cuts, result.n_frames, result.by_level
+        rec.cuts, rec.n_frames = result.cuts, result.n_frames
         if result.n_frames < min_frames:
-            rec.set_quarantine(schema.Q_UNDECODABLE, f"{result.n_frames} frames decode")
-            return []
+            raise Quarantine(schema.Q_UNDECODABLE, f"{result.n_frames} frames decode")
         spans = plan_input(rec, clips_p)
         clip.n_frames = result.n_frames
         rows = [clip.row(span) for span in spans]  # rows planned early are reused; a span no longer planned goes
@@ -226,19 +215,6 @@ def _decode_once(rec: InputRecord, proc, expired, read_fd: int, analysis: CutAna
         stored.close()
 
 
-def deferred_span_rows(rec: InputRecord, clips_p: ClipsParams, plans: list, only: tuple[int, int]) -> list[dict]:
-    """The rows of the clips that start in frames `only` of an input whose cuts are known (a
-    segment of a long input, curate.segments): one decode of their frames at the stored size from
-    the first of them, through the same filters and spill as `_deferred` (so the same pixels)."""
-    try:
-        return _span_rows(rec, clips_p, plans, only)
-    except DecodeTimeout as e:
-        rec.set_quarantine(schema.Q_TIMEOUT, f"deferred: {e}")
-    except Exception as e:  # noqa: BLE001 - one input never stops the run
-        rec.set_quarantine(schema.Q_ERROR, f"deferred: {type(e).__name__}: {e}")
-    return []
-
-
 class _From:
     """A spill read by the input's frame index, for a decode that began at frame `first`."""
 
@@ -249,7 +225,10 @@ class _From:
         return self.spill.get(i - self.first)
 
 
-def _span_rows(rec: InputRecord, clips_p: ClipsParams, plans: list, only: tuple[int, int]) -> list[dict]:
+def deferred_span_rows(rec: InputRecord, clips_p: ClipsParams, plans: list, only: tuple[int, int]) -> list[dict]:
+    """The rows of the clips that start in frames `only` of an input whose cuts are known (a
+    segment of a long input, curate.segments): one decode of their frames at the stored size from
+    the first of them, through the same filters and spill as `deferred_clips` (so the same pixels)."""
     info = rec.info
     mine = [(i, span) for i, span in enumerate(plan_input(rec, clips_p)) if only[0] <= span.start < only[1]]
     if not mine:

@@ -1,8 +1,10 @@
 """One input, start to end: probe -> cuts -> clips, with a typed record, in a child process.
 
 The steps are plain library functions (`curate.video.probe_input`, `curate.cuts.find_cuts`,
-`curate.clips.make_clips`) over one `InputRecord`; `VideoStage` runs them for each input and
-serialises the record once, at its boundary, as the summary the committer needs. The stage owns
+`curate.clips.make_clips`) over one `InputRecord`; each raises why its input cannot be used (a
+`curate.record.Quarantine`, a timeout, any error), which `_step` makes the input's quarantine.
+`VideoStage` runs them for each input and serialises the record once, at its boundary, as the
+summary the committer needs. The stage owns
 the local copy of a remote input from start to end (made by probe, removed here, whatever happened).
 
 Each input runs in a child process, forked from a forkserver (a clean, single-threaded parent:
@@ -32,7 +34,7 @@ from curate import stage as _stage
 from curate.config import ClipsParams, CutsParams, ProbeParams
 from curate.clips import SAMPLE_BUDGET_BYTES
 from curate.faults import fault
-from curate.record import InputRecord, VideoRecord
+from curate.record import InputRecord, Quarantine, VideoRecord
 
 # imported once by the forkserver, so each input's child starts with its decoders loaded
 _PRELOAD = ["pyarrow", "numpy", "av", "cv2", "imageio_ffmpeg", "scenedetect", "scenedetect.detectors", "curate.video",
@@ -75,11 +77,13 @@ def process_input(uri: str, probe_p: ProbeParams, cuts_p: CutsParams, clips_p: C
 
                 steps[2:] = [("deferred", lambda: deferred_clips(rec, cuts_p, clips_p, list(plans), probe_p.min_frames))]
         out = None
+        # a segment's failures name it (a segment's quarantine is its whole input's: pipelines/run.py)
+        labels = {"fetch": f"segment {task['k']}", "cuts": f"cuts of segment {task['k']}"} if task else {}
         for name, step in steps:
             if rec.quarantine:
                 break
             t0 = time.perf_counter()
-            out = step()  # the last step's result is the clip rows (a segment's cuts: what it found)
+            out = _step(rec, labels.get(name, name), step)  # the last step's: the clip rows (a segment's cuts: what it found)
             if name == "split":
                 if out is not None:  # a long input: its segments are the driver's to schedule
                     found = out
@@ -96,6 +100,23 @@ def process_input(uri: str, probe_p: ProbeParams, cuts_p: CutsParams, clips_p: C
         release(uri)  # the local copy of a remote input ends with its input
     return _table(uri, rec.summary(rows), rows, rec.video_id, unit_key(uri, unit),
                   json.dumps(found) if found is not None else None)
+
+
+def _step(rec: InputRecord, label: str, step):
+    """One step of an input; what it raises becomes the input's quarantine (one input never stops
+    the run): a network fault or a full disk says nothing about the input, so the next run retries."""
+    from curate.storage import is_transient
+    from curate.video import DecodeTimeout
+
+    try:
+        return step()
+    except Quarantine as q:
+        rec.set_quarantine(q.reason, q.detail, q.retry)
+    except DecodeTimeout as e:
+        rec.set_quarantine(schema.Q_TIMEOUT, f"{label}: {e}")
+    except Exception as e:  # noqa: BLE001
+        rec.set_quarantine(schema.Q_ERROR, f"{label}: {type(e).__name__}: {e}", retry=is_transient(e))
+    return None
 
 
 def _split(rec: InputRecord, segment_s: float, cuts_p: CutsParams) -> dict | None:
@@ -121,18 +142,11 @@ def _segment_steps(rec: InputRecord, task: dict, cuts_p: CutsParams, clips_p: Cl
     a, b = task["ranges"][task["k"]]
     last = task["k"] == len(task["ranges"]) - 1
 
-    def cuts() -> dict | None:
+    def cuts() -> dict:
         from curate.faults import hang
-        from curate.video import DecodeTimeout
 
         hang("segment", f"{rec.uri}#{task['k']}")  # crash tests: a segment that never returns
-        try:
-            return {"round": 1, "k": task["k"], **segments.segment_cuts(rec, cuts_p, a, b, last)}
-        except DecodeTimeout as e:
-            rec.set_quarantine(schema.Q_TIMEOUT, f"cuts of segment {task['k']}: {e}")
-        except Exception as e:  # noqa: BLE001
-            rec.set_quarantine(schema.Q_ERROR, f"cuts of segment {task['k']}: {type(e).__name__}: {e}")
-        return None
+        return {"round": 1, "k": task["k"], **segments.segment_cuts(rec, cuts_p, a, b, last)}
 
     def clips() -> list[dict]:
         rec.cuts, rec.n_frames = task["cuts"], task["n_frames"]
@@ -144,8 +158,7 @@ def _segment_steps(rec: InputRecord, task: dict, cuts_p: CutsParams, clips_p: Cl
 
         return make_clips(rec, clips_p, store, plans, only=(a, b))
 
-    # (a segment's quarantine, its copy's included, is its whole input's: pipelines/run.py)
-    return [("fetch", lambda: fetch_input(rec, f"segment {task['k']}")),
+    return [("fetch", lambda: fetch_input(rec)),
             ("cuts", cuts) if task["round"] == 1 else ("clips", clips)]
 
 

@@ -60,6 +60,15 @@ class VideoRecord:
         return cls(**json.loads(text))
 
 
+class Quarantine(Exception):
+    """Raised by an input's step: the input cannot be used, for `reason` (curate.schema's Q_*);
+    curate.per_video makes it the input's quarantine (`retry`: the next run tries it again)."""
+
+    def __init__(self, reason: str, detail: str, retry: bool = False):
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail, self.retry = reason, detail, retry
+
+
 @dataclass
 class InputRecord:
     """What curate knows about one input while it is processed (one process, never serialised
@@ -72,7 +81,6 @@ class InputRecord:
     info: VideoInfo | None = None
     n_frames: int = 0
     cuts: list[int] = field(default_factory=list)
-    cuts_by_level: dict[str, list[int]] = field(default_factory=dict)
     scenes: int = 0
     short_scenes_dropped: int = 0
     held_frames_dropped: int = 0

@@ -61,12 +61,6 @@ def register(cls: type) -> type:
     return cls
 
 
-def unregister(name: str) -> None:
-    global version
-    _registered.pop(name, None)
-    version += 1
-
-
 # --- the shard schema: the clip fields, then every registered scorer's own --------------------------
 def score_fields() -> list[pa.Field]:
     """The columns of every registered scorer (curate.registry), in run order: a plugin's too."""

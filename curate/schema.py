@@ -104,10 +104,6 @@ Q_TOO_LARGE = "too_large"  # frame size above the configured pixel limit
 Q_TIMEOUT = "timeout"  # processing exceeded the per-input timeout
 Q_DUPLICATE = "duplicate"  # byte-identical to an input already in this OUT
 Q_ERROR = "error"  # an unexpected failure while processing the input (detail has the message)
-QUARANTINE_REASONS = (
-    Q_MISSING, Q_EMPTY, Q_UNREADABLE, Q_NO_VIDEO, Q_UNDECODABLE, Q_TOO_LARGE, Q_TIMEOUT,
-    Q_DUPLICATE, Q_ERROR,
-)
 
 # --- in-flight columns ------------------------------------------------------------------------
 # Columns that travel between stages inside a run and are never written to shards. A row is

@@ -52,6 +52,9 @@ class StageBase:
     # instance declares the ones it writes in its own output_fields / output_columns.
     column_families: ClassVar[tuple[tuple[str, pa.DataType], ...]] = ()
 
+    def __init__(self, params: BaseModel | None = None):
+        self.params = params
+
     def __init_subclass__(cls, **kwargs) -> None:
         super().__init_subclass__(**kwargs)
         if "output_fields" in cls.__dict__ and "output_columns" not in cls.__dict__:
@@ -118,7 +121,7 @@ class StageBase:
                 groups.setdefault(self.chunk_key(item), []).append(i)
             elif uris[i] and self.needs_frames:
                 errors[i] = add_error(errors[i], self.name, "no frames sampled")
-        params = getattr(self, "params", None)
+        params = getattr(self, "params", None)  # (a plugin's own __init__ may not set it)
         size = params.batch_size if isinstance(params, ModelParams) else 1
         for rows in groups.values():
             for k in range(0, len(rows), size):

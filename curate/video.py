@@ -22,16 +22,14 @@ import numpy as np
 from curate import schema
 from curate.config import ProbeParams
 from curate.faults import hang
-from curate.record import InputRecord, VideoInfo
+from curate.record import InputRecord, Quarantine, VideoInfo
 
 
-class ProbeError(Exception):
-    """The input cannot be used; `reason` is a quarantine reason code from curate.schema."""
+class ProbeError(Quarantine):
+    """The input cannot be used; a missing file may appear, so the next run tries it again."""
 
     def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+        super().__init__(reason, detail, retry=reason == schema.Q_MISSING)
 
 
 def ffmpeg_exe() -> str:
@@ -270,37 +268,23 @@ def iter_frames(
 # --- step 1 of an input (curate.per_video): probe into the record ---------------------------------
 
 
-def fetch_input(rec: InputRecord, what: str = "probe") -> bool:
-    """A local copy of the input into the record (a remote one is downloaded), or its quarantine: a
-    missing file may appear and a network fault or a full disk says nothing about the input, so
-    the next run retries those."""
-    from curate.storage import is_transient, localize
+def fetch_input(rec: InputRecord) -> None:
+    """A local copy of the input into the record (a remote one is downloaded); a missing file may
+    appear, so it is a `missing` the next run tries again."""
+    from curate.storage import localize
 
     try:
         rec.local = localize(rec.uri)
-        return True
     except FileNotFoundError as e:
-        rec.set_quarantine(schema.Q_MISSING, str(e), retry=True)
-    except Exception as e:  # noqa: BLE001 - one input never stops the run
-        rec.set_quarantine(schema.Q_ERROR, f"{what}: {type(e).__name__}: {e}", retry=is_transient(e))
-    return False
+        raise Quarantine(schema.Q_MISSING, str(e), retry=True) from None
 
 
 def probe_input(rec: InputRecord, params: ProbeParams) -> None:
     """Step 1 of an input (curate.per_video): a local copy, its identity (content fingerprint),
-    geometry, timing and keyframes into the record, or a quarantine reason."""
+    geometry, timing and keyframes into the record; raises why the input cannot be used."""
     from curate.storage import fingerprint
 
-    if not fetch_input(rec):
-        return
-    try:
-        hang("probe", rec.uri)  # crash tests: an input that never returns (the watchdog's case)
-        rec.info = probe(rec.local, params.max_pixels)
-        rec.video_id = fingerprint(rec.local, rec.info.size_bytes)
-    except ProbeError as e:
-        rec.set_quarantine(e.reason, e.detail, retry=e.reason == schema.Q_MISSING)  # a missing file may appear
-    except Exception as e:  # noqa: BLE001 - one input never stops the run
-        from curate.storage import is_transient
-
-        # a network fault or a full disk while fetching says nothing about the input: the next run retries it
-        rec.set_quarantine(schema.Q_ERROR, f"probe: {type(e).__name__}: {e}", retry=is_transient(e))
+    fetch_input(rec)
+    hang("probe", rec.uri)  # crash tests: an input that never returns (the watchdog's case)
+    rec.info = probe(rec.local, params.max_pixels)
+    rec.video_id = fingerprint(rec.local, rec.info.size_bytes)

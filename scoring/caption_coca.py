@@ -41,9 +41,7 @@ class CocaCaptioner(StageBase):
     Params: ClassVar[type] = CocaParams
     output_fields: ClassVar[tuple[pa.Field, ...]] = (pa.field(schema.CAPTION_COCA, pa.string()),)
 
-    def __init__(self, params: CocaParams):
-        self.params = params
-        self.model = None
+    model = None  # loaded by setup()
 
     @classmethod
     def plans(cls, params: CocaParams) -> list[SamplePlan]:

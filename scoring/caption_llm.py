@@ -42,9 +42,7 @@ class LlmCaptioner(StageBase):
     Params: ClassVar[type] = LlmParams
     output_fields: ClassVar[tuple[pa.Field, ...]] = (pa.field(schema.CAPTION_LLM, pa.string()),)
 
-    def __init__(self, params: LlmParams):
-        self.params = params
-        self.model = None
+    model = None  # loaded by setup()
 
     @classmethod
     def plans(cls, params: LlmParams) -> list:

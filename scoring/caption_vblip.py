@@ -35,9 +35,7 @@ class VblipCaptioner(StageBase):
     Params: ClassVar[type] = VblipParams
     output_fields: ClassVar[tuple[pa.Field, ...]] = (pa.field(schema.CAPTION_VBLIP, pa.string()),)
 
-    def __init__(self, params: VblipParams):
-        self.params = params
-        self.model = None
+    model = None  # loaded by setup()
 
     @classmethod
     def plans(cls, params: VblipParams) -> list[SamplePlan]:

@@ -76,9 +76,7 @@ class ClipScorer(StageBase):
         pa.field(schema.AESTHETIC_SCORE, pa.float32()),
     )
 
-    def __init__(self, params: ClipParams):
-        self.params = params
-        self.model = None
+    model = None  # loaded by setup()
 
     @classmethod
     def plans(cls, params: ClipParams) -> list[SamplePlan]:

@@ -39,9 +39,7 @@ class FlowScorer(StageBase):
         pa.field(schema.FLOW_MAX, pa.float32()),
     )
 
-    def __init__(self, params: FlowParams):
-        self.params = params
-        self._dis = None
+    _dis = None  # loaded by setup()
 
     @classmethod
     def plans(cls, params: FlowParams) -> list[SamplePlan]:

@@ -349,9 +349,7 @@ class OcrScorer(StageBase):
         pa.field(schema.OCR_TEXT, pa.string()),
     )
 
-    def __init__(self, params: OcrParams):
-        self.params = params
-        self._engine = None
+    _engine = None  # loaded by setup()
 
     @classmethod
     def plans(cls, params: OcrParams) -> list[SamplePlan]:

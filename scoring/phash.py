@@ -69,9 +69,6 @@ class PHashScorer(StageBase):
         pa.field(schema.PHASH_COLOR, pa.list_(pa.float32())),
     )
 
-    def __init__(self, params: PHashParams):
-        self.params = params
-
     @classmethod
     def plans(cls, params: PHashParams) -> list[SamplePlan]:
         n = params.frames

@@ -46,9 +46,6 @@ class QualityScorer(StageBase):
         pa.field(schema.QUALITY_COLORFULNESS, pa.float32()),
     )
 
-    def __init__(self, params: QualityParams):
-        self.params = params
-
     @classmethod
     def plans(cls, params: QualityParams) -> list[SamplePlan]:
         n = params.frames

@@ -120,9 +120,6 @@ class CrashScorer(StageBase):
     resources: ClassVar[Resources] = Resources(num_cpus=1, batch_size=8, actors=1)
     output_fields: ClassVar[tuple] = (pa.field(schema.QUALITY_BRIGHTNESS, pa.float32()),)
 
-    def __init__(self, params):
-        self.params = params
-
     @classmethod
     def plans(cls, params):
         return [SamplePlan(cls.name, positions=(0.5,), max_side=32)]
