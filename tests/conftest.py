@@ -174,3 +174,19 @@ def assert_same_rows(got: list[dict], want: list[dict]) -> None:
         assert g.keys() == w.keys()
         bad = [k for k in g if not same(g[k], w[k])]
         assert not bad, {k: (g[k], w[k]) for k in bad}
+
+
+def one_line_error(result, *needles, code=2):
+    """A CLI result that is curate's one-line error (exit `code`, no traceback) naming each of `needles`."""
+    assert result.exit_code == code, result.output
+    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
+    assert "Traceback" not in result.output
+    for n in needles:
+        assert n in result.output, result.output
+
+
+def clip_set(out) -> set[tuple]:
+    """An OUT's committed clips as (clip_id, start_frame, end_frame)."""
+    from curate.shards import read_shards
+
+    return {(r["clip_id"], r["start_frame"], r["end_frame"]) for r in read_shards(str(out)).to_pylist()}

@@ -30,7 +30,7 @@ from curate.storage import _local, resolve_inputs
 from curate.video import VideoInfo, ffmpeg_exe
 from pipelines.run import run
 from datatools.select import Filter, evaluate
-from tests.conftest import DATA
+from tests.conftest import DATA, one_line_error
 from tests.test_reliability import NO_SCORERS, cfg
 
 ROOT = Path(__file__).parents[1]
@@ -50,14 +50,6 @@ def slow_inputs(tmp_path_factory):
     ffmpeg("-f", "lavfi", "-t", "3", "-i", "testsrc=size=64x64:rate=24", "-vf", "setpts='PTS+if(gt(N,24),6/TB,0)'",
            "-fps_mode", "vfr", "-pix_fmt", "yuv420p", str(d / "held.mp4"))  # fmt: skip
     return d
-
-
-def one_line_error(result, *needles):
-    assert result.exit_code == 2, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    for n in needles:
-        assert n in result.output, result.output
 
 
 # -- runs that never ended -------------------------------------------------------------------------

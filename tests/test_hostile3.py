@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 from curate.shards import read_shards
 from curate.verify import verify
 from pipelines.run import run
+from tests.conftest import one_line_error
 from tests.test_reliability import cfg
 
 runner = CliRunner()
@@ -25,14 +26,6 @@ def app_():
     from curate_cli.main import app
 
     return app
-
-
-def one_line_error(result, *needles, code=2):
-    assert result.exit_code == code, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Traceback" not in result.output
-    for n in needles:
-        assert n in result.output, result.output
 
 
 def rows_of(out) -> list[tuple]:

@@ -24,7 +24,7 @@ from curate.shards import read_shards
 from curate.storage import AlreadyExists, InputError, OutError, OutputStore, check_out_path, resolve_inputs
 from curate.verify import verify
 from pipelines.run import run
-from tests.conftest import DATA
+from tests.conftest import DATA, clip_set
 from tests.test_reliability import NO_SCORERS, cfg
 
 ROOT = Path(__file__).parents[1]
@@ -39,10 +39,6 @@ def cli_args(inputs, out, *extra_sets):
 
 def env(**kw):
     return {**os.environ, "CI": "true", **kw}
-
-
-def clip_set(out) -> set[tuple]:
-    return {(r["clip_id"], r["start_frame"], r["end_frame"]) for r in read_shards(str(out)).to_pylist()}
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from curate.shards import read_shards
 from curate.storage import InputError, resolve_inputs
 from curate.synth import Scene, encode, render_scene
 from pipelines.run import run
-from tests.conftest import DATA
+from tests.conftest import DATA, clip_set
 
 ROOT = Path(__file__).parents[1]
 NO_SCORERS = ["scorers.flow.enabled=false", "scorers.ocr.enabled=false", "scorers.quality.enabled=false"]
@@ -26,10 +26,6 @@ NO_SCORERS = ["scorers.flow.enabled=false", "scorers.ocr.enabled=false", "scorer
 
 def cfg(*sets):
     return load_config(None, ["executor=local", "clips.min_s=1", "clips.max_s=3", "shards.max_rows=2", *NO_SCORERS, *sets])
-
-
-def clip_set(out) -> set[tuple]:
-    return {(r["clip_id"], r["start_frame"], r["end_frame"]) for r in read_shards(str(out)).to_pylist()}
 
 
 def quarantine(out) -> dict[str, str]:
