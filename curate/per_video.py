@@ -171,7 +171,16 @@ def _table(uri: str, summary: VideoRecord, rows: list[dict], video_id: str | Non
     fields = [*schema.CLIP_FIELDS, pa.field(schema.VIDEO_META, pa.string()), pa.field(schema.SAMPLES, pa.binary()),
               pa.field(schema.UNIT, pa.string()), pa.field(schema.SEGMENT, pa.string())]
     relaxed = pa.schema([pa.field(f.name, f.type) for f in fields])  # marker rows have null ids
-    return pa.Table.from_pylist(rows, schema=relaxed)
+    # the carried frames (up to SAMPLE_BUDGET_BYTES) go into Arrow a few rows at a time, each row's
+    # bytes let go once copied: the child never holds both copies whole (bench/README, memory)
+    samples = [r.pop(schema.SAMPLES, None) for r in rows]
+    table = pa.Table.from_pylist(rows, schema=relaxed)
+    chunks = []
+    for i in range(0, len(samples), 16):
+        chunks.append(pa.array(samples[i:i + 16], pa.binary()))
+        samples[i:i + 16] = [None] * len(chunks[-1])
+    k = relaxed.get_field_index(schema.SAMPLES)
+    return table.set_column(k, relaxed.field(k), pa.chunked_array(chunks, pa.binary()))
 
 
 def quarantine_row(uri: str, reason: str, detail: str, seconds: float, unit: str | None = None) -> pa.Table:
@@ -246,10 +255,16 @@ class VideoStage(_stage.StageBase):
                                       f"(input_timeout_s={self.timeout_s:g}); the process was killed", took, unit)  # fmt: skip
             if data[:1] == b"{":
                 return quarantine_row(uri, schema.Q_ERROR, json.loads(data)["error"][:2000], took, unit)
-            return pa.ipc.open_stream(data).read_all()
+            with pa.OSFile(os.path.join(workdir, RESULT_FILE)) as fh:
+                return pa.ipc.open_stream(fh).read_all()
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
 
+
+# The child's rows reach the parent as this Arrow stream in the input's work dir, not through the
+# pipe: bytes through the pipe were the rows' (and carried frames') size three times over in the
+# child and once more in the parent (bench/README, the deferred mode's memory)
+RESULT_FILE = "rows.arrow"
 
 # A child serves this many inputs, then a fresh one takes over (what an input leaves behind in a
 # process, a grown heap or a leaked handle, lives at most that long).
@@ -322,10 +337,10 @@ def _serve(conn) -> None:
         try:
             probe, cuts, clips, out, timeout_s, plans, segment_s = args
             table = process_input(uri, probe, cuts, clips, OutputStore(out), timeout_s, plans, segment_s, unit)
-            sink = pa.BufferOutputStream()
-            with pa.ipc.new_stream(sink, table.schema) as w:
+            with pa.OSFile(os.path.join(workdir, RESULT_FILE), "wb") as fh, pa.ipc.new_stream(fh, table.schema) as w:
                 w.write_table(table)
-            conn.send_bytes(sink.getvalue().to_pybytes())
+            del table
+            conn.send_bytes(b"ok")
         except BaseException as e:  # noqa: BLE001 -- reported to the parent as this input's failure
             conn.send_bytes(json.dumps({"error": f"{type(e).__name__}: {e}"}).encode())
 
