@@ -140,13 +140,8 @@ def deferred_clips(rec: InputRecord, cuts_p: CutsParams, clips_p: ClipsParams, p
     work = tempfile.mkdtemp(prefix="curate-deferred-")
     spill = _Spill(work, geo.width, geo.height)
     read_fd, write_fd = os.pipe()
-    # [b]: the stored pixels, _extract_group's chain (RGB: _Spill.get); [a]: the cut analysis's
-    # frames, scaled from [b] where it is at least their size: scaling every frame of the decode
-    # twice was a third of ffmpeg's work (bench/README)
-    if geo.width >= aw and geo.height >= ah:
-        graph = f"[0:v]{size},format=yuv420p,split=2[b][x];[x]scale={aw}:{ah}:flags=area,format=bgr24[a]"
-    else:
-        graph = f"[0:v]split=2[x][y];[x]scale={aw}:{ah}:flags=area,format=bgr24[a];[y]{size},format=yuv420p[b]"
+    graph = (f"[0:v]split=2[x][y];[x]scale={aw}:{ah}:flags=area,format=bgr24[a];"
+             f"[y]{size},format=yuv420p[b]")  # the stored pixels: _extract_group's chain (RGB: _Spill.get)
     cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-threads", str(cuts_p.decode_threads),
            "-i", rec.local, "-filter_complex", graph,
            "-map", "[a]", "-an", "-sn", "-dn", "-fps_mode", "passthrough", "-f", "rawvideo", "pipe:1",
