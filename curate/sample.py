@@ -140,19 +140,23 @@ class SampleStage(_stage.StageBase):
         pass
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        import pyarrow.compute as pc
+
         from curate.storage import localize, release
 
-        blobs: list[bytes | None] = []
-        errors = batch.column(schema.ERRORS).to_pylist() if schema.ERRORS in batch.column_names else [None] * batch.num_rows
-        # rows the extraction decode already sampled (curate.clips.extract_video) keep their frames
-        have = batch.column(schema.SAMPLES).to_pylist() if schema.SAMPLES in batch.column_names else [None] * batch.num_rows
+        n = batch.num_rows
+        errors = batch.column(schema.ERRORS).to_pylist() if schema.ERRORS in batch.column_names else [None] * n
+        # rows the extraction decode already sampled (curate.clips.extract_video) keep their frames, in
+        # Arrow: a batch's carried frames can be the whole 128 MB budget, so they are never copied out
+        carried = batch.column(schema.SAMPLES).is_valid().to_pylist() if schema.SAMPLES in batch.column_names else [False] * n
+        have: dict[int, bytes] = {}  # the frames sampled here, by row
         cols = [c for c in (schema.CLIP_URI, schema.START_FRAME, schema.END_FRAME, schema.FPS, schema.NUM_FRAMES,
                             schema.CLIP_MODE, schema.SOURCE_URI, schema.VIDEO_ID, schema.WIDTH, schema.HEIGHT,
                             schema.SOURCE_WIDTH, schema.SOURCE_HEIGHT, schema.SOURCE_FPS) if c in batch.column_names]  # fmt: skip
         rows = batch.select(cols).to_pylist()
         spans: dict[tuple[str, str], list[int]] = {}  # deferred rows without frames, per source: decoded from it
         for i, row in enumerate(rows):
-            if have[i] is None and not row[schema.CLIP_URI] and row.get(schema.CLIP_MODE) == "deferred":
+            if not carried[i] and not row[schema.CLIP_URI] and row.get(schema.CLIP_MODE) == "deferred":
                 spans.setdefault((row[schema.SOURCE_URI], row[schema.VIDEO_ID]), []).append(i)
         from curate.deferred import sample_rows  # (lazy: it brings the cut analysis, which only a deferred run needs)
 
@@ -164,11 +168,10 @@ class SampleStage(_stage.StageBase):
                 else:
                     have[i] = got
         for i, row in enumerate(rows):
-            if have[i] is not None or not row[schema.CLIP_URI]:
-                blobs.append(have[i])
+            if carried[i] or i in have or not row[schema.CLIP_URI]:
                 continue
-            n = clip_frames(row)
-            per_plan = {p.name: p.indices(n, row[schema.FPS]) for p in self.wanted}
+            count = clip_frames(row)
+            per_plan = {p.name: p.indices(count, row[schema.FPS]) for p in self.wanted}
             wanted = set().union(*per_plan.values()) if per_plan else set()
             try:
                 path = localize(row[schema.CLIP_URI])
@@ -178,11 +181,13 @@ class SampleStage(_stage.StageBase):
                     release(row[schema.CLIP_URI])
             except Exception as e:  # noqa: BLE001
                 errors[i] = _stage.add_error(errors[i], self.name, f"{type(e).__name__}: {e}")
-                blobs.append(None)
                 continue
-            blobs.append(pack_plans(self.wanted, per_plan, frames))
+            have[i] = pack_plans(self.wanted, per_plan, frames)
         batch = batch.set_column(batch.column_names.index(schema.ERRORS), schema.ERRORS, pa.array(errors, pa.list_(pa.string())))
-        col = pa.array(blobs, pa.binary())
-        if schema.SAMPLES in batch.column_names:
-            return batch.set_column(batch.column_names.index(schema.SAMPLES), schema.SAMPLES, col)
-        return batch.append_column(schema.SAMPLES, col)
+        col = pa.array([have.get(i) for i in range(n)], pa.binary())
+        if schema.SAMPLES not in batch.column_names:
+            return batch.append_column(schema.SAMPLES, col)
+        if not have:
+            return batch
+        k = batch.column_names.index(schema.SAMPLES)
+        return batch.set_column(k, schema.SAMPLES, pc.if_else(pa.array([i in have for i in range(n)]), col, batch.column(k)))
