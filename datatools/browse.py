@@ -173,13 +173,10 @@ class Browser:
     """OUT's rows and what the page asks of them; no Flask in here (tests call it directly)."""
 
     def __init__(self, out: str, rules: Rules, save_to: str | Path, dedup: str | None = None):
-        from curate.dataset import OUT, PARQUET, SUBSET, DatasetError, read_rows, what_is
+        from curate.dataset import OUT, PARQUET, SUBSET, read_rows, what_is
         from curate.storage import OutputStore
 
-        try:
-            self.table = read_rows(out, "", kinds=(OUT, SUBSET, PARQUET))
-        except DatasetError as e:
-            raise BrowseError(str(e)) from None
+        self.table = read_rows(out, "", kinds=(OUT, SUBSET, PARQUET))
         if self.table.num_rows == 0:
             raise BrowseError(f"{out}: has no clip rows")
         missing = [c for c in (schema.CLIP_ID, schema.DURATION_S) if c not in self.table.column_names]

@@ -55,15 +55,12 @@ class DedupParams(Strict):
 
 def load(outs: list[str]) -> pa.Table:
     """The columns dedup needs from each OUT, with the OUT it came from."""
-    from curate.dataset import DatasetError, open_out
+    from curate.dataset import open_out
     from curate.shards import read_shards
 
     tables = []
     for out in outs:
-        try:
-            store, _ = open_out(out)
-        except DatasetError as e:
-            raise DedupError(str(e)) from None
+        store, _ = open_out(out)
         t = registry.conform(read_shards(out)).select(COLUMNS)
         tables.append(t.append_column(OUT_COLUMN, pa.array([store.uri] * t.num_rows, pa.string())))
     return pa.concat_tables(tables)

@@ -328,13 +328,10 @@ def rules_from_flags(rules: Rules, where: list[str], drop_bottom: list[str], dro
 
 
 def run_select(source: str, out: str | Path, rules: Rules) -> dict:
-    from curate.dataset import OUT, PARQUET, DatasetError, read_rows
+    from curate.dataset import OUT, PARQUET, read_rows
     from curate.storage import refuse_inside_output
 
-    try:
-        table = read_rows(str(source), "-s", kinds=(OUT, PARQUET))
-    except DatasetError as e:
-        raise SelectError(str(e)) from None
+    table = read_rows(str(source), "-s", kinds=(OUT, PARQUET))
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise SelectError(f"-o {out}: exists and is not a directory")

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from curate import registry, schema
 from curate.config import ConfigError, PipelineConfig, _set_dotted, format_error, parse_override, pipeline_config_model
-from curate.dataset import DatasetError, open_out
+from curate.dataset import open_out
 from curate.errors import UserError
 from curate.lease import lease_for
 from curate.shards import MANIFEST_FILE, RESCORE, RESCORE_DONE, SHARDS, Committer, resolve_clip_uris
@@ -59,10 +59,7 @@ class RescoreResult:
 def new_config(out: str, sets: list[str]) -> tuple[PipelineConfig, PipelineConfig, dict]:
     """(OUT's config, the config with `sets` applied, OUT's manifest)."""
     check_out_path(out)
-    try:
-        _, manifest = open_out(out)
-    except DatasetError as e:
-        raise RescoreError(str(e)) from None
+    _, manifest = open_out(out)
     data = manifest["config"]
     model = pipeline_config_model()
     try:

@@ -15,13 +15,10 @@ from t2v.config import DataConfig
 def load_rows(data: str | Path) -> list[dict]:
     """[{clip_id, caption, uri | bytes, start_frame, end_frame, fps}] from any curate output."""
     from curate import schema
-    from curate.dataset import DatasetError, best_caption, read_rows
+    from curate.dataset import best_caption, read_rows
     from curate.sample import clip_frames
 
-    try:
-        rows = read_rows(data, "--data").to_pylist()  # an export: metadata now, clip bytes read lazily
-    except DatasetError as e:
-        raise DataError(str(e)) from None
+    rows = read_rows(data, "--data").to_pylist()  # an export: metadata now, clip bytes read lazily
     out = []
     for r in rows:
         if not (r.get("member") or r.get(schema.CLIP_URI)):
