@@ -237,10 +237,7 @@ class Browser:
     # -- one answer per control change -----------------------------------------------------------
     def view(self, body: dict) -> dict:
         rules = self.rules_from(body)
-        try:
-            f = funnel(self.table, rules, self.groups)
-        except SelectError as e:
-            raise BrowseError(str(e)) from None
+        f = funnel(self.table, rules, self.groups)
         for step in f.steps:
             c = self.columns.get(step.get("column"))
             if c is not None and c.kind == "number" and isinstance(step.get("threshold"), (int, float)):
@@ -423,7 +420,7 @@ def make_app(browser: Browser):
     def answer(fn):
         try:
             return jsonify(fn(body()))
-        except BrowseError as e:
+        except UserError as e:  # the page's request cannot be answered (a BrowseError, select's refused nulls)
             return jsonify({"error": str(e)}), 400
 
     @app.get("/")

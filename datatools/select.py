@@ -275,12 +275,9 @@ def select(table: pa.Table, rules: Rules) -> tuple[pa.Table, dict]:
 
 def read_dedup_groups(rule: DedupRule) -> dict[str, str]:
     """clip id -> dedup group of a `curate dedup` output."""
-    from datatools.dedup import DUP_GROUP, DedupError, read_groups
+    from datatools.dedup import DUP_GROUP, read_groups
 
-    try:
-        groups = read_groups(rule.groups)
-    except DedupError as e:
-        raise SelectError(str(e)) from None
+    groups = read_groups(rule.groups)
     return dict(zip(groups.column(schema.CLIP_ID).to_pylist(), groups.column(DUP_GROUP).to_pylist()))
 
 
