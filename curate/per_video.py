@@ -4,8 +4,8 @@ The steps are plain library functions (`curate.video.probe_input`, `curate.cuts.
 `curate.clips.make_clips`) over one `InputRecord`; each raises why its input cannot be used (a
 `curate.record.Quarantine`, a timeout, any error), which `_step` makes the input's quarantine.
 `VideoStage` runs them for each input and serialises the record once, at its boundary, as the
-summary the committer needs. The stage owns
-the local copy of a remote input from start to end (made by probe, removed here, whatever happened).
+summary the committer needs. The stage owns the local copy of a remote input from start to end
+(made by probe, removed here, whatever happened).
 
 Each input runs in a child process, forked from a forkserver (a clean, single-threaded parent:
 safe inside a Ray worker full of threads, and cheap because the server imported the decoders

@@ -184,10 +184,10 @@ class SampleStage(_stage.StageBase):
                 continue
             have[i] = pack_plans(self.wanted, per_plan, frames)
         batch = batch.set_column(batch.column_names.index(schema.ERRORS), schema.ERRORS, pa.array(errors, pa.list_(pa.string())))
+        if schema.SAMPLES in batch.column_names and not have:
+            return batch
         col = pa.array([have.get(i) for i in range(n)], pa.binary())
         if schema.SAMPLES not in batch.column_names:
             return batch.append_column(schema.SAMPLES, col)
-        if not have:
-            return batch
         k = batch.column_names.index(schema.SAMPLES)
         return batch.set_column(k, schema.SAMPLES, pc.if_else(pa.array([i in have for i in range(n)]), col, batch.column(k)))
