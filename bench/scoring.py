@@ -3,7 +3,8 @@
 Prints, for the clips the demo config produces: a bare decode of every clip (PyAV and OpenCV,
 the peers), the `sample` step (one decode serving every scorer), each weight-free scorer's own
 compute, and the same scorers each decoding for themselves. Ratios are what to read: the
-machine is shared and absolute times are noise. Run: python bench/scoring.py [--repeat N]
+machine is shared and absolute times are noise. `--videos DIR`: real footage (e.g.
+../shared/data/videos) instead of the generated corpus. Run: python bench/scoring.py [--repeat N]
 """
 
 from __future__ import annotations
@@ -65,12 +66,16 @@ def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--videos", type=Path, help="a folder of real videos instead of the generated corpus")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="curate-bench-"))
     try:
-        demo_corpus(str(work / "inputs"))
-        for clip in (ROOT / "curate" / "data").glob("*.mp4"):
-            shutil.copy(clip, work / "inputs" / clip.name)
+        if args.videos:
+            shutil.copytree(args.videos, work / "inputs")
+        else:
+            demo_corpus(str(work / "inputs"))
+            for clip in (ROOT / "curate" / "data").glob("*.mp4"):
+                shutil.copy(clip, work / "inputs" / clip.name)
         cfg = load_config(ROOT / "curate" / "configs" / "demo.yaml", ["executor=local"] + [f"scorers.{n}.enabled=false" for n in SCORERS])
         run(cfg, [str(p) for p in sorted((work / "inputs").iterdir())], str(work / "out"))
         clips = read_shards(str(work / "out"))
@@ -79,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         table = clips.select(["clip_uri", "start_frame", "end_frame", "fps", "errors"])
         full = load_config(ROOT / "curate" / "configs" / "demo.yaml")
         scorers = [(cls, getattr(full.scorers, name)) for name, cls in SCORERS.items()
-                   if name in ("flow", "ocr", "quality")]  # fmt: skip
+                   if name in ("flow", "camera", "ocr", "quality", "phash")]  # the demo recipe's weight-free ones
         instances = [cls(params) for cls, params in scorers]
         for s in instances:
             s.setup()
@@ -107,7 +112,9 @@ def main(argv: list[str] | None = None) -> int:
         decode = min(t_pyav, t_cv)
         compute = sum(per_stage.values())
         print(f"scoring (decode once) / bare decode:            {once / decode:6.2f}x")
-        print(f"flow+ocr+quality compute / bare decode:         {compute / decode:6.2f}x  (target < 1)")
+        for k, v in per_stage.items():
+            print(f"  {k} compute / bare decode: {v / decode:.3f}x")
+        print(f"scorer compute / bare decode:                   {compute / decode:6.2f}x  (target < 1)")
         print(f"decode-per-scorer / decode-once:                {separate / once:6.2f}x")
         print(f"of which OCR:                                   {per_stage.get('ocr', 0) / compute:6.1%} of scorer compute")
     finally:

@@ -9,6 +9,8 @@ columns. The Ray wiring lives in pipelines/run.py; without Ray a test does
 from __future__ import annotations
 
 import io
+import struct
+import zipfile
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -192,20 +194,50 @@ def pack_plans(plans: list, per_plan: dict[str, list[int]], frames: dict[int, np
     return pack(arrays)
 
 
-def unpack(blob: bytes | None, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
-    """The arrays of a packed sample (only `keys`, when given: a scorer reads its own frames)."""
-    if not blob:
+def unpack(blob: bytes | pa.Buffer | None, keys: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of a packed sample (only `keys`, when given: a scorer reads its own frames), as
+    read-only views of `blob`. np.savez stores its members uncompressed, so each is a .npy header
+    and the raw array in place; numpy's own reader would copy it twice and CRC it, per scorer."""
+    if blob is None or len(blob) == 0:
         return {}
-    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
-        return {k: z[k] for k in z.files if keys is None or k in keys}
+    src = pa.BufferReader(blob)
+    out = {}
+    with zipfile.ZipFile(src) as z:
+        for info in z.infolist():
+            name = info.filename.removesuffix(".npy")
+            if keys is not None and name not in keys:
+                continue
+            if info.compress_type != zipfile.ZIP_STORED:  # (not what pack writes)
+                out[name] = np.lib.format.read_array(z.open(info), allow_pickle=False)
+                continue
+            src.seek(info.header_offset + 26)  # the local header: 30 bytes, then its name and extra field
+            name_len, extra_len = struct.unpack("<HH", src.read(4))
+            src.seek(info.header_offset + 30 + name_len + extra_len)
+            version = np.lib.format.read_magic(src)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(src)
+            flat = np.frombuffer(blob, dtype, count=int(np.prod(shape)), offset=src.tell())
+            out[name] = flat.reshape(shape, order="F" if fortran else "C")
+    return out
+
+
+def _blobs(batch: pa.Table) -> list[pa.Buffer | None]:
+    """Each row's packed sample, as a view of the batch's memory (not copied out)."""
+    if schema.SAMPLES not in batch.column_names:
+        return [None] * batch.num_rows
+    out = []
+    for chunk in batch.column(schema.SAMPLES).chunks:
+        _, offsets, data = chunk.buffers()  # (the chunk may be a slice of them: its offset)
+        width = np.int64 if pa.types.is_large_binary(chunk.type) else np.int32
+        at = np.frombuffer(offsets, width, len(chunk) + 1, chunk.offset * np.dtype(width).itemsize)
+        out += [data.slice(at[i], at[i + 1] - at[i]) if ok and data is not None else None for i, ok in enumerate(chunk.is_valid().to_pylist())]
+    return out
 
 
 def frames_and_indices(batch: pa.Table, plan_name: str) -> list[tuple[np.ndarray, np.ndarray] | None]:
     """Per row, the frames sampled for `plan_name` and their indices in the clip (None when none)."""
-    n = batch.num_rows
-    blobs = batch.column(schema.SAMPLES).to_pylist() if schema.SAMPLES in batch.column_names else [None] * n
     out = []
-    for blob in blobs:
+    for blob in _blobs(batch):
         arrays = unpack(blob, (plan_name, f"{plan_name}__idx"))
         out.append((arrays[plan_name], arrays[f"{plan_name}__idx"]) if plan_name in arrays else None)
     return out
@@ -213,6 +245,4 @@ def frames_and_indices(batch: pa.Table, plan_name: str) -> list[tuple[np.ndarray
 
 def frames_for(batch: pa.Table, plan_name: str) -> list[np.ndarray | None]:
     """Per row, the (N, H, W, 3) frames sampled for `plan_name` (None when the row has none)."""
-    if schema.SAMPLES not in batch.column_names:
-        return [None] * batch.num_rows
-    return [unpack(blob, (plan_name,)).get(plan_name) for blob in batch.column(schema.SAMPLES).to_pylist()]
+    return [unpack(blob, (plan_name,)).get(plan_name) for blob in _blobs(batch)]

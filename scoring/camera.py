@@ -1,10 +1,11 @@
 """Camera motion apart from object motion, weight-free: a similarity model of the camera fitted
 to the dense flow of each pair of sampled frames, robust to what moves in the scene (RANSAC).
 
-Per pair of frames (sampled at `fps`, long side `max_side`): DIS optical flow; the camera's
-motion is the similarity (translation, scale, rotation) that the most flow vectors agree with
-(cv2.estimateAffinePartial2D, RANSAC over a grid of the flow); the object motion is what is left
-when it is removed. Units do not depend on the resolution or the frame rate: translation and
+Per pair of frames (sampled at `fps`, long side `max_side`): DIS optical flow (`ultrafast`, each
+pair started from the previous pair's flow); the camera's motion is the similarity (translation,
+scale, rotation) that the most flow vectors agree with (cv2.estimateAffinePartial2D, RANSAC over
+the textured points of a lattice on the flow); the object motion is what is left when it is
+removed. Units do not depend on the resolution or the frame rate: translation and
 motion in frame widths per second, zoom in log-scale per second, roll in degrees per second.
 
 Columns, per clip (medians over its pairs unless said):
@@ -19,7 +20,7 @@ Columns, per clip (medians over its pairs unless said):
 - `object_motion`: the flow left after the camera model is removed, mean magnitude, frame
   widths per second (a static camera over walking people: high; a pan over a still landscape: low).
 - `motion_patch_min` / `motion_patch_max`: over a 4x4 grid of the frame, the least and the most
-  moving patch (raw flow, frame widths per second): "static except one corner" has a low min
+  moving patch (raw flow at the lattice's points in it, frame widths per second): "static except one corner" has a low min
   and a high max.
 SVD's `flow_mean` (scoring/flow.py) is left as it is.
 """
@@ -45,11 +46,12 @@ LABELS = ("static", "pan_left", "pan_right", "tilt_up", "tilt_down", "zoom_in", 
 
 
 PRESETS = {"ultrafast": 0, "fast": 1, "medium": 2}  # cv2.DISOPTICAL_FLOW_PRESET_*
+EYE = np.eye(2)
 
 
 class CameraParams(Strict):
     enabled: bool = True
-    preset: Literal["ultrafast", "fast", "medium"] = "fast"
+    preset: Literal["ultrafast", "fast", "medium"] = "ultrafast"
     fps: float = Field(4.0, gt=0, description="pairs of frames this many times a second")
     max_side: int = Field(160, ge=32, description="analysis size (long side)")
     grid: int = Field(12, ge=4, description="flow vectors per side fed to the robust fit")
@@ -75,16 +77,17 @@ class CameraScorer(StageBase):
     )
 
     def __init__(self, params: CameraParams):
-        self.params = params
-        self._flow = None
-        self._grids: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        super().__init__(params)
+        self._dis = None
+        self._grids: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def setup(self) -> None:
         import cv2
 
-        # DIS (Kroeger et al. 2016), preset fast: 4x Farneback's speed at this size (0.8 against 3.2 ms a
-        # pair), and on the generated truth as good (ultrafast, 19x: macro-F1 0.975, rolls missed)
-        self._flow = cv2.DISOpticalFlow_create(PRESETS[self.params.preset])
+        # DIS (Kroeger et al. 2016): `ultrafast`, each pair started from the previous pair's flow
+        # (a camera moves smoothly), is nearly as good on the generated truth as `fast` from
+        # nothing, in a third of the time (bench/README "Camera motion")
+        self._dis = cv2.DISOpticalFlow_create(PRESETS[self.params.preset])
 
     @classmethod
     def plans(cls, params: CameraParams) -> list[SamplePlan]:
@@ -98,61 +101,82 @@ class CameraScorer(StageBase):
     def score_batch(self, items: list) -> list[dict]:
         return [self.score(*item) for item in items]
 
-    def pair(self, a: np.ndarray, b: np.ndarray, dt: float) -> dict:
-        """The camera model between two gray frames `dt` seconds apart, per second."""
+    def pair(self, a: np.ndarray, b: np.ndarray, dt: float, init: np.ndarray) -> tuple[dict, np.ndarray]:
+        """The camera model between two gray frames `dt` seconds apart, per second, and the flow,
+        computed from `init` (the previous pair's flow, or zeros) and in its place. Never None:
+        OpenCV's DIS then starts from what its last call left (a score would depend on the rows
+        before it) and, after frames of another size, crashes."""
         import cv2
 
         h, w = a.shape
-        flow = self._flow.calc(a, b, None)
-        px, py = self._grid(w, h)
+        flow = self._dis.calc(a, b, init)
+        src, at, at_small = self._grid(w, h)
+        grid_flow = flow.reshape(-1, 2)[at]
+        sq = (grid_flow * grid_flow).sum(1)
         # only where the picture has texture: on a flat wall the flow is zero whatever the camera
-        # does (the aperture problem), and those points would outvote the rest for "static"
-        eig = cv2.cornerMinEigenVal(a, 7)[py.astype(int), px.astype(int)]
+        # does (the aperture problem), and those points would outvote the rest for "static".
+        # Texture at a quarter of the size: the scale DIS's finest level works at
+        eig = cv2.cornerMinEigenVal(cv2.resize(a, self._small(w, h), interpolation=cv2.INTER_AREA), 3).ravel()[at_small]
         keep = eig >= 0.01 * max(float(eig.max()), 1e-9)
-        if keep.sum() >= 6:
-            px, py = px[keep], py[keep]
-        f = flow[py.astype(int), px.astype(int)]
-        src = np.stack([px, py], 1)
-        dst = src + f
-        # a similarity about the frame's centre: translation, scale, rotation
-        c = np.array([w / 2, h / 2], np.float32)
-        tol = max(1.0, w / 160)
-        m, inliers = cv2.estimateAffinePartial2D(src - c, dst - c, method=cv2.RANSAC, ransacReprojThreshold=tol)
+        if np.count_nonzero(keep) >= 6:
+            src, f, f_sq = src[keep], grid_flow[keep], sq[keep]
+        else:
+            f, f_sq = grid_flow, sq
         # a camera that holds still wins over a model of what moves in front of it (a hand, a
-        # face) whenever the still part of the picture is nearly as large (4/5)
-        still = int((np.linalg.norm(f, axis=1) < tol).sum())
-        if m is None or still >= 0.8 * int(inliers.sum()):
-            m = np.array([[1, 0, 0], [0, 1, 0]], np.float64)
-        scale = float(np.hypot(m[0, 0], m[1, 0]))
-        angle = float(np.degrees(np.arctan2(m[1, 0], m[0, 0])))
-        model = (src - c) @ m[:, :2].T + m[:, 2] + c
-        resid = np.linalg.norm(dst - model, axis=1)
-        moved = np.linalg.norm(model - src, axis=1)
-        mag = cv2.magnitude(*cv2.split(flow))  # (numpy's norm over the field was a third of a pair's time)
-        ph, pw = h // 4, w // 4  # the 4x4 grid's cells, one reduction for all sixteen
-        patches = mag[:4 * ph, :4 * pw].reshape(4, ph, 4, pw).mean(axis=(1, 3)).ravel()
+        # face) whenever the still part of the picture is nearly as large (4/5) as the model's
+        # inliers; no fit has more inliers than points, so a picture that is mostly still skips it
+        tol = max(1.0, w / 160)
+        still = np.count_nonzero(f_sq < tol * tol)
         per_s = 1.0 / (w * dt)  # pixels between the two frames -> frame widths per second
-        return {"tx": float(m[0, 2]) * per_s, "ty": float(m[1, 2]) * per_s, "zoom": float(np.log(max(scale, 1e-6))) / dt,
-                "roll": angle / dt, "speed": float(moved.mean()) * per_s, "object": float(resid.mean()) * per_s,
-                "patches": np.asarray(patches) * per_s}  # fmt: skip
+        # the 4x4 grid's cells: the mean flow of the lattice points in each
+        patches = cv2.resize(np.sqrt(sq).reshape(self.params.grid, -1), (4, 4), interpolation=cv2.INTER_AREA).ravel() * per_s
+        if still < 0.8 * len(f):
+            m, inliers = cv2.estimateAffinePartial2D(src, src + f, method=cv2.RANSAC, ransacReprojThreshold=tol)
+            if m is not None and still < 0.8 * np.count_nonzero(inliers):
+                rot = m[:, :2]
+                centre = np.array([w / 2, h / 2])
+                t = m[:, 2] + rot @ centre - centre  # the similarity about the frame's centre
+                moved = src @ (rot - EYE).T + m[:, 2]  # each point's motion under the model
+                resid = f - moved
+                return {"tx": t[0] * per_s, "ty": t[1] * per_s, "zoom": np.log(max(np.hypot(rot[0, 0], rot[1, 0]), 1e-6)) / dt,
+                        "roll": np.degrees(np.arctan2(rot[1, 0], rot[0, 0])) / dt,
+                        "speed": np.sqrt((moved * moved).sum(1)).sum() / len(f) * per_s,
+                        "object": np.sqrt((resid * resid).sum(1)).sum() / len(f) * per_s, "patches": patches}, flow  # fmt: skip
+        # the camera held still: all the flow is the objects'
+        return {"tx": 0.0, "ty": 0.0, "zoom": 0.0, "roll": 0.0, "speed": 0.0, "object": np.sqrt(f_sq).sum() / len(f) * per_s, "patches": patches}, flow
 
-    def _grid(self, w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
-        """The fit's points: the centres of a grid x grid lattice over a w x h frame (per size, once)."""
+    def _grid(self, w: int, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The fit's points, per frame size (once): the centres of a grid x grid lattice over a
+        w x h frame as (x, y) pairs, their flat indices in the frame and in the frame at a quarter
+        of its size."""
         key = (w, h)
         if key not in self._grids:
             g = self.params.grid
             ys, xs = np.mgrid[0:g, 0:g]
-            self._grids[key] = (((xs + 0.5) * w / g).ravel().astype(np.float32), ((ys + 0.5) * h / g).ravel().astype(np.float32))
+            px, py = ((xs + 0.5) * w / g).ravel(), ((ys + 0.5) * h / g).ravel()
+            ix, iy = px.astype(int), py.astype(int)
+            sw, sh = self._small(w, h)
+            at_small = np.minimum(iy * sh // h, sh - 1) * sw + np.minimum(ix * sw // w, sw - 1)
+            self._grids[key] = (np.stack([px, py], 1).astype(np.float32), iy * w + ix, at_small)
         return self._grids[key]
+
+    @staticmethod
+    def _small(w: int, h: int) -> tuple[int, int]:
+        return max(1, w // 4), max(1, h // 4)
 
     def score(self, frames: np.ndarray, indices: np.ndarray, fps: float) -> dict:
         import cv2
 
         if len(frames) < 2:
             raise ValueError("needs at least 2 frames")
-        gray = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
-        pairs = [self.pair(gray[k - 1], gray[k], max(1, int(indices[k] - indices[k - 1])) / fps) for k in range(1, len(gray))]
-        med = {k: float(np.median([p[k] for p in pairs])) for k in ("tx", "ty", "zoom", "roll", "speed", "object")}
+        n, h, w = frames.shape[:3]
+        gray = cv2.cvtColor(frames.reshape(n * h, w, 3), cv2.COLOR_RGB2GRAY).reshape(n, h, w)  # (one call for all)
+        pairs, flow = [], np.zeros((h, w, 2), np.float32)
+        for k in range(1, n):
+            got, flow = self.pair(gray[k - 1], gray[k], max(1, int(indices[k] - indices[k - 1])) / fps, flow)
+            pairs.append(got)
+        keys = ("tx", "ty", "zoom", "roll", "speed", "object")
+        med = dict(zip(keys, np.median([[p[k] for k in keys] for p in pairs], axis=0).tolist()))
         patches = np.median([p["patches"] for p in pairs], axis=0)
         return {CAMERA_MOTION: self.label(med, pairs), CAMERA_SPEED: med["speed"], OBJECT_MOTION: med["object"],
                 PATCH_MIN: float(patches.min()), PATCH_MAX: float(patches.max())}  # fmt: skip

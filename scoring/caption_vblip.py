@@ -66,7 +66,8 @@ class VblipCaptioner(StageBase):
 
         m = self.model
         n_frames = len(clips[0])
-        pixels = self.image_processor(images=[f for clip in clips for f in clip], return_tensors="pt")["pixel_values"]
+        # (copies: the sampled frames are read-only views, and torch warns on those)
+        pixels = self.image_processor(images=[f.copy() for clip in clips for f in clip], return_tensors="pt")["pixel_values"]
         pixels = pixels.to(self.device, m.dtype)
         with torch.no_grad():
             feats = m.get_image_features(pixel_values=pixels).pooler_output  # (B*F, Q, D)

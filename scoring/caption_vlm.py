@@ -164,8 +164,9 @@ class VlmCaptioner(StageBase):
 
 
 def _even(frames: np.ndarray) -> np.ndarray:
-    """An odd count of frames gets its last frame twice: Qwen2-VL embeds frames in pairs."""
-    return np.concatenate([frames, frames[-1:]]) if len(frames) % 2 else frames
+    """An odd count of frames gets its last frame twice: Qwen2-VL embeds frames in pairs. A copy
+    either way: the sampled frames are read-only views, and torch warns on those."""
+    return np.concatenate([frames, frames[-1:]]) if len(frames) % 2 else frames.copy()
 
 
 def _answer_ids(tokenizer) -> tuple[list[int], list[int]]:

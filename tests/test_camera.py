@@ -155,3 +155,18 @@ def test_camera_columns_reach_select_and_the_export_caption(tmp_path, three_shot
     assert json.loads((tmp_path / "exp" / "index.json").read_text())["caption_template"] == template
     r = runner.invoke(app, ["export", str(tmp_path / "sub"), "-o", str(tmp_path / "exp2"), "--caption-template", "{caption}, {nope}"])
     assert r.exit_code == 2 and "no column 'nope'" in r.output
+
+
+def test_a_score_does_not_depend_on_the_clips_before_it(scorer):
+    """Each clip's flow starts from zeros: OpenCV's DIS started from nothing reuses what its last
+    call left, and after frames of another size it crashed; clips of mixed sizes in any order
+    score as they do alone."""
+    img = pictures()[0]
+    clips = [render(img, lab, 0.1, seed=1, size=size) for lab, size in (("pan_left", (160, 90)), ("zoom_in", (90, 160)),
+                                                                     ("roll", (160, 120)), ("shaky", (160, 68)))]  # fmt: skip
+    alone = [CameraScorer(CameraParams()) for _ in clips]
+    for s in alone:
+        s.setup()
+    want = [s.score(c, np.arange(9) * 6, 24.0) for s, c in zip(alone, clips)]
+    for order in ([0, 1, 2, 3, 2, 0, 3, 1], [3, 2, 1, 0, 1, 3]):
+        assert [scorer.score(clips[k], np.arange(9) * 6, 24.0) for k in order] == [want[k] for k in order]

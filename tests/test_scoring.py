@@ -186,3 +186,27 @@ def test_plausible_text_rules():
     assert plausible_text(box(70, 260, 330, 195), "OPEL", 0.62, 480, 640)  # big lettering, four glyphs
     assert plausible_text(box(10, 600, 460, 30), "a subtitle line", 0.7, 480, 640)
     assert plausible_text(box(20, 20, 30, 300), "竖排文字", 0.9, 480, 640)  # vertical CJK
+
+
+def test_sampled_frames_are_read_in_place_from_any_slice_of_the_batch():
+    """A scorer reads its frames as read-only views of the batch's Arrow memory (not copied per
+    scorer), from a table of several chunks and from a slice that starts mid-chunk."""
+    import io
+
+    from curate.stage import frames_and_indices, frames_for, pack
+
+    rng = np.random.default_rng(0)
+    packed = [{"flow": rng.integers(0, 255, (k + 2, 6, 8, 3), dtype=np.uint8), "flow__idx": np.arange(k + 2) * 3} for k in range(7)]
+    blobs = [pack(p) for p in packed] + [None]
+    table = pa.concat_tables([pa.table({schema.SAMPLES: pa.array(blobs[:3], pa.binary())}),
+                              pa.table({schema.SAMPLES: pa.array(blobs[3:], pa.binary())})])  # fmt: skip
+    for t, want in ((table, packed + [None]), (table.slice(2, 5), packed[2:7])):
+        got = frames_and_indices(t, "flow")
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            assert (g is None) == (w is None)
+            if w is not None:
+                assert np.array_equal(g[0], w["flow"]) and np.array_equal(g[1], w["flow__idx"]) and not g[0].flags.writeable
+    assert frames_for(table, "camera") == [None] * 8  # a plan the rows lack
+    with np.load(io.BytesIO(blobs[0])) as z:  # the format stays numpy's own
+        assert np.array_equal(z["flow"], packed[0]["flow"])
