@@ -227,6 +227,9 @@ def _blobs(batch: pa.Table) -> list[pa.Buffer | None]:
         return [None] * batch.num_rows
     out = []
     for chunk in batch.column(schema.SAMPLES).chunks:
+        if not (pa.types.is_binary(chunk.type) or pa.types.is_large_binary(chunk.type)):
+            out += chunk.to_pylist()  # (another layout, e.g. binary_view: copied, as before)
+            continue
         _, offsets, data = chunk.buffers()  # (the chunk may be a slice of them: its offset)
         width = np.int64 if pa.types.is_large_binary(chunk.type) else np.int32
         at = np.frombuffer(offsets, width, len(chunk) + 1, chunk.offset * np.dtype(width).itemsize)
