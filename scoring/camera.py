@@ -20,8 +20,8 @@ Columns, per clip (medians over its pairs unless said):
 - `object_motion`: the flow left after the camera model is removed, mean magnitude, frame
   widths per second (a static camera over walking people: high; a pan over a still landscape: low).
 - `motion_patch_min` / `motion_patch_max`: over a 4x4 grid of the frame, the least and the most
-  moving patch (raw flow at the lattice's points in it, frame widths per second): "static except one corner" has a low min
-  and a high max.
+  moving patch (raw flow at the lattice's points in it, frame widths per second): "static except
+  one corner" has a low min and a high max.
 SVD's `flow_mean` (scoring/flow.py) is left as it is.
 """
 
@@ -115,7 +115,7 @@ class CameraScorer(StageBase):
         h, w = a.shape
         if cv2.norm(a, b, cv2.NORM_INF) <= NOISE:  # nothing moved (a still picture, a slide): no flow to find
             init[:] = 0
-            return {"tx": 0.0, "ty": 0.0, "zoom": 0.0, "roll": 0.0, "speed": 0.0, "object": 0.0, "patches": np.zeros(16)}, init
+            return _held_still(0.0, np.zeros(16)), init
         flow = self._dis.calc(a, b, init)
         src, at, at_small = self._grid(w, h)
         grid_flow = flow.reshape(-1, 2)[at]
@@ -149,8 +149,7 @@ class CameraScorer(StageBase):
                         "roll": np.degrees(np.arctan2(rot[1, 0], rot[0, 0])) / dt,
                         "speed": np.sqrt((moved * moved).sum(1)).sum() / len(f) * per_s,
                         "object": np.sqrt((resid * resid).sum(1)).sum() / len(f) * per_s, "patches": patches}, flow  # fmt: skip
-        # the camera held still: all the flow is the objects'
-        return {"tx": 0.0, "ty": 0.0, "zoom": 0.0, "roll": 0.0, "speed": 0.0, "object": np.sqrt(f_sq).sum() / len(f) * per_s, "patches": patches}, flow
+        return _held_still(np.sqrt(f_sq).sum() / len(f) * per_s, patches), flow
 
     def _grid(self, w: int, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The fit's points, per frame size (once): the centres of a grid x grid lattice over a
@@ -205,3 +204,8 @@ class CameraScorer(StageBase):
         if abs(med["roll"]) >= p.roll:
             found.append("roll")
         return "static" if not found else found[0] if len(found) == 1 else "complex"
+
+
+def _held_still(object_motion: float, patches: np.ndarray) -> dict:
+    """A pair's figures when the camera held still: all the flow there is is the objects'."""
+    return {"tx": 0.0, "ty": 0.0, "zoom": 0.0, "roll": 0.0, "speed": 0.0, "object": object_motion, "patches": patches}
