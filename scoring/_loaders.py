@@ -42,21 +42,25 @@ def load_open_clip(stage: str, model: str, pretrained: str | None, model_config:
     return m, preprocess, open_clip.get_tokenizer(model)
 
 
-def device_and_dtype(device: str, dtype: str):
-    """(device, torch dtype) of a transformers stage: `auto` is bfloat16 on GPU, float32 on CPU."""
+def load_transformers(model_cls, path: str, device: str, dtype: str):
+    """(model in eval mode on its device, device) of a transformers stage, quietly (no progress
+    bars, errors only); dtype `auto` is bfloat16 on GPU, float32 on CPU."""
     import torch
-
-    dev = resolve_device(device)
-    if dtype == "auto":
-        return dev, torch.bfloat16 if dev == "cuda" else torch.float32
-    return dev, getattr(torch, dtype)
-
-
-def quiet_transformers() -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    dev = resolve_device(device)
+    dt = (torch.bfloat16 if dev == "cuda" else torch.float32) if dtype == "auto" else getattr(torch, dtype)
+    return model_cls.from_pretrained(path, dtype=dt, local_files_only=True).to(dev).eval(), dev
+
+
+def pad_left(tokenizer):
+    """A tokenizer set up for batched generation, which continues the right end of every row."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def to_pil(frames: np.ndarray) -> list:

@@ -57,16 +57,11 @@ class LlmCaptioner(StageBase):
             return
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from scoring._loaders import device_and_dtype, quiet_transformers, require
+        from scoring._loaders import load_transformers, pad_left, require
 
-        quiet_transformers()
         path = require(self.model_refs(self.params)[0])
-        self.device, dtype = device_and_dtype(self.params.device, self.params.dtype)
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, local_files_only=True).to(self.device).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.tokenizer.padding_side = "left"  # generation continues the right end of every row
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model, self.device = load_transformers(AutoModelForCausalLM, path, self.params.device, self.params.dtype)
+        self.tokenizer = pad_left(AutoTokenizer.from_pretrained(path, local_files_only=True))
 
     def render(self, coca: str | None, vblip: str | None, vlm: str | None = None) -> str:
         text = self.params.prompt.format(caption_coca=coca or "none", caption_vblip=vblip or "none", caption_vlm=vlm or "none")

@@ -51,12 +51,10 @@ class VblipCaptioner(StageBase):
             return
         from transformers import AutoImageProcessor, AutoTokenizer, Blip2ForConditionalGeneration
 
-        from scoring._loaders import device_and_dtype, quiet_transformers, require
+        from scoring._loaders import load_transformers, require
 
-        quiet_transformers()
         path = require(self.model_refs(self.params)[0])
-        self.device, dtype = device_and_dtype(self.params.device, self.params.dtype)
-        self.model = Blip2ForConditionalGeneration.from_pretrained(path, dtype=dtype, local_files_only=True).to(self.device).eval()
+        self.model, self.device = load_transformers(Blip2ForConditionalGeneration, path, self.params.device, self.params.dtype)
         self.image_processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
 

@@ -196,17 +196,12 @@ class _Transformers:
     def __init__(self, path: str, params: VlmParams):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        from scoring._loaders import device_and_dtype, quiet_transformers
+        from scoring._loaders import load_transformers, pad_left
 
-        quiet_transformers()
         self.params = params
-        self.device, dtype = device_and_dtype(params.device, params.dtype)
-        self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype, local_files_only=True).to(self.device).eval()
+        self.model, self.device = load_transformers(AutoModelForImageTextToText, path, params.device, params.dtype)
         self.processor = AutoProcessor.from_pretrained(path, local_files_only=True)
-        self.tokenizer = self.processor.tokenizer
-        self.tokenizer.padding_side = "left"  # generation continues the right end of every row
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer = pad_left(self.processor.tokenizer)
         import inspect
 
         self.reuse_video = "mm_encoder_outputs" in inspect.signature(self.model.forward).parameters
