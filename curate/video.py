@@ -217,7 +217,6 @@ def iter_frames(
     for variable frame rate inputs. Raises DecodeTimeout if the decode runs past `deadline_s`.
     """
     channels = {"bgr24": 3, "rgb24": 3, "gray": 1}[pix_fmt]
-    frame_bytes = width * height * channels
     cmd = [
         ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-noautorotate",
         "-threads", str(threads), *extra_input_args, "-i", path,
@@ -230,22 +229,8 @@ def iter_frames(
         # A reader thread keeps ffmpeg decoding ahead while the caller analyses frames: the pipe
         # holds less than one frame, so reading inline would serialise decode and analysis.
         chunks: queue.Queue = queue.Queue(maxsize=4)
-
-        def _reader() -> None:
-            assert proc.stdout is not None
-            try:
-                while True:
-                    buf = proc.stdout.read(frame_bytes * chunk_frames)
-                    n = len(buf) // frame_bytes
-                    if n:
-                        arr = np.frombuffer(buf, dtype=np.uint8, count=n * frame_bytes)
-                        chunks.put(arr.reshape(n, height, width, channels))
-                    if len(buf) < frame_bytes * chunk_frames:
-                        break
-            finally:
-                chunks.put(None)
-
-        reader = threading.Thread(target=_reader, daemon=True)
+        reader = threading.Thread(target=read_chunks, args=(proc.stdout, (height, width, channels), chunk_frames, chunks),
+                                  daemon=True)
         reader.start()
         try:
             while (chunk := chunks.get()) is not None:
@@ -263,6 +248,21 @@ def iter_frames(
             reader.join()
         if timed_out.is_set():
             raise DecodeTimeout(f"decode exceeded {deadline_s:.0f}s")
+
+
+def read_chunks(stream, shape: tuple[int, ...], chunk_frames: int, chunks: queue.Queue) -> None:
+    """A raw video pipe's frames of `shape` into `chunks`, `chunk_frames` to an array, then None."""
+    frame_bytes = int(np.prod(shape))
+    try:
+        while True:
+            buf = stream.read(frame_bytes * chunk_frames)
+            n = len(buf) // frame_bytes
+            if n:
+                chunks.put(np.frombuffer(buf, np.uint8, count=n * frame_bytes).reshape(n, *shape))
+            if len(buf) < frame_bytes * chunk_frames:
+                break
+    finally:
+        chunks.put(None)
 
 
 # --- step 1 of an input (curate.per_video): probe into the record ---------------------------------
