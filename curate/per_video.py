@@ -171,16 +171,11 @@ def _table(uri: str, summary: VideoRecord, rows: list[dict], video_id: str | Non
     fields = [*schema.CLIP_FIELDS, pa.field(schema.VIDEO_META, pa.string()), pa.field(schema.SAMPLES, pa.binary()),
               pa.field(schema.UNIT, pa.string()), pa.field(schema.SEGMENT, pa.string())]
     relaxed = pa.schema([pa.field(f.name, f.type) for f in fields])  # marker rows have null ids
-    # the carried frames (up to SAMPLE_BUDGET_BYTES) go into Arrow a few rows at a time, each row's
-    # bytes let go once copied: the child never holds both copies whole (bench/README, memory)
+    # the carried frames (up to SAMPLE_BUDGET_BYTES) go into Arrow where they are, not copied
     samples = [r.pop(schema.SAMPLES, None) for r in rows]
     table = pa.Table.from_pylist(rows, schema=relaxed)
-    chunks = []
-    for i in range(0, len(samples), 16):
-        chunks.append(pa.array(samples[i:i + 16], pa.binary()))
-        samples[i:i + 16] = [None] * len(chunks[-1])
     k = relaxed.get_field_index(schema.SAMPLES)
-    return table.set_column(k, relaxed.field(k), pa.chunked_array(chunks, pa.binary()))
+    return table.set_column(k, relaxed.field(k), _stage.binary_column(samples))
 
 
 def quarantine_row(uri: str, reason: str, detail: str, seconds: float, unit: str | None = None) -> pa.Table:

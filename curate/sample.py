@@ -140,8 +140,6 @@ class SampleStage(_stage.StageBase):
         pass
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        import pyarrow.compute as pc
-
         from curate.storage import localize, release
 
         n = batch.num_rows
@@ -149,7 +147,7 @@ class SampleStage(_stage.StageBase):
         # rows the extraction decode already sampled (curate.clips.extract_video) keep their frames, in
         # Arrow: a batch's carried frames can be the whole 128 MB budget, so they are never copied out
         carried = batch.column(schema.SAMPLES).is_valid().to_pylist() if schema.SAMPLES in batch.column_names else [False] * n
-        have: dict[int, bytes] = {}  # the frames sampled here, by row
+        have: dict[int, pa.Buffer] = {}  # the frames sampled here, by row
         cols = [c for c in (schema.CLIP_URI, schema.START_FRAME, schema.END_FRAME, schema.FPS, schema.NUM_FRAMES,
                             schema.CLIP_MODE, schema.SOURCE_URI, schema.VIDEO_ID, schema.WIDTH, schema.HEIGHT,
                             schema.SOURCE_WIDTH, schema.SOURCE_HEIGHT, schema.SOURCE_FPS) if c in batch.column_names]  # fmt: skip
@@ -184,10 +182,9 @@ class SampleStage(_stage.StageBase):
                 continue
             have[i] = pack_plans(self.wanted, per_plan, frames)
         batch = batch.set_column(batch.column_names.index(schema.ERRORS), schema.ERRORS, pa.array(errors, pa.list_(pa.string())))
-        if schema.SAMPLES in batch.column_names and not have:
-            return batch
-        col = pa.array([have.get(i) for i in range(n)], pa.binary())
         if schema.SAMPLES not in batch.column_names:
-            return batch.append_column(schema.SAMPLES, col)
+            return batch.append_column(schema.SAMPLES, _stage.binary_column([have.get(i) for i in range(n)]))
+        if not have:
+            return batch
         k = batch.column_names.index(schema.SAMPLES)
-        return batch.set_column(k, schema.SAMPLES, pc.if_else(pa.array([i in have for i in range(n)]), col, batch.column(k)))
+        return batch.set_column(k, schema.SAMPLES, _stage.binary_column([have.get(i) for i in range(n)], batch.column(k)))

@@ -169,13 +169,19 @@ def set_columns(batch: pa.Table, values: dict[str, list], fields: tuple[pa.Field
 
 
 # --- `_samples`: the frames each scorer asked for, packed once per clip (npz) ----------------------
-def pack(arrays: dict[str, np.ndarray]) -> bytes:
+def pack(arrays: dict[str, np.ndarray]) -> pa.Buffer:
+    """The arrays as npz, in Arrow's memory pool, where the frames that come in Arrow (a watchdog
+    child's rows, a Ray block) live too: the pool reuses what a scored batch freed, which bytes
+    from another allocator would not (bench/README, the deferred mode's memory)."""
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    return buf.getvalue()
+    view = buf.getbuffer()
+    out = pa.allocate_buffer(len(view))
+    np.frombuffer(out, np.uint8)[:] = np.frombuffer(view, np.uint8)
+    return out
 
 
-def pack_plans(plans: list, per_plan: dict[str, list[int]], frames: dict[int, np.ndarray]) -> bytes:
+def pack_plans(plans: list, per_plan: dict[str, list[int]], frames: dict[int, np.ndarray]) -> pa.Buffer:
     """One clip's sample: per plan, its frames (from `frames`, index -> RGB at the stored clip size)
     resized to the plan's size, and their indices. The sample stage and the extraction decode
     (curate.clips) both pack with this, so a scorer cannot tell which one fed it."""
@@ -219,6 +225,22 @@ def unpack(blob: bytes | pa.Buffer | None, keys: tuple[str, ...] | None = None) 
             flat = np.frombuffer(blob, dtype, count=int(np.prod(shape)), offset=src.tell())
             out[name] = flat.reshape(shape, order="F" if fortran else "C")
     return out
+
+
+def binary_column(blobs: list[pa.Buffer | bytes | None], base: pa.ChunkedArray | None = None) -> pa.ChunkedArray:
+    """A binary column over the blobs' own memory, a chunk per row (no copy of what can be 100+ MB
+    of frames, and a scored row's frames can be freed alone); a row whose blob is None keeps
+    `base`'s value (null without one)."""
+    type_ = base.type if base is not None else pa.binary()
+    width = np.int64 if pa.types.is_large_binary(type_) else np.int32
+    chunks = []
+    for i, blob in enumerate(blobs):
+        if blob is None:
+            chunks += base.slice(i, 1).chunks if base is not None else [pa.nulls(1, type_)]
+        else:
+            data = blob if isinstance(blob, pa.Buffer) else pa.py_buffer(blob)
+            chunks.append(pa.Array.from_buffers(type_, 1, [None, pa.py_buffer(np.array([0, len(blob)], width)), data]))
+    return pa.chunked_array(chunks, type_)
 
 
 def _blobs(batch: pa.Table) -> list[pa.Buffer | None]:

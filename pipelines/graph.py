@@ -367,13 +367,12 @@ def execute(cfg: PipelineConfig, units: list[pa.Table] | pa.Table, specs: list[S
         step = max([spec.cls.resources_for(spec.params).batch_size or 1 for spec in specs[1:]] or [1])
         for unit in _each(units):
             for start in range(0, unit.num_rows, local_rows):
-                batch = unit.slice(start, local_rows)
-                for s in first:
-                    batch = timed(s, batch)
-                for part in [batch.slice(at, step) for at in range(0, batch.num_rows, step)] if rest else [batch]:
-                    for s in rest:
-                        part = timed(s, part)
-                    yield _without_samples(part)
+                batch = _through(first, unit.slice(start, local_rows))
+                # no name holds a part past its yield: each part's frames go once it is scored
+                parts = [batch.slice(at, step) for at in range(0, batch.num_rows, step)] if rest else [batch]
+                del batch
+                while parts:
+                    yield _without_samples(_through(rest, parts.pop(0)))
         return
     import ray
     from ray.data import DataContext
@@ -397,8 +396,18 @@ def _each(units: list[pa.Table] | pa.Table) -> Iterable[pa.Table]:
     return (units.slice(i, 1) for i in range(units.num_rows)) if isinstance(units, pa.Table) else iter(units)
 
 
+def _through(stages: list, batch: pa.Table) -> pa.Table:
+    for s in stages:
+        batch = timed(s, batch)
+    return batch
+
+
 def _without_samples(batch: pa.Table) -> pa.Table:
-    return batch.drop_columns([schema.SAMPLES]) if schema.SAMPLES in batch.column_names else batch
+    if schema.SAMPLES not in batch.column_names:
+        return batch
+    # the rest copied (it is small): its columns can share one buffer with the frames (an Arrow IPC
+    # message's body, a Ray block), which would keep the frames until the input is committed
+    return batch.drop_columns([schema.SAMPLES]).take(pa.array(range(batch.num_rows), pa.int64()))
 
 
 def build_dataset(cfg: PipelineConfig, units: list[pa.Table] | pa.Table, specs: list[StageSpec], cluster: dict[str, float]):

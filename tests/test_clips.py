@@ -217,7 +217,7 @@ def test_samples_carried_within_a_budget_then_left_to_the_sample_step(tmp_path, 
     from curate import clips, schema
     from curate.clips import extract_video
     from curate.sample import SampleParams, SamplePlan, SampleStage
-    from curate.stage import unpack
+    from curate.stage import binary_column, unpack
 
     monkeypatch.setattr(clips, "GROUP_CLIPS", 2)
     info = probe(three_shots.path)
@@ -229,7 +229,7 @@ def test_samples_carried_within_a_budget_then_left_to_the_sample_step(tmp_path, 
     assert [f.sample is not None for f in files] == [True, True, False, False, False]
     rows = pa.table({schema.CLIP_URI: [f.path for f in files], schema.START_FRAME: [s.start for s in spans],
                      schema.END_FRAME: [s.end for s in spans], schema.FPS: [24.0] * 5, schema.ERRORS: [[]] * 5,
-                     schema.SAMPLES: pa.array([f.sample for f in files], pa.binary())})  # fmt: skip
+                     schema.SAMPLES: binary_column([f.sample for f in files])})  # fmt: skip
     out = SampleStage(SampleParams(), [plan])(rows)
     blobs = out.column(schema.SAMPLES).to_pylist()
     assert blobs[:2] == [files[0].sample, files[1].sample]  # kept, not decoded again

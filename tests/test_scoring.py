@@ -193,11 +193,11 @@ def test_sampled_frames_are_read_in_place_from_any_slice_of_the_batch():
     scorer), from a table of several chunks and from a slice that starts mid-chunk."""
     import io
 
-    from curate.stage import frames_and_indices, frames_for, pack
+    from curate.stage import binary_column, frames_and_indices, frames_for, pack
 
     rng = np.random.default_rng(0)
     packed = [{"flow": rng.integers(0, 255, (k + 2, 6, 8, 3), dtype=np.uint8), "flow__idx": np.arange(k + 2) * 3} for k in range(7)]
-    blobs = [pack(p) for p in packed] + [None]
+    blobs = [pack(p).to_pybytes() for p in packed] + [None]
     table = pa.concat_tables([pa.table({schema.SAMPLES: pa.array(blobs[:3], pa.binary())}),
                               pa.table({schema.SAMPLES: pa.array(blobs[3:], pa.binary())})])  # fmt: skip
     for t, want in ((table, packed + [None]), (table.slice(2, 5), packed[2:7])):
@@ -208,8 +208,33 @@ def test_sampled_frames_are_read_in_place_from_any_slice_of_the_batch():
             if w is not None:
                 assert np.array_equal(g[0], w["flow"]) and np.array_equal(g[1], w["flow__idx"]) and not g[0].flags.writeable
     assert frames_for(table, "camera") == [None] * 8  # a plan the rows lack
+    per_row = pa.table({schema.SAMPLES: binary_column([pack(p) for p in packed] + [None])})  # a chunk per row, not copied
+    assert per_row.column(0).num_chunks == 8 and frames_for(per_row, "camera") == [None] * 8
+    assert all(np.array_equal(g[0], w["flow"]) for g, w in zip(frames_and_indices(per_row.slice(1), "flow"), packed[1:]))
     for typ in (pa.large_binary(), pa.binary_view()):  # other layouts of the same bytes
         other = pa.table({schema.SAMPLES: pa.array(blobs, typ)})
         assert all(np.array_equal(g[0], w["flow"]) for g, w in zip(frames_and_indices(other, "flow")[:7], packed))
     with np.load(io.BytesIO(blobs[0])) as z:  # the format stays numpy's own
         assert np.array_equal(z["flow"], packed[0]["flow"])
+
+
+def test_scored_rows_let_go_of_their_frames(tmp_path):
+    """The rows that wait for their input's commit hold no frames: a watchdog child's rows come as
+    an Arrow stream whose message bodies hold every column of a row, the frames too, so the rows
+    kept after the scorers are copies, and the frames' memory goes back to Arrow's pool."""
+    from curate.stage import binary_column, pack
+    from pipelines.graph import _without_samples
+
+    frames = [pack({"x": np.full((16, 256, 256, 3), k, np.uint8)}) for k in range(4)]  # 3 MB a row
+    table = pa.table({schema.CLIP_ID: list("abcd"), schema.SAMPLES: binary_column(frames)})
+    with pa.OSFile(str(tmp_path / "rows.arrow"), "wb") as fh, pa.ipc.new_stream(fh, table.schema) as w:
+        w.write_table(table)
+    del frames, table
+    before = pa.total_allocated_bytes()
+    with pa.OSFile(str(tmp_path / "rows.arrow")) as fh:
+        read = pa.ipc.open_stream(fh).read_all()
+    assert pa.total_allocated_bytes() - before > 12e6
+    rows = _without_samples(read)
+    del read
+    assert pa.total_allocated_bytes() - before < 1e6
+    assert rows.column(schema.CLIP_ID).to_pylist() == list("abcd") and schema.SAMPLES not in rows.column_names
