@@ -9,6 +9,7 @@ import re
 import shutil
 import sys
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
@@ -92,11 +93,15 @@ def _filter_native_stderr() -> None:
     threading.Thread(target=pump, name="curate-stderr", daemon=True).start()
 
 
-def _progress() -> Progress:
-    return Progress(
+@contextmanager
+def _progress(description: str, total: int | None = None, visible: bool = True):
+    """A progress bar; yields the on_progress(done, total) callback that moves it."""
+    with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, transient=False, disable=not console.is_terminal and os.environ.get("CI") == "true",
-    )  # fmt: skip
+    ) as progress:  # fmt: skip
+        task = progress.add_task(description, total=total, visible=visible)
+        yield lambda done, total: progress.update(task, total=total, completed=done)
 
 
 def _run(config: Optional[Path], inputs: list[str], out: str, sets: list[str], ray_address: Optional[str],
@@ -119,12 +124,7 @@ def _run(config: Optional[Path], inputs: list[str], out: str, sets: list[str], r
 
     if cfg.executor == "ray":
         _filter_native_stderr()
-    with _progress() as progress:
-        task = progress.add_task("curating inputs", total=len(uris))
-
-        def on_progress(done: int, total: int) -> None:
-            progress.update(task, total=total, completed=done)
-
+    with _progress("curating inputs", len(uris)) as on_progress:
         try:
             result = run(cfg, uris, out, on_progress=on_progress, force=force)
         except OSError as e:  # a full disk, a vanished mount: what was committed stays whole
@@ -180,12 +180,7 @@ def rescore_cmd(
         sets = [*sets, f"ray.address={ray_address}"]
     _log_to_console()
     _filter_native_stderr()
-    with _progress() as progress:
-        task = progress.add_task("rescoring parts", total=None)
-
-        def on_progress(done: int, total: int) -> None:
-            progress.update(task, total=total, completed=done)
-
+    with _progress("rescoring parts") as on_progress:
         try:
             result = rescore(out, sets, named, on_progress=on_progress)
         except OSError as e:
@@ -401,10 +396,9 @@ def export_cmd(
             _filter_native_stderr()
         m = Materialize(clips, resize, "ray" if (on_ray or ray_address) else "local", ray_address)
     try:
-        with _progress() as progress:
-            task = progress.add_task("materializing clips", total=None, visible=materialize)
+        with _progress("materializing clips", visible=materialize) as on_progress:
             if m is not None:
-                m.on_progress = lambda done, total: progress.update(task, total=total, completed=done)
+                m.on_progress = on_progress
             index = export(subset, out, fmt, max_rows, max_bytes, embed, m, caption_template)
     except (FileNotFoundError, ValueError) as e:
         _fail(str(e))

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from typing import Callable
+from typing import Callable, Iterator
 
 from curate import schema
 from curate.clips import Geometry
@@ -24,11 +24,20 @@ def materialize(rows: list[dict], clips_dir: str, params: ClipsParams, resize: b
     by_source: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in rows:
         by_source[(r[schema.SOURCE_URI], r[schema.VIDEO_ID])].append(r)
-    groups = list(by_source.values())
     out: Result = {}
-    done = 0
     if on_progress:
         on_progress(0, len(rows))
+    for got in _per_source(list(by_source.values()), clips_dir, params, resize, executor, ray_address):
+        out |= got
+        if on_progress:
+            on_progress(len(out), len(rows))
+    return out
+
+
+def _per_source(groups: list[list[dict]], clips_dir: str, params: ClipsParams, resize: bool, executor: str,
+                ray_address: str | None) -> Iterator[Result]:
+    """Each source's results as its task ends, a Ray task each or a thread per CPU here (each task
+    is an ffmpeg process that decodes and encodes)."""
     if executor == "ray":
         import ray
 
@@ -37,19 +46,8 @@ def materialize(rows: list[dict], clips_dir: str, params: ClipsParams, resize: b
         pending = [task.remote(g, clips_dir, params, resize) for g in groups]
         while pending:
             ready, pending = ray.wait(pending, num_returns=1)
-            got = ray.get(ready[0])
-            out |= got
-            done += len(got)
-            if on_progress:
-                on_progress(done, len(rows))
-        return out
-    # each task is an ffmpeg process that decodes and encodes: a thread per CPU keeps them busy
+            yield ray.get(ready[0])
+        return
     with ThreadPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
         futures = [pool.submit(materialize_source, g, clips_dir, params, resize) for g in groups]
-        for f in as_completed(futures):
-            got = f.result()
-            out |= got
-            done += len(got)
-            if on_progress:
-                on_progress(done, len(rows))
-    return out
+        yield from (f.result() for f in as_completed(futures))

@@ -21,7 +21,7 @@ def require(ref: ModelRef) -> str:
 
 
 def load_open_clip(stage: str, model: str, pretrained: str | None, model_config: str | None, device: str):
-    """(model, image preprocess, tokenizer) through open_clip's own factory.
+    """(model on its device, image preprocess, tokenizer, device) through open_clip's own factory.
 
     `model_config` registers a model config JSON (a custom or tiny architecture) under its file
     name first; `pretrained` is a tag (resolved in the local Hugging Face cache, never fetched)
@@ -37,9 +37,9 @@ def load_open_clip(stage: str, model: str, pretrained: str | None, model_config:
         raise MissingModelError(f"{stage}: open_clip has no model named {model!r} (set model_config to its JSON)")
     require(ModelRef(stage, "image-text model", "open_clip", model, pretrained))
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # resolve tags from the cache only
-    m, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained, device=resolve_device(device))
-    m.eval()
-    return m, preprocess, open_clip.get_tokenizer(model)
+    device = resolve_device(device)
+    m, _, preprocess = open_clip.create_model_and_transforms(model, pretrained=pretrained, device=device)
+    return m.eval(), preprocess, open_clip.get_tokenizer(model), device
 
 
 def load_transformers(model_cls, path: str, device: str, dtype: str):

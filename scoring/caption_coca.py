@@ -54,12 +54,10 @@ class CocaCaptioner(StageBase):
     def setup(self) -> None:
         if self.model is not None:
             return
-        from curate.models import resolve_device
         from scoring._loaders import enable_coca_generation, load_open_clip
 
         p = self.params
-        self.device = resolve_device(p.device)
-        self.model, self.preprocess, _ = load_open_clip(self.name, p.model, p.pretrained, p.model_config_path, p.device)
+        self.model, self.preprocess, _, self.device = load_open_clip(self.name, p.model, p.pretrained, p.model_config_path, p.device)
         if not hasattr(self.model, "generate"):
             raise TypeError(f"{self.name}: {p.model} is not a CoCa model (it has no generate())")
         enable_coca_generation()

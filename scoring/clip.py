@@ -93,12 +93,11 @@ class ClipScorer(StageBase):
     def setup(self) -> None:
         if self.model is not None:
             return
-        from curate.models import resolve_device
         from scoring._loaders import load_open_clip, require
 
         p = self.params
-        self.device = resolve_device(p.device)
-        self.model, self.preprocess, self.tokenizer = load_open_clip(self.name, p.model, p.pretrained, p.model_config_path, p.device)
+        self.model, self.preprocess, self.tokenizer, self.device = load_open_clip(self.name, p.model, p.pretrained,
+                                                                                  p.model_config_path, p.device)
         self.head = None
         if p.aesthetic_head:
             require(ModelRef(self.name, "aesthetic head", "file", p.aesthetic_head))
