@@ -335,6 +335,7 @@ def _serve(conn) -> None:
             with pa.OSFile(os.path.join(workdir, RESULT_FILE), "wb") as fh, pa.ipc.new_stream(fh, table.schema) as w:
                 w.write_table(table)
             del table
+            pa.default_memory_pool().release_unused()  # the unit's frames, back to the OS while it waits
             conn.send_bytes(b"ok")
         except BaseException as e:  # noqa: BLE001 -- reported to the parent as this input's failure
             conn.send_bytes(json.dumps({"error": f"{type(e).__name__}: {e}"}).encode())

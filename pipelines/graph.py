@@ -373,6 +373,9 @@ def execute(cfg: PipelineConfig, units: list[pa.Table] | pa.Table, specs: list[S
                 del batch
                 while parts:
                     yield _without_samples(_through(rest, parts.pop(0)))
+                    # what the part freed goes back to the OS: Arrow's pool would keep it, and the
+                    # next input's decode (the watchdog child, ffmpeg) would sit on top of it
+                    pa.default_memory_pool().release_unused()
         return
     import ray
     from ray.data import DataContext
