@@ -231,6 +231,8 @@ def binary_column(blobs: list[pa.Buffer | bytes | None], base: pa.ChunkedArray |
     """A binary column over the blobs' own memory, a chunk per row (no copy of what can be 100+ MB
     of frames, and a scored row's frames can be freed alone); a row whose blob is None keeps
     `base`'s value (null without one)."""
+    if base is not None and not (pa.types.is_binary(base.type) or pa.types.is_large_binary(base.type)):
+        base = base.cast(pa.binary())  # (another layout, e.g. binary_view: its rows are built here as offsets)
     type_ = base.type if base is not None else pa.binary()
     width = np.int64 if pa.types.is_large_binary(type_) else np.int32
     chunks = []
