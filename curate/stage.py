@@ -169,19 +169,56 @@ def set_columns(batch: pa.Table, values: dict[str, list], fields: tuple[pa.Field
 
 
 # --- `_samples`: the frames each scorer asked for, packed once per clip (npz) ----------------------
-def pack(arrays: dict[str, np.ndarray]) -> pa.Buffer:
-    """The arrays as npz, in Arrow's memory pool, where the frames that come in Arrow (a watchdog
-    child's rows, a Ray block) live too: the pool reuses what a scored batch freed, which bytes
-    from another allocator would not (bench/README, the deferred mode's memory)."""
+class Spilled:
+    """A packed sample in a watchdog child's spill file (`spill_to`): what a row carries in its
+    place until the child writes its rows out, one row's frames read back at a time."""
+
+    __slots__ = ("path", "offset", "size")
+
+    def __init__(self, path: str, offset: int, size: int):
+        self.path, self.offset, self.size = path, offset, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def read(self) -> pa.Buffer:
+        with pa.OSFile(self.path) as fh:
+            return fh.read_at(self.size, self.offset)
+
+
+_SPILL: str | None = None
+
+
+def spill_to(path: str | None) -> None:
+    """Pack into this file from now on (None: into memory). A watchdog child spills its unit's
+    carried frames (up to clips.SAMPLE_BUDGET_BYTES): held in memory, they sat on top of the rest
+    of the decode (bench/README, the deferred mode's memory)."""
+    global _SPILL
+    _SPILL = path
+
+
+def loaded(blob: pa.Buffer | Spilled | bytes | None) -> pa.Buffer | bytes | None:
+    return blob.read() if isinstance(blob, Spilled) else blob
+
+
+def pack(arrays: dict[str, np.ndarray]) -> pa.Buffer | Spilled:
+    """The arrays as npz: in the spill file where one is set (`spill_to`), else in Arrow's memory
+    pool, where the frames that come in Arrow (a watchdog child's rows, a Ray block) live too: the
+    pool reuses what a scored batch freed, which bytes from another allocator would not."""
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     view = buf.getbuffer()
+    if _SPILL is not None:
+        with open(_SPILL, "ab") as fh:
+            offset = fh.tell()
+            fh.write(view)
+        return Spilled(_SPILL, offset, len(view))
     out = pa.allocate_buffer(len(view))
     np.frombuffer(out, np.uint8)[:] = np.frombuffer(view, np.uint8)
     return out
 
 
-def pack_plans(plans: list, per_plan: dict[str, list[int]], frames: dict[int, np.ndarray]) -> pa.Buffer:
+def pack_plans(plans: list, per_plan: dict[str, list[int]], frames: dict[int, np.ndarray]) -> pa.Buffer | Spilled:
     """One clip's sample: per plan, its frames (from `frames`, index -> RGB at the stored clip size)
     resized to the plan's size, and their indices. The sample stage and the extraction decode
     (curate.clips) both pack with this, so a scorer cannot tell which one fed it."""

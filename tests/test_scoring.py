@@ -240,3 +240,31 @@ def test_scored_rows_let_go_of_their_frames(tmp_path):
     del read
     assert pa.total_allocated_bytes() - before < 1e6
     assert rows.column(schema.CLIP_ID).to_pylist() == list("abcd") and schema.SAMPLES not in rows.column_names
+
+
+def test_a_watchdog_child_spills_the_frames_its_rows_carry(tmp_path):
+    """In a watchdog child the carried frames go to a file as they are packed (held, they sat on
+    top of the rest of the decode) and come back into the rows one row at a time as the child
+    writes them out: the parent reads the frames that were packed, each row its own."""
+    from curate.per_video import _write_rows
+    from curate.stage import Spilled, binary_column, pack, spill_to, unpack
+
+    arrays = [np.full((4, 32, 32, 3), k, np.uint8) for k in range(3)]
+    before = pa.total_allocated_bytes()
+    spill_to(str(tmp_path / "spill"))
+    try:
+        packed = [pack({"x": a}) for a in arrays]
+    finally:
+        spill_to(None)
+    assert all(isinstance(p, Spilled) for p in packed) and pa.total_allocated_bytes() == before
+    assert (tmp_path / "spill").stat().st_size == sum(len(p) for p in packed)
+
+    table = pa.table({schema.CLIP_ID: list("abcd"), schema.SAMPLES: binary_column([None] * 4)})
+    _write_rows(str(tmp_path / "rows.arrow"), table, [packed[2], None, packed[0], packed[1]])
+    with pa.OSFile(str(tmp_path / "rows.arrow")) as fh:
+        read = pa.ipc.open_stream(fh).read_all()
+    assert read.column(schema.CLIP_ID).to_pylist() == list("abcd")
+    blobs = read.column(schema.SAMPLES).to_pylist()
+    assert blobs[1] is None
+    for blob, k in zip([blobs[0], blobs[2], blobs[3]], [2, 0, 1]):
+        assert np.array_equal(unpack(blob)["x"], arrays[k])
