@@ -333,14 +333,11 @@ def carried_clips(spans: list[ClipSpan], geo: Geometry, plans: list) -> int:
     frames are decoded by the sample step from their files)."""
     if not plans:
         return 0
-    # bytes per frame of each plan, as curate.stage.pack_plans stores it (resized to the plan's size)
-    frame = {p.name: math.prod(p.size_for(geo.width, geo.height)) * 3 for p in plans}
     total = 0
     for k, span in enumerate(spans):
         if total >= SAMPLE_BUDGET_BYTES:
             return k
-        n = kept_count(span, geo.rate)
-        total += sum(frame[p.name] * len(p.indices(n, geo.fps)) for p in plans)
+        total += sum(p.nbytes(geo.width, geo.height, kept_count(span, geo.rate), geo.fps) for p in plans)
     return len(spans)
 
 

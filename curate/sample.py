@@ -50,6 +50,11 @@ class SamplePlan:
             scale = 1.0
         return max(1, int(round(width * scale))), max(1, int(round(height * scale)))
 
+    def nbytes(self, width: int, height: int, n_frames: int, fps: float) -> int:
+        """Bytes of this plan's frames of a clip, as curate.stage.pack_plans stores them."""
+        w, h = self.size_for(width, height)
+        return w * h * 3 * len(self.indices(n_frames, fps))
+
 
 class DecodeError(Exception):
     pass

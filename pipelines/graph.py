@@ -365,11 +365,12 @@ def execute(cfg: PipelineConfig, units: list[pa.Table] | pa.Table, specs: list[S
             s.setup()
         first, rest = stages[:1], stages[1:]
         step = max([spec.cls.resources_for(spec.params).batch_size or 1 for spec in specs[1:]] or [1])
+        plans = [p for s in rest if isinstance(s, SampleStage) for p in s.wanted]
         for unit in _each(units):
             for start in range(0, unit.num_rows, local_rows):
                 batch = _through(first, unit.slice(start, local_rows))
                 # no name holds a part past its yield: each part's frames go once it is scored
-                parts = [batch.slice(at, step) for at in range(0, batch.num_rows, step)] if rest else [batch]
+                parts = _parts(batch, step, plans) if rest else [batch]
                 del batch
                 while parts:
                     yield _without_samples(_through(rest, parts.pop(0)))
@@ -393,6 +394,25 @@ def execute(cfg: PipelineConfig, units: list[pa.Table] | pa.Table, specs: list[S
         if type(e).__module__.startswith("ray"):
             raise storage_cause(e) or e
         raise
+
+
+PART_BYTES = 64 << 20  # scorers' frames in one part of the local executor, at most (or one row's)
+
+
+def _parts(batch: pa.Table, step: int, plans: list) -> list[pa.Table]:
+    """`batch` in parts of `step` rows and PART_BYTES of the frames the sample step gives each
+    row (reckoned from the plans): 32 rows of a 1080p source are 121 MB, which the local
+    executor held at once (bench/README, the deferred mode's memory)."""
+    cols = [batch.column(c).to_pylist() if c in batch.column_names else [None] * batch.num_rows
+            for c in (schema.WIDTH, schema.HEIGHT, schema.NUM_FRAMES, schema.FPS)]  # fmt: skip
+    parts, at, held = [], 0, 0
+    for i, (w, h, n, fps) in enumerate(zip(*cols)):
+        size = sum(p.nbytes(w, h, n, fps) for p in plans) if None not in (w, h, n, fps) else 0
+        if i > at and (i - at >= step or held + size > PART_BYTES):
+            parts.append(batch.slice(at, i - at))
+            at, held = i, 0
+        held += size
+    return parts + [batch.slice(at)] if batch.num_rows else parts
 
 
 def _each(units: list[pa.Table] | pa.Table) -> Iterable[pa.Table]:

@@ -268,3 +268,26 @@ def test_a_watchdog_child_spills_the_frames_its_rows_carry(tmp_path):
     assert blobs[1] is None
     for blob, k in zip([blobs[0], blobs[2], blobs[3]], [2, 0, 1]):
         assert np.array_equal(unpack(blob)["x"], arrays[k])
+
+
+def test_the_local_executor_bounds_the_frames_of_a_part():
+    """The local executor scores a batch in parts of the largest scorer batch, but never more
+    frames at once than PART_BYTES (32 rows of a 1080p source were 121 MB): rows kept in order,
+    none lost, a row without a clip (a marker) weighing nothing."""
+    from pipelines.graph import PART_BYTES, _parts
+
+    plan = SamplePlan("x", fps=2.0, short_side=512)  # 10 frames of 910x512 a 5 s clip: 14 MB
+    n = 41
+    table = pa.table({schema.CLIP_ID: [str(i) for i in range(n)], schema.WIDTH: [1920] * 40 + [None],
+                      schema.HEIGHT: [1080] * 40 + [None], schema.NUM_FRAMES: [120] * 40 + [None],
+                      schema.FPS: [24.0] * 40 + [None]})  # fmt: skip
+    each = plan.nbytes(1920, 1080, 120, 24.0)
+    assert each == 910 * 512 * 3 * 10
+    parts = _parts(table, 32, [plan])
+    assert [r for p in parts for r in p.column(schema.CLIP_ID).to_pylist()] == [str(i) for i in range(n)]
+    weights = [each * len([w for w in p.column(schema.WIDTH).to_pylist() if w]) for p in parts]
+    assert max(weights) <= PART_BYTES and max(weights) + each > PART_BYTES  # as full as the bound lets it be
+    assert [p.num_rows for p in parts] == [PART_BYTES // each] * 9 + [5]  # the marker rides with the last clips
+    small = SamplePlan("x", fps=2.0, short_side=64)
+    assert [p.num_rows for p in _parts(table, 32, [small])] == [32, 9]
+    assert _parts(table.slice(0, 0), 32, [plan]) == []
