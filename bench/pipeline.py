@@ -10,7 +10,7 @@ weights), so the demo recipe's figure is flow, quality and OCR.
 Run: python bench/pipeline.py [--videos DIR] [--only NAME ...]
      python bench/pipeline.py --deferred   (the eager pass + select + export against the deferred
         pass + select + export --materialize, at the demo recipe's 320 px and the svd recipe's 576 px)
-     python bench/pipeline.py --memory     (peak memory of a deferred pass: a 2-minute and a
+     python bench/pipeline.py --memory     (peak memory of a deferred pass: a 2-, a 10- and a
         25-minute 1080p input)
      python bench/pipeline.py --long       (a 24.5-minute 1080p talk in one piece and as
         segments, alone and beside the other inputs: wall time, identical rows)
@@ -117,45 +117,52 @@ def deferred_vs_eager(videos: list[Path], work: Path, base: float) -> None:
 
 
 def peak_memory(work: Path) -> None:
-    """Peak RSS (the process tree: curate and its ffmpeg) of a deferred pass over one 1080p input
-    of 2 and of 25 minutes (the long one: the short one 12.5 times over, stream-copied)."""
+    """Peak RSS of the process tree (curate, its watchdog child, the forkserver, ffmpeg) of a
+    deferred pass over one 1080p input of 2, 10 and 25 minutes (the long ones: the short one
+    repeated, stream-copied), and each process's share at that peak."""
     import threading
 
     from curate.video import ffmpeg_exe
 
-    def tree_rss(pid: int) -> int:  # bytes, the process and all its descendants (Linux /proc)
-        total, todo = 0, [pid]
+    def tree_rss(pid: int) -> dict[int, tuple[int, str]]:  # pid -> (bytes, command), descendants too
+        out, todo = {}, [pid]
         while todo:
             p = todo.pop()
             try:
-                total += int(Path(f"/proc/{p}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+                rss = int(Path(f"/proc/{p}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+                cmd = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
+                out[p] = (rss, Path(cmd[0].decode()).name + (" -m " + cmd[2].decode() if cmd[1:2] == [b"-m"] else ""))
                 for t in Path(f"/proc/{p}/task").iterdir():
                     todo += [int(c) for c in (t / "children").read_text().split()]
-            except (OSError, ValueError):
+            except (OSError, ValueError, IndexError):
                 pass
-        return total
+        return out
 
     ff = ffmpeg_exe()
     two = work / "two_min.mp4"
     subprocess.run([ff, "-v", "error", "-f", "lavfi", "-i", "testsrc2=size=1920x1080:rate=24:duration=120", "-c:v",
                     "libx264", "-preset", "ultrafast", "-g", "48", str(two)], check=True)  # fmt: skip
-    (work / "list.txt").write_text("".join(f"file '{two}'\n" for _ in range(12)) + f"file '{two}'\nduration 60\n")
-    long = work / "long.mp4"
-    subprocess.run([ff, "-v", "error", "-f", "concat", "-safe", "0", "-i", str(work / "list.txt"), "-t", "1500", "-c", "copy",
-                    str(long)], check=True)  # fmt: skip
-    print("| input | wall s | peak RSS MiB (process tree) |")
-    print("|---|---|---|")
+    inputs = {"2 min 1080p": two}
+    for minutes in (10, 25):
+        (work / "list.txt").write_text("".join(f"file '{two}'\n" for _ in range(minutes // 2 + 1)))
+        inputs[f"{minutes} min 1080p"] = work / f"{minutes}_min.mp4"
+        subprocess.run([ff, "-v", "error", "-f", "concat", "-safe", "0", "-i", str(work / "list.txt"), "-t",
+                        str(minutes * 60), "-c", "copy", str(inputs[f"{minutes} min 1080p"])], check=True)  # fmt: skip
+    print("| input | wall s | peak RSS MiB (process tree) | each process at that peak, MiB |")
+    print("|---|---|---|---|")
     peaks = {}
-    for name, path in (("2 min 1080p", two), ("25 min 1080p", long)):
+    for name, path in inputs.items():
         cmd = [*CLI, "run", "demo", "-i", str(path), "-o", str(work / f"mem-{path.stem}"), "--set", "clips.mode=deferred",
                "--set", "executor=local", "--set", "input_timeout_s=7200", *sum((["--set", s] for s in WEIGHT_FREE), [])]  # fmt: skip
         t = time.perf_counter()
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "CI": "true"})
-        peak = [0]
+        peak: list = [0, {}]
 
         def watch() -> None:
             while proc.poll() is None:
-                peak[0] = max(peak[0], tree_rss(proc.pid))
+                each = tree_rss(proc.pid)
+                if sum(r for r, _ in each.values()) > peak[0]:
+                    peak[:] = [sum(r for r, _ in each.values()), each]
                 time.sleep(0.2)
 
         w = threading.Thread(target=watch)
@@ -163,8 +170,10 @@ def peak_memory(work: Path) -> None:
         proc.wait()
         w.join()
         peaks[name] = peak[0]
-        print(f"| {name} | {time.perf_counter() - t:.1f} | {peak[0] / 2**20:.0f} |", flush=True)
-    print(f"| 25 min / 2 min | | {peaks['25 min 1080p'] / peaks['2 min 1080p']:.2f} |")
+        split = ", ".join(f"{c} {r / 2**20:.0f}" for r, c in sorted(peak[1].values(), reverse=True))
+        print(f"| {name} | {time.perf_counter() - t:.1f} | {peak[0] / 2**20:.0f} | {split} |", flush=True)
+    for name in ("10 min 1080p", "25 min 1080p"):
+        print(f"| {name[:6]} / 2 min | | {peaks[name] / peaks['2 min 1080p']:.2f} | |")
 
 
 def long_input(videos: list[Path], work: Path) -> None:
@@ -219,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--videos", type=Path, default=SHARED)
     ap.add_argument("--only", nargs="*", help="run names containing these words")
     ap.add_argument("--deferred", action="store_true", help="eager against deferred, run + select + export")
-    ap.add_argument("--memory", action="store_true", help="peak memory of a deferred pass, 2 and 25 minutes")
+    ap.add_argument("--memory", action="store_true", help="peak memory of a deferred pass, 2, 10 and 25 minutes")
     ap.add_argument("--long", action="store_true", help="a 24.5-minute 1080p input in one piece and as segments")
     args = ap.parse_args(argv)
     if args.memory:

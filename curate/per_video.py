@@ -345,12 +345,15 @@ def _serve(conn) -> None:
         os.environ.update(env)
         tempfile.tempdir = workdir
         os.environ["TMPDIR"] = workdir
-        _stage.spill_to(os.path.join(workdir, SPILL_FILE))
+        spill = os.path.join(workdir, SPILL_FILE)
+        _stage.spill_to(spill)
         try:
             probe, cuts, clips, out, timeout_s, plans, segment_s = args
             table, samples = process_input(uri, probe, cuts, clips, OutputStore(out), timeout_s, plans, segment_s, unit)
             _write_rows(os.path.join(workdir, RESULT_FILE), table, samples)
             del table, samples
+            if os.path.exists(spill):
+                os.remove(spill)  # its frames are in the rows now: the disk holds them once
             pa.default_memory_pool().release_unused()  # what the unit freed, back to the OS while it waits
             conn.send_bytes(b"ok")
         except BaseException as e:  # noqa: BLE001 -- reported to the parent as this input's failure
