@@ -81,50 +81,49 @@ def plan_clips(info: VideoInfo, cuts: list[int], n_frames: int, params: ClipsPar
     for a, b in zip(bounds[:-1], bounds[1:]):
         a, b = a + trim, b - trim
         if open_end and b + trim == n_frames:  # the scene goes on: a cut from n_frames on ends it
-            clips += _open_scene(a, b, t, params, eps)
+            clips += _scene(a, b, t, params, eps, open_end=True)[0]
             break
         if b <= a or t(b) - t(a) < params.min_s - eps:
             dropped += 1
             continue
-        start = a
-        while start < b:  # every pass moves start forward by at least one frame
-            # the furthest end in (start, b] that keeps the clip within max_s
-            end = start + bisect_right(range(start + 1, b + 1), t(start) + params.max_s + eps, key=t)
-            if end == start:
-                held += 1  # frame `start` alone lasts longer than max_s
-                start += 1
-                continue
-            if t(end) - t(start) >= params.min_s - eps:
-                clips.append(ClipSpan(start, end))
-                start = end
-            else:  # too short because frame `end` would pass max_s: a clip may still fit a frame later
-                start += 1
+        pieces, n_held = _scene(a, b, t, params, eps)
+        clips += pieces
+        held += n_held
     return clips, dropped, held
 
 
-def _open_scene(a: int, b: int, t, params: ClipsParams, eps: float) -> list[ClipSpan]:
-    """plan_clips' steps over a scene whose end is not known yet, as far as `b` decides them: a
-    step whose furthest end reaches `b` could go further, so planning stops there."""
-    clips, start = [], a
-    while start < b - 1:
+def _scene(a: int, b: int, t, params: ClipsParams, eps: float, open_end: bool = False) -> tuple[list[ClipSpan], int]:
+    """The clips of scene [a, b) and its held frames. `open_end`: the scene's end is not known yet,
+    so planning stops at the first step whose furthest end reaches `b` (it could go further)."""
+    clips, held, start = [], 0, a
+    while start < b:  # every pass moves start forward by at least one frame
+        # the furthest end in (start, b] that keeps the clip within max_s
         end = start + bisect_right(range(start + 1, b + 1), t(start) + params.max_s + eps, key=t)
-        if end >= b:
+        if open_end and end >= b:
             break
         if end == start:
+            held += 1  # frame `start` alone lasts longer than max_s
             start += 1
         elif t(end) - t(start) >= params.min_s - eps:
             clips.append(ClipSpan(start, end))
             start = end
-        else:
+        else:  # too short because frame `end` would pass max_s: a clip may still fit a frame later
             start += 1
-    return clips
+    return clips, held
 
 
-def _encode_args(params: ClipsParams) -> list[str]:
-    return [
-        "-c:v", "libx264", "-preset", params.preset, "-crf", str(params.crf),
-        "-pix_fmt", "yuv420p", "-vf", "crop=trunc(iw/2)*2:trunc(ih/2)*2",
-    ]  # fmt: skip
+def _encode(ff: list[str], src: str, info: VideoInfo, start: int, n: int, params: ClipsParams,
+            timeout: float | None, *out: str) -> None:
+    """Re-encode `n` frames from frame `start` (frame-accurate: decoded from the seek)."""
+    _run([*ff, *seek_args(info, start), "-i", src, *_common_out(n), "-c:v", "libx264", "-preset", params.preset,
+          "-crf", str(params.crf), "-pix_fmt", "yuv420p", "-vf", "crop=trunc(iw/2)*2:trunc(ih/2)*2", *out], timeout)
+
+
+def _copy(ff: list[str], src: str, info: VideoInfo, key: int, n: int, timeout: float | None, *out: str) -> None:
+    """Stream-copy `n` frames from keyframe `key`, sought at its own time (+1 ms so rounding cannot
+    land on the previous one)."""
+    seek = ["-ss", f"{info.start_offset_s + info.frame_times[key] + 0.001:.6f}"] if key > 0 else []
+    _run([*ff, *seek, "-i", src, *_common_out(n), "-c:v", "copy", *out], timeout)
 
 
 def _run(cmd: list[str], timeout: float | None) -> None:
@@ -133,8 +132,14 @@ def _run(cmd: list[str], timeout: float | None) -> None:
     except subprocess.TimeoutExpired:
         raise ExtractTimeout(f"ffmpeg timed out after {timeout:.0f}s") from None
     if proc.returncode != 0:
-        msg = proc.stderr.decode("utf-8", "replace").strip().splitlines()
-        raise ExtractError(f"ffmpeg exited {proc.returncode}: {' | '.join(msg[-3:])}")
+        raise _failed_with(proc.returncode, proc.stderr)
+
+
+def _failed_with(rc: int, stderr: bytes) -> ExtractError:
+    return ExtractError(f"ffmpeg exited {rc}: {' | '.join(stderr.decode('utf-8', 'replace').strip().splitlines()[-3:])}")
+
+
+MP4 = ("-movflags", "+faststart", "-f", "mp4")
 
 
 def _common_out(n_frames: int) -> list[str]:
@@ -144,13 +149,8 @@ def _common_out(n_frames: int) -> list[str]:
 
 def effective_mode(info: VideoInfo, mode: str) -> str:
     """The mode that can honour the output promise (H.264 mp4, keyframe at frame 0) for this input."""
-    if mode == "exact":
-        return "exact"
-    if info.codec != "h264":
-        return "exact"
-    if mode == "smart" and (
-        info.rotation or info.coded_width % 2 or info.coded_height % 2 or info.pix_fmt != "yuv420p"
-    ):
+    if info.codec != "h264" or (mode == "smart" and (
+            info.rotation or info.coded_width % 2 or info.coded_height % 2 or info.pix_fmt != "yuv420p")):
         return "exact"
     return mode
 
@@ -171,14 +171,9 @@ def extract(src: str, dst: str, info: VideoInfo, span: ClipSpan, params: ClipsPa
     ff = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-y"]
     try:
         if mode == "copy":
-            # Seek to the keyframe itself (+1 ms so rounding cannot land on the previous one).
-            t = info.start_offset_s + info.frame_times[start] + 0.001 if start > 0 else None
-            seek = ["-ss", f"{t:.6f}"] if t is not None else []
-            _run([*ff, *seek, "-i", src, *_common_out(span.end - start), "-c:v", "copy",
-                  "-avoid_negative_ts", "make_zero", "-movflags", "+faststart", "-f", "mp4", tmp], timeout)
+            _copy(ff, src, info, start, span.end - start, timeout, "-avoid_negative_ts", "make_zero", *MP4, tmp)
         elif mode == "exact":
-            _run([*ff, *seek_args(info, start), "-i", src, *_common_out(span.end - start),
-                  *_encode_args(params), "-movflags", "+faststart", "-f", "mp4", tmp], timeout)
+            _encode(ff, src, info, start, span.end - start, params, timeout, *MP4, tmp)
         else:
             mode = _extract_smart(ff, src, tmp, info, span, params, timeout)
         os.replace(tmp, dst)
@@ -190,38 +185,24 @@ def extract(src: str, dst: str, info: VideoInfo, span: ClipSpan, params: ClipsPa
 
 def _extract_smart(ff: list[str], src: str, tmp: str, info: VideoInfo, span: ClipSpan,
                    params: ClipsParams, timeout: float | None) -> str:
-    inner = [k for k in info.keyframes if span.start <= k <= span.end]
-    k1 = inner[0] if inner else None
-    k2 = inner[-1] if inner else None
-    if k1 is None or k2 is None or k2 <= k1:
+    inner = sorted({k for k in info.keyframes if span.start <= k <= span.end})
+    if len(inner) < 2:
         # No whole GOP inside the clip: nothing to copy, so re-encode it all.
-        _run([*ff, *seek_args(info, span.start), "-i", src, *_common_out(span.end - span.start),
-              *_encode_args(params), "-movflags", "+faststart", "-f", "mp4", tmp], timeout)
+        _encode(ff, src, info, span.start, span.end - span.start, params, timeout, *MP4, tmp)
         return "exact"
+    k1, k2 = inner[0], inner[-1]
     with tempfile.TemporaryDirectory(dir=os.path.dirname(tmp) or ".", prefix=".smart-") as work:
-        parts = []
+        head, mid, tail = (os.path.join(work, f"{name}.ts") for name in ("head", "mid", "tail"))
         if k1 > span.start:
-            head = os.path.join(work, "head.ts")
-            _run([*ff, *seek_args(info, span.start), "-i", src, *_common_out(k1 - span.start),
-                  *_encode_args(params), "-f", "mpegts", head], timeout)
-            parts.append(head)
-        mid = os.path.join(work, "mid.ts")
-        t = info.start_offset_s + info.frame_times[k1] + 0.001 if k1 > 0 else None
-        seek = ["-ss", f"{t:.6f}"] if t is not None else []
-        _run([*ff, *seek, "-i", src, *_common_out(k2 - k1), "-c:v", "copy",
-              "-bsf:v", "h264_mp4toannexb", "-f", "mpegts", mid], timeout)
-        parts.append(mid)
+            _encode(ff, src, info, span.start, k1 - span.start, params, timeout, "-f", "mpegts", head)
+        _copy(ff, src, info, k1, k2 - k1, timeout, "-bsf:v", "h264_mp4toannexb", "-f", "mpegts", mid)
         if span.end > k2:
-            tail = os.path.join(work, "tail.ts")
-            _run([*ff, *seek_args(info, k2), "-i", src, *_common_out(span.end - k2),
-                  *_encode_args(params), "-f", "mpegts", tail], timeout)
-            parts.append(tail)
+            _encode(ff, src, info, k2, span.end - k2, params, timeout, "-f", "mpegts", tail)
+        parts = [p for p, made in ((head, k1 > span.start), (mid, True), (tail, span.end > k2)) if made]
         listing = os.path.join(work, "parts.txt")
-        with open(listing, "w") as fh:
-            for p in parts:
-                fh.write(f"file '{os.path.basename(p)}'\n")  # our own names: no quoting issues
-        _run([*ff, "-f", "concat", "-safe", "0", "-i", listing, "-map", "0:v:0", "-c", "copy",
-              "-movflags", "+faststart", "-f", "mp4", tmp], timeout)
+        with open(listing, "w") as fh:  # our own names: no quoting issues
+            fh.writelines(f"file '{os.path.basename(p)}'\n" for p in parts)
+        _run([*ff, "-f", "concat", "-safe", "0", "-i", listing, "-map", "0:v:0", "-c", "copy", *MP4, tmp], timeout)
     return "smart"
 
 
@@ -409,19 +390,14 @@ def _extract_group(src: str, info: VideoInfo, spans: list[ClipSpan], results: li
     force = _any_of([f"eq(n,{x})" for x in starts])
     # Each output stops at its last frame, and ffmpeg with them: the select filter alone would let
     # it decode on to the end of the input (a group before the last, a segment of a long input)
-    out = [] if not encode else [
-        "-map", "[e]", "-an", "-sn", "-dn", "-map_metadata", "-1", "-fps_mode", "passthrough", "-frames:v", str(sum(counts)),
-        "-c:v", "libx264", "-preset", params.preset, "-crf", str(params.crf), "-pix_fmt", "yuv420p",
-        "-force_key_frames", f"expr:{force}", "-forced-idr", "1",
-    ]  # fmt: skip
-    if not encode:
-        pass
-    elif len(spans) > 1:
+    out = []
+    if encode:
+        out = ["-map", "[e]", "-an", "-sn", "-dn", "-map_metadata", "-1", "-fps_mode", "passthrough", "-frames:v",
+               str(sum(counts)), "-c:v", "libx264", "-preset", params.preset, "-crf", str(params.crf), "-pix_fmt",
+               "yuv420p", "-force_key_frames", f"expr:{force}", "-forced-idr", "1"]  # fmt: skip
         out += ["-f", "segment", "-segment_frames", ",".join(map(str, starts[1:])), "-reset_timestamps", "1",
                 "-segment_format", "mp4", "-segment_format_options", "movflags=+faststart",
-                os.path.join(workdir, "%05d.mp4")]  # fmt: skip
-    else:
-        out += ["-movflags", "+faststart", "-f", "mp4", os.path.join(workdir, "00000.mp4")]
+                os.path.join(workdir, "%05d.mp4")] if len(spans) > 1 else [*MP4, os.path.join(workdir, "00000.mp4")]  # fmt: skip
     if sample_at:
         out += ["-map", "[s]", "-fps_mode", "passthrough", "-frames:v", str(len(sample_at)), "-f", "rawvideo", "pipe:1"]
     cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-y", *seek_args(info, s0), "-i", src,
@@ -445,8 +421,7 @@ def _extract_group(src: str, info: VideoInfo, spans: list[ClipSpan], results: li
             if expired.is_set():
                 raise ExtractTimeout(f"ffmpeg timed out after {timeout:.0f}s")
             err.seek(0)
-            msg = err.read().decode("utf-8", "replace").strip().splitlines()
-            raise ExtractError(f"ffmpeg exited {rc}: {' | '.join(msg[-3:])}")
+            raise _failed_with(rc, err.read())
     if not encode:
         return
     for k, res in enumerate(results):
@@ -526,16 +501,6 @@ def span_row(rec: InputRecord, span: ClipSpan, geo: Geometry, mode: str, n_frame
     }  # fmt: skip
 
 
-def make_clips(rec: InputRecord, params: ClipsParams, store, plans: list | None = None,
-               only: tuple[int, int] | None = None) -> list[dict]:
-    """Step 3 of an input (curate.per_video): plan the clips, write their files, return their rows
-    (with the scorers' frames for `plans`, when the extraction decoded them). `only`: the clips
-    of the whole plan that start in frames [a, b) (a segment of a long input, curate.segments).
-    A clip whose file cannot be written is not a row (counted in `rec.failed_clips`); a transient
-    failure (a full disk) quarantines the input for the next run to retry."""
-    return _clips(rec, params, store, plans or [], only)
-
-
 def plan_input(rec: InputRecord, params: ClipsParams) -> list[ClipSpan]:
     """The clips of an input whose cuts and frame count are known, and its scene counts into the record."""
     spans, rec.short_scenes_dropped, rec.held_frames_dropped = plan_clips(rec.info, rec.cuts, rec.n_frames, params)
@@ -543,13 +508,18 @@ def plan_input(rec: InputRecord, params: ClipsParams) -> list[ClipSpan]:
     return spans
 
 
-def _clips(rec: InputRecord, params: ClipsParams, store, plans: list, only: tuple[int, int] | None) -> list[dict]:
-    info, n_frames = rec.info, rec.n_frames
+def make_clips(rec: InputRecord, params: ClipsParams, store, plans: list | None = None,
+               only: tuple[int, int] | None = None) -> list[dict]:
+    """Step 3 of an input (curate.per_video): plan the clips, write their files, return their rows
+    (with the scorers' frames for `plans`, when the extraction decoded them). `only`: the clips
+    of the whole plan that start in frames [a, b) (a segment of a long input, curate.segments).
+    A clip whose file cannot be written is not a row (counted in `rec.failed_clips`); a transient
+    failure (a full disk) quarantines the input for the next run to retry."""
+    info, n_frames, plans = rec.info, rec.n_frames, plans or []
     spans = plan_input(rec, params)
     mode = effective_mode(info, params.mode)
-    geo = geometry(info, params)
-    if mode == "copy":  # a stream copy keeps the source's frames, odd sizes included
-        geo = Geometry(info.width, info.height, info.fps, None, False)
+    # a stream copy keeps the source's frames, odd sizes included
+    geo = Geometry(info.width, info.height, info.fps, None, False) if mode == "copy" else geometry(info, params)
     rows: list[dict] = []
     for index, span in enumerate(spans):
         start = copy_start(info, span.start) if mode == "copy" else span.start
