@@ -20,13 +20,7 @@ import cv2
 import numpy as np
 
 from curate import schema
-from curate.config import (
-    AdaptiveDetectorParams,
-    ContentDetectorParams,
-    CutsParams,
-    DetectorParams,
-    ThresholdDetectorParams,
-)
+from curate.config import AdaptiveDetectorParams, ContentDetectorParams, CutsParams, DetectorParams, ThresholdDetectorParams
 from curate.record import InputRecord, Quarantine
 from curate.video import DecodeTimeout, VideoInfo, iter_frames, scaled_size, seek_args
 
@@ -46,13 +40,8 @@ def make_detector(p: DetectorParams, min_scene_len: int):
     if isinstance(p, ContentDetectorParams):
         return content(threshold=p.threshold, min_scene_len=min_scene_len, luma_only=p.luma_only)
     if isinstance(p, AdaptiveDetectorParams):
-        return adaptive(
-            adaptive_threshold=p.threshold,
-            min_scene_len=min_scene_len,
-            min_content_val=p.min_content_val,
-            window_width=p.window_width,
-            luma_only=p.luma_only,
-        )
+        return adaptive(adaptive_threshold=p.threshold, min_scene_len=min_scene_len, min_content_val=p.min_content_val,
+                        window_width=p.window_width, luma_only=p.luma_only)  # fmt: skip
     if isinstance(p, ThresholdDetectorParams):
         return ThresholdDetector(threshold=p.threshold, min_scene_len=min_scene_len, fade_bias=p.fade_bias)
     raise TypeError(f"unknown detector params {type(p).__name__}")
@@ -89,11 +78,8 @@ def _scored_detectors():
 
 class _Level:
     def __init__(self, name: str, stride: int, fps: float, detectors: list, min_len: int = 1, start: int = 0):
-        self.name = name
-        self.stride = stride
-        self.min_len = min_len
+        self.name, self.stride, self.min_len, self.detectors = name, stride, min_len, detectors
         self.rate = Fraction(fps).limit_denominator(100000)
-        self.detectors = detectors
         self.fed = [d for d in detectors if hasattr(d, "components")]
         # this level's number of the next frame it sees: it sees the frames of the whole video
         # whose index is a multiple of its stride, wherever the decode began (a segment)
@@ -475,8 +461,7 @@ def _refine(frame: int, stride: int, diffs: np.ndarray) -> int:
     """A cut seen between samples frame-stride and frame: the native frame of largest change."""
     if stride <= 1 or len(diffs) == 0:
         return frame
-    lo = max(1, frame - stride + 1)
-    hi = min(len(diffs), frame + 1)
+    lo, hi = max(1, frame - stride + 1), min(len(diffs), frame + 1)
     if hi <= lo:
         return min(frame, len(diffs) - 1)
     return lo + int(np.argmax(diffs[lo:hi]))
@@ -497,9 +482,8 @@ def _union(candidates: list[tuple[int, int, float]], tol: int, min_len: int, n_f
     merged = sorted(min(g, key=lambda c: (c[1], -c[2]))[0] for g in groups)
     cuts: list[int] = []
     for f in merged:
-        if f < min_len or (cuts and f - cuts[-1] < min_len):
-            continue
-        cuts.append(f)
+        if f >= min_len and not (cuts and f - cuts[-1] < min_len):
+            cuts.append(f)
     return cuts
 
 

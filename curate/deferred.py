@@ -34,7 +34,7 @@ from curate.cuts import CutAnalysis
 from curate.faults import fault
 from curate.record import InputRecord, Quarantine, VideoInfo
 from curate.stage import pack_plans
-from curate.video import DecodeTimeout, ffmpeg_exe, ffmpeg_run, scaled_size, seek_args
+from curate.video import DecodeTimeout, ffmpeg_exe, ffmpeg_run, read_chunks, scaled_size, seek_args
 
 SPILL_FRAMES = 32  # stored-size frames per spill file: the unit in which the spill is dropped
 CHUNK_FRAMES, READ_AHEAD = 64, 4  # analysis frames per read, and reads queued ahead of the analysis
@@ -160,25 +160,12 @@ def _decode_once(rec: InputRecord, proc, expired, read_fd: int, analysis: CutAna
     """Reads both streams of the one decode (a thread each), plans as the cuts become final."""
     info, aw, ah = rec.info, analysis.width, analysis.height
     chunks: queue.Queue = queue.Queue(maxsize=READ_AHEAD)
-    frame_bytes, chunk_frames = aw * ah * 3, CHUNK_FRAMES
-
-    def read_analysis() -> None:
-        try:
-            while True:
-                buf = proc.stdout.read(frame_bytes * chunk_frames)
-                n = len(buf) // frame_bytes
-                if n:
-                    chunks.put(np.frombuffer(buf, np.uint8, count=n * frame_bytes).reshape(n, ah, aw, 3))
-                if len(buf) < frame_bytes * chunk_frames:
-                    break
-        finally:
-            chunks.put(None)
-
     stored = os.fdopen(read_fd, "rb")
-    threads = [threading.Thread(target=read_analysis, daemon=True), threading.Thread(target=spill.write_from, args=(stored,), daemon=True)]
+    threads = [threading.Thread(target=read_chunks, args=(proc.stdout, (ah, aw, 3), CHUNK_FRAMES, chunks), daemon=True),
+               threading.Thread(target=spill.write_from, args=(stored,), daemon=True)]  # fmt: skip
     for t in threads:
         t.start()
-    clip = _ClipRows(rec, clips_p, geo, plans, spill)
+    clip = _ClipRows(rec, clips_p, geo, plans, spill.get)
     trim = int(round(clips_p.trim_s * info.fps))  # (a scene's clips start this far past its cut)
     try:
         while (chunk := chunks.get()) is not None:
@@ -215,16 +202,6 @@ def _decode_once(rec: InputRecord, proc, expired, read_fd: int, analysis: CutAna
         stored.close()
 
 
-class _From:
-    """A spill read by the input's frame index, for a decode that began at frame `first`."""
-
-    def __init__(self, spill: _Spill, first: int):
-        self.spill, self.first = spill, first
-
-    def get(self, i: int) -> np.ndarray | None:
-        return self.spill.get(i - self.first)
-
-
 def deferred_span_rows(rec: InputRecord, clips_p: ClipsParams, plans: list, only: tuple[int, int]) -> list[dict]:
     """The rows of the clips that start in frames `only` of an input whose cuts are known (a
     segment of a long input, curate.segments): one decode of their frames at the stored size from
@@ -246,7 +223,7 @@ def deferred_span_rows(rec: InputRecord, clips_p: ClipsParams, plans: list, only
         with ffmpeg_run(cmd, left) as (proc, expired, _):
             writer = threading.Thread(target=spill.write_from, args=(proc.stdout,), daemon=True)
             writer.start()
-            clip = _ClipRows(rec, clips_p, geo, plans, _From(spill, first))
+            clip = _ClipRows(rec, clips_p, geo, plans, lambda i: spill.get(i - first))  # (the decode began at `first`)
             clip.n_frames = rec.n_frames
             rows = []
             try:
@@ -270,10 +247,11 @@ def deferred_span_rows(rec: InputRecord, clips_p: ClipsParams, plans: list, only
 
 
 class _ClipRows:
-    """Rows of the spans planned so far (each once), with their frames from the spill."""
+    """Rows of the spans planned so far (each once), with their frames from the spill (`frame`:
+    the input's frame i, RGB at the stored size, or None)."""
 
-    def __init__(self, rec: InputRecord, params: ClipsParams, geo, plans: list, spill: _Spill):
-        self.rec, self.params, self.geo, self.plans, self.spill = rec, params, geo, plans, spill
+    def __init__(self, rec: InputRecord, params: ClipsParams, geo, plans: list, frame):
+        self.rec, self.params, self.geo, self.plans, self.frame = rec, params, geo, plans, frame
         self.rows: dict[tuple[int, int], dict] = {}
         self.carried = 0  # bytes of scorers' frames the rows carry (clips.SAMPLE_BUDGET_BYTES)
         self.last_end = 0
@@ -289,7 +267,7 @@ class _ClipRows:
         per_plan = {p.name: p.indices(len(kept), geo.fps) for p in self.plans}
         preview_at = [int(round(x)) for x in np.linspace(0, len(kept) - 1, min(PREVIEW_FRAMES, len(kept)))]
         want = sorted(set().union(*per_plan.values(), preview_at)) if (self.plans or preview_at) else []
-        frames = {j: f for j in want if (f := self.spill.get(kept[j])) is not None}
+        frames = {j: f for j in want if (f := self.frame(kept[j])) is not None}
         if self.plans and self.carried < SAMPLE_BUDGET_BYTES and all(j in frames for p in per_plan.values() for j in p):
             row[schema.SAMPLES] = pack_plans(self.plans, per_plan, frames)
             self.carried += len(row[schema.SAMPLES])

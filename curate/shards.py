@@ -19,6 +19,7 @@ Inputs named in a commit record are done and skipped.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -27,6 +28,7 @@ import platform
 import re
 import time
 import uuid
+from collections import Counter
 from typing import Any
 
 import pyarrow as pa
@@ -433,10 +435,8 @@ class Committer:
         if self.store.local and os.path.isdir(self.store.path(CLIPS)):
             for d in os.listdir(self.store.path(CLIPS)):
                 _remove_seg_dirs(self.store.path(CLIPS, d))
-                try:
+                with contextlib.suppress(OSError):
                     os.rmdir(self.store.path(CLIPS, d))  # only empty ones go
-                except OSError:
-                    pass
         if removed:
             log.info("removed %d clip files no commit refers to", removed)
         return removed
@@ -466,9 +466,7 @@ class Committer:
 
     def _write_parts(self, table: pa.Table) -> list[str]:
         parts = []
-        for offset in range(0, max(table.num_rows, 1), self.max_rows):
-            if table.num_rows == 0:
-                break
+        for offset in range(0, table.num_rows, self.max_rows):
             name = f"part-{self._next_part:06d}-{self.token}.parquet"
             self._next_part += 1
             if parts:
@@ -526,11 +524,8 @@ class Committer:
 
     def compact(self) -> None:
         """Merge the parts smaller than max_rows (frequent commits leave many) into full ones."""
-        small = []
-        for part in self.live_parts:
-            n = pq.ParquetFile(self.store.path(SHARDS, part), filesystem=self.store.fs).metadata.num_rows
-            if n < self.max_rows:
-                small.append(part)
+        small = [part for part in self.live_parts
+                 if pq.ParquetFile(self.store.path(SHARDS, part), filesystem=self.store.fs).metadata.num_rows < self.max_rows]
         if len(small) < 2:
             return
         table = pa.concat_tables([pq.read_table(self.store.path(SHARDS, p), filesystem=self.store.fs) for p in small])
@@ -563,21 +558,13 @@ class Committer:
     def write_manifest(self, config: dict, run: dict, extra: dict | None = None) -> dict:
         videos = self.videos()
         ok = [v for v in videos if not v.get("quarantine")]
-        reasons: dict[str, int] = {}
+        reasons = Counter(v["quarantine"]["reason"] for v in videos if v.get("quarantine"))
+        stage_s: Counter = Counter()  # (update keeps a 0.0, where `+` would drop it)
         for v in videos:
-            if v.get("quarantine"):
-                r = v["quarantine"]["reason"]
-                reasons[r] = reasons.get(r, 0) + 1
-        stage_s: dict[str, float] = {}
-        for v in videos:
-            for k, s in (v.get("stage_seconds") or {}).items():
-                stage_s[k] = stage_s.get(k, 0.0) + s
+            stage_s.update(v.get("stage_seconds") or {})
         previous = {}
-        if self.store.exists(MANIFEST_FILE):
-            try:
-                previous = json.loads(self.store.read_bytes(MANIFEST_FILE))
-            except (ValueError, OSError):
-                previous = {}
+        with contextlib.suppress(ValueError, OSError):
+            previous = json.loads(self.store.read_bytes(MANIFEST_FILE)) if self.store.exists(MANIFEST_FILE) else {}
         manifest = {
             "curate_version": __version__,
             "config": config,
@@ -613,10 +600,8 @@ def package_versions() -> dict[str, str]:
 
     out = {"python": platform.python_version()}
     for pkg in ("ray", "av", "pyarrow", "scenedetect-headless", "opencv-python-headless", "imageio-ffmpeg", "numpy", "pydantic"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
     return out
 
 
@@ -697,11 +682,7 @@ def _remove_seg_dirs(video_dir: str) -> None:
                     os.unlink(os.path.join(root, f))
             for d in dirs:
                 if SEG_FILE_RE.match(d):
-                    try:
+                    with contextlib.suppress(OSError):
                         os.rmdir(os.path.join(root, d))
-                    except OSError:
-                        pass
-        try:
+        with contextlib.suppress(OSError):
             os.rmdir(top)
-        except OSError:
-            pass

@@ -76,10 +76,8 @@ def _is_curate_output_dir(dirpath: str, dirnames: list[str], filenames: list[str
 
 def is_output_dir(p: str) -> bool:
     """Whether local directory `p` is a curate output: its marks looked up by name (no listing)."""
-    marks = [n for n in ("_curate", "manifest.json") if os.path.isfile(os.path.join(p, n))]
-    if os.path.isdir(os.path.join(p, "_commits")):
-        marks.append("_commits")
-    return bool(marks) and _is_curate_output_dir(p, [m for m in marks if m == "_commits"], [m for m in marks if m != "_commits"])
+    dirs = ["_commits"] if os.path.isdir(os.path.join(p, "_commits")) else []
+    return _is_curate_output_dir(p, dirs, [n for n in ("_curate", "manifest.json") if os.path.isfile(os.path.join(p, n))])
 
 
 def _walk_local(root: str, skipped: list[str] | None = None, exclude: set[str] = frozenset()) -> list[str]:
@@ -348,21 +346,17 @@ def with_retries(fn, what: str, budget_s: float | None = None):
     import time
 
     budget = retry_s() if budget_s is None else budget_s
-    deadline = time.monotonic() + budget
-    delay = 0.25
-    said = False
-    attempts = 0
+    deadline, delay, attempt = time.monotonic() + budget, 0.25, 0
     while True:
-        attempts += 1
+        attempt += 1
         try:
             return fn()
         except Exception as e:  # noqa: BLE001 - only transient ones are retried
             # at least 3 attempts, however long one took (a connection that hung until its timeout)
-            if not is_transient(e) or (attempts >= 3 and time.monotonic() + delay > deadline):
+            if not is_transient(e) or (attempt >= 3 and time.monotonic() + delay > deadline):
                 raise
-            if not said:
+            if attempt == 1:
                 log.warning("%s: %s; retrying for up to %.0f s", what, str(e).splitlines()[0][:200], budget)
-                said = True
             time.sleep(delay)
             delay = min(delay * 2, 8.0)
 
@@ -460,14 +454,11 @@ class OutputStore:
     """OUT on a local disk or object storage. Every write is atomic: readers see whole files."""
 
     def __init__(self, out: str, create: bool = True):
-        self.uri = out.rstrip("/")
-        if is_remote(out):
-            self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
-            self.local = False
+        self.uri, self.local = out.rstrip("/"), not is_remote(out)
+        if self.local:
+            self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(_local(out))
         else:
-            self.fs = pafs.LocalFileSystem()
-            self.root = os.path.abspath(_local(out))
-            self.local = True
+            self.fs, self.root = pafs.FileSystem.from_uri(self.uri)
         if create:
             self._r(lambda: self.fs.create_dir(self.root, recursive=True), "create OUT")
 
@@ -490,9 +481,7 @@ class OutputStore:
     def uri_of(self, *parts: str) -> str:
         """What rows record: an absolute local path, or the full URI on object storage."""
         p = self.path(*parts)
-        if self.local:
-            return p
-        return f"{self.uri.split('://', 1)[0]}://{p}"
+        return p if self.local else f"{self.uri.split('://', 1)[0]}://{p}"
 
     def exists(self, *parts: str) -> bool:
         return self._r(lambda: self.fs.get_file_info(self.path(*parts)), "stat").type != pafs.FileType.NotFound
@@ -539,7 +528,6 @@ class OutputStore:
                 os.unlink(tmp)
         elif self.uri.startswith("s3://"):
             from botocore.exceptions import ClientError
-
 
             bucket, _ = split_s3(self.uri)
             key = final[len(bucket) + 1:]

@@ -8,6 +8,7 @@ its own threads and scales in C, so Python only sees small frames in large chunk
 
 from __future__ import annotations
 
+import contextlib
 import os
 import queue
 import stat
@@ -110,10 +111,7 @@ def probe(path: str, max_pixels: int | None = None) -> VideoInfo:
     key_sorted = sorted(key_pts)
     index = {p: i for i, p in enumerate(pts)}
     keyframes = [index[p] for p in key_sorted if p in index] or [0]
-    if rotation % 180:
-        disp_w, disp_h = height, width
-    else:
-        disp_w, disp_h = width, height
+    disp_w, disp_h = (height, width) if rotation % 180 else (width, height)
     return VideoInfo(
         codec=codec,
         pix_fmt=pix_fmt,
@@ -137,10 +135,8 @@ def _first_frame_rotation(container, stream) -> int:
     """Decode the first frame (proof that the stream decodes) and read its display rotation."""
     import av
 
-    try:
+    with contextlib.suppress(av.FFmpegError):
         container.seek(0, stream=stream)
-    except av.FFmpegError:
-        pass
     try:
         for frame in container.decode(stream):
             return int(round(getattr(frame, "rotation", 0) or 0)) % 360
@@ -156,9 +152,7 @@ class DecodeTimeout(Exception):
 def scaled_size(width: int, height: int, target: int) -> tuple[int, int]:
     """Even-sized frame whose longer side is `target` (never upscaled), same aspect ratio."""
     scale = min(1.0, target / max(width, height))
-    w = max(2, int(round(width * scale / 2.0)) * 2)
-    h = max(2, int(round(height * scale / 2.0)) * 2)
-    return w, h
+    return max(2, int(round(width * scale / 2.0)) * 2), max(2, int(round(height * scale / 2.0)) * 2)
 
 
 @contextmanager
@@ -241,10 +235,8 @@ def iter_frames(
                 proc.kill()
                 proc.wait()
             while reader.is_alive():  # unblock a reader waiting on a full queue
-                try:
+                with contextlib.suppress(queue.Empty):
                     chunks.get(timeout=0.1)
-                except queue.Empty:
-                    pass
             reader.join()
         if timed_out.is_set():
             raise DecodeTimeout(f"decode exceeded {deadline_s:.0f}s")

@@ -85,9 +85,8 @@ class CrashLedger:
 
     def begin(self, key: str) -> int:
         """How often `key` was begun before and not ended (0: a first attempt)."""
-        n = self.begun.get(key, 0)
-        self.begun[key] = n + 1
-        return n
+        self.begun[key] = self.begun.get(key, 0) + 1
+        return self.begun[key] - 1
 
     def end(self, key: str) -> None:
         self.begun.pop(key, None)
@@ -295,17 +294,12 @@ def add_steps(ds, cfg: PipelineConfig, stages: list[StageSpec], gpus_in_cluster:
         memory = None if spec.cls is VideoStage and not video_apart else res.memory
         watch = None if spec.cls is VideoStage else ledger  # its work runs in a watchdog child
         if res.actors is not None:  # stateful (a model, an OCR engine): set up once per actor
-            pool = ActorPoolStrategy(min_size=1, max_size=None if res.actors == AUTO else res.actors)
-            ds = ds.map_batches(
-                actor_class(spec.cls, spec.args, watch), batch_size=res.batch_size, batch_format="pyarrow",
-                num_cpus=res.num_cpus, num_gpus=res.num_gpus, memory=memory, compute=pool,
-            )  # fmt: skip
+            fn = actor_class(spec.cls, spec.args, watch)
+            compute = ActorPoolStrategy(min_size=1, max_size=None if res.actors == AUTO else res.actors)
         else:
-            ds = ds.map_batches(
-                task_function(spec.cls, spec.args, watch), batch_size=res.batch_size, batch_format="pyarrow",
-                num_cpus=res.num_cpus, num_gpus=res.num_gpus, memory=memory,
-                compute=TaskPoolStrategy(size=cfg.ray.video_concurrency),
-            )  # fmt: skip
+            fn, compute = task_function(spec.cls, spec.args, watch), TaskPoolStrategy(size=cfg.ray.video_concurrency)
+        ds = ds.map_batches(fn, batch_size=res.batch_size, batch_format="pyarrow", num_cpus=res.num_cpus,
+                            num_gpus=res.num_gpus, memory=memory, compute=compute)  # fmt: skip
     return ds
 
 
@@ -455,9 +449,8 @@ def regroup(batches: Iterable[pa.Table], key: str, expected: Callable[[str, pa.T
     for batch in batches:
         if batch.num_rows == 0:
             continue
-        keys = batch.column(key).to_pylist()
         index: dict[str, list[int]] = {}
-        for i, k in enumerate(keys):
+        for i, k in enumerate(batch.column(key).to_pylist()):
             index.setdefault(k, []).append(i)
         for k, rows in index.items():
             got = pending.setdefault(k, [])
