@@ -36,8 +36,7 @@ def _read_clip(uri: str) -> bytes:
         fs, path = pafs.FileSystem.from_uri(uri)
         with fs.open_input_stream(path) as fh:
             return fh.read()
-    with open(uri, "rb") as fh:
-        return fh.read()
+    return Path(uri).read_bytes()
 
 
 def _meta(row: dict) -> dict:
@@ -172,13 +171,8 @@ def run_clips(subset: Path | None) -> ClipsParams | None:
 
     try:
         source = json.loads((subset / "funnel.json").read_text())["source"]
-        clips = dict(open_out(source)[1]["config"]["clips"])
-    except (TypeError, OSError, ValueError, KeyError):  # (a DatasetError is a ValueError)
-        return None
-    clips["mode"] = "exact"
-    try:
-        return ClipsParams.model_validate(clips)
-    except ValueError:
+        return ClipsParams.model_validate({**open_out(source)[1]["config"]["clips"], "mode": "exact"})
+    except (TypeError, OSError, ValueError, KeyError):  # (a DatasetError, pydantic's errors: ValueErrors)
         return None
 
 
@@ -203,12 +197,7 @@ def _write(rows: list[dict], src_schema: pa.Schema, out: Path, fmt: str, max_row
         name = f"shard-{k:06d}.{'parquet' if fmt == 'parquet' else 'tar'}"
         tmp = out / f".{name}.tmp"
         if fmt == "parquet":
-            recs = []
-            for row, data in group:
-                rec = dict(row)
-                if embed:
-                    rec[CLIP_BYTES] = data
-                recs.append(rec)
+            recs = [{**row, CLIP_BYTES: data} if embed else row for row, data in group]
             tbl = pa.Table.from_pylist(recs, schema=_export_schema(src_schema, embed))
             pq.write_table(tbl, tmp, compression="zstd" if not embed else "none")
         else:
@@ -269,20 +258,17 @@ def _claim(out: Path) -> Path:
 
 def _swap_in(new: Path, final: Path) -> None:
     """Put the complete export `new` at `final`, replacing an earlier one (two renames)."""
+    old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
     if final.exists():
-        old = final.parent / f".{final.name}.old-{uuid.uuid4().hex[:8]}"
         final.rename(old)
-        new.rename(final)
-        shutil.rmtree(old)
-    else:
-        new.rename(final)
+    new.rename(final)
+    shutil.rmtree(old, ignore_errors=True)  # (a kill before this: _claim removes it)
 
 
 def member_key(clip_id: str) -> str:
     """A tar member stem that is one plain name: no directories, no `..`, no dot (WebDataset
     splits key and extension at the first dot)."""
-    key = re.sub(r"[^A-Za-z0-9_-]", "_", clip_id or "")
-    return key or "_"
+    return re.sub(r"[^A-Za-z0-9_-]", "_", clip_id or "") or "_"
 
 
 def _export_schema(src: pa.Schema, embed: bool) -> pa.Schema:

@@ -30,6 +30,7 @@ from curate.config import load_model
 from curate.dataset import SUBSET_FILE
 from curate.errors import UserError
 from curate.params import Strict
+from curate.stage import set_columns
 
 FUNNEL_FILE = "funnel.json"
 CAPTION = "caption"  # the training caption chosen per clip (select adds it)
@@ -173,16 +174,7 @@ def evaluate(table: pa.Table, filt: Filter) -> tuple[np.ndarray, dict]:
         q = float(np.percentile(values, pct if bottom else 100.0 - pct))
         mask = pc.greater_equal(col, q) if bottom else pc.less_equal(col, q)
         info.update(column=name, op=">=" if bottom else "<=", threshold=q, percent=pct, kind="drop_bottom" if bottom else "drop_top")
-    arr = mask.to_numpy(zero_copy_only=False) if isinstance(mask, pa.Array) else mask.combine_chunks().to_numpy(zero_copy_only=False)
-    keep = np.asarray(_nulls_to(arr, filt.nulls == "keep"), dtype=bool)
-    return keep, info
-
-
-def _nulls_to(arr: np.ndarray, null_value: bool) -> np.ndarray:
-    """Arrow booleans with nulls come out as an object array with None: nulls -> null_value."""
-    if arr.dtype == object:
-        return np.array([null_value if v is None else bool(v) for v in arr], dtype=bool)
-    return arr
+    return np.asarray(pc.fill_null(mask, filt.nulls == "keep"), dtype=bool), info
 
 
 def choose_captions(table: pa.Table, mix: CaptionMix) -> tuple[list[str | None], list[str | None]]:
@@ -194,20 +186,14 @@ def choose_captions(table: pa.Table, mix: CaptionMix) -> tuple[list[str | None],
     sources = [s for s in mix.mix if mix.mix[s] > 0]
     cols = {s: table.column(s).to_pylist() if s in table.column_names else [None] * n for s in sources}
     ids = table.column(schema.CLIP_ID).to_pylist()
-    captions, chosen = [], []
+    chosen: list[str | None] = [None] * n
     for i in range(n):
         avail = [s for s in sources if cols[s][i]]
-        if not avail:
-            captions.append(None)
-            chosen.append(None)
-            continue
-        w = np.array([mix.mix[s] for s in avail], dtype=np.float64)
-        h = hashlib.sha256(f"{mix.seed}:{ids[i]}".encode()).digest()
-        u = int.from_bytes(h[:8], "big") / 2**64
-        s = avail[int(np.searchsorted(np.cumsum(w / w.sum()), u, side="right"))]
-        captions.append(cols[s][i])
-        chosen.append(s)
-    return captions, chosen
+        if avail:
+            w = np.array([mix.mix[s] for s in avail], dtype=np.float64)
+            u = int.from_bytes(hashlib.sha256(f"{mix.seed}:{ids[i]}".encode()).digest()[:8], "big") / 2**64
+            chosen[i] = avail[int(np.searchsorted(np.cumsum(w / w.sum()), u, side="right"))]
+    return [cols[s][i] if s else None for i, s in enumerate(chosen)], chosen
 
 
 @dataclass
@@ -261,9 +247,8 @@ def select(table: pa.Table, rules: Rules) -> tuple[pa.Table, dict]:
     keep = f.keep
     subset = table.filter(pa.array(keep))
     captions, chosen = choose_captions(subset, rules.caption)
-    for name, values in ((CAPTION, captions), (CAPTION_SOURCE, chosen)):
-        col = pa.array(values, pa.string())
-        subset = subset.set_column(subset.column_names.index(name), name, col) if name in subset.column_names else subset.append_column(name, col)
+    subset = set_columns(subset, {CAPTION: captions, CAPTION_SOURCE: chosen},
+                         (pa.field(CAPTION, pa.string()), pa.field(CAPTION_SOURCE, pa.string())))
     funnel_json = {
         "input": {"clips": table.num_rows, "hours": f.hours},
         "filters": f.steps,
@@ -295,26 +280,17 @@ def dedup_mask(table: pa.Table, keep: np.ndarray, rule: DedupRule, by_id: dict[s
         raise SelectError(f"dedup keep {rule.keep!r}: not 'longest' nor a column ({', '.join(sorted(table.column_names))})")
     ids = table.column(schema.CLIP_ID).to_pylist()
     values = table.column(col).to_pylist()
-    best: dict[str, int] = {}
-    unknown = 0
-    for i, cid in enumerate(ids):
-        g = by_id.get(cid)
-        if g is None:
-            unknown += 1
-            continue
-        if not keep[i]:
-            continue
-        j = best.get(g)
-        key_i = (values[i] is not None, values[i] if values[i] is not None else 0, -i)
-        if j is None or key_i > (values[j] is not None, values[j] if values[j] is not None else 0, -j):
-            best[g] = i
-    mask = np.ones(len(ids), bool)
-    for i, cid in enumerate(ids):
-        g = by_id.get(cid)
-        if g is not None and best.get(g, i) != i and keep[best.get(g, i)]:
-            mask[i] = False
+
+    def rank(i: int) -> tuple:  # the highest value (a null lowest), then the first row
+        return values[i] is not None, values[i] if values[i] is not None else 0, -i
+
+    best: dict[str, int] = {}  # group -> its kept member, among the rows the filters kept
+    for i, g in enumerate(map(by_id.get, ids)):
+        if g is not None and keep[i]:
+            best[g] = max(best.get(g, i), i, key=rank)
+    mask = np.array([best.get(by_id.get(cid), i) == i for i, cid in enumerate(ids)], bool)
     return mask, {"filter": f"dedup: one per group ({label})", "threshold": None, "column": col,
-                  "not_in_dedup_output": unknown}  # fmt: skip
+                  "not_in_dedup_output": sum(1 for cid in ids if cid not in by_id)}  # fmt: skip
 
 
 def rules_from_flags(rules: Rules, where: list[str], drop_bottom: list[str], drop_top: list[str], nulls: str | None) -> Rules:

@@ -51,15 +51,8 @@ def bootstrap(per_arm: dict[str, np.ndarray], n: int = 1000, seed: int = 0) -> d
 
 
 def metric_games(per_arm: dict[str, np.ndarray], lower_is_better: bool = True) -> list[tuple[str, str, float]]:
-    games = []
-    for a, b in itertools.combinations(sorted(per_arm), 2):
-        for x, y in zip(per_arm[a], per_arm[b]):
-            if x == y:
-                s = 0.5
-            else:
-                s = 1.0 if (x < y) == lower_is_better else 0.0
-            games.append((a, b, s))
-    return games
+    return [(a, b, 0.5 if x == y else float((x < y) == lower_is_better))
+            for a, b in itertools.combinations(sorted(per_arm), 2) for x, y in zip(per_arm[a], per_arm[b])]
 
 
 def vote_games(path: str | Path) -> list[tuple[str, str, float]]:
@@ -67,13 +60,8 @@ def vote_games(path: str | Path) -> list[tuple[str, str, float]]:
     is a vote whose winner is neither arm; a line that is not a vote is refused, naming the line."""
     from t2v.vote import read_votes
 
-    games = []
-    for v in read_votes(Path(path), strict=True):
-        if v["winner"] == "tie":
-            games.append((v["a"], v["b"], 0.5))
-        elif v["winner"] in (v["a"], v["b"]):
-            games.append((v["a"], v["b"], 1.0 if v["winner"] == v["a"] else 0.0))
-    return games
+    return [(v["a"], v["b"], 0.5 if v["winner"] == "tie" else float(v["winner"] == v["a"]))
+            for v in read_votes(Path(path), strict=True) if v["winner"] in ("tie", v["a"], v["b"])]
 
 
 def compare(cfg: TrainConfig, arms: dict[str, str], out: str | Path, seeds: list[int],

@@ -30,6 +30,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass
+from itertools import combinations
 from pathlib import Path
 
 from curate.errors import UserError
@@ -74,13 +75,8 @@ def index(cmp: Path) -> tuple[list[Path], list[Pair]]:
                     continue
                 files.append(real)
                 by_unit.setdefault((s["prompt"], int(s["seed"]), run.name), {})[arm_dir.name] = len(files) - 1
-    pairs = []
-    for (prompt, seed, run), arms in sorted(by_unit.items()):
-        names = sorted(arms)
-        for i, a in enumerate(names):
-            for b in names[i + 1:]:
-                pairs.append(Pair(f"{prompt}|{seed}|{run}|{a}|{b}", prompt, a, b, arms[a], arms[b]))
-    return files, pairs
+    return files, [Pair(f"{prompt}|{seed}|{run}|{a}|{b}", prompt, a, b, arms[a], arms[b])
+                   for (prompt, seed, run), arms in sorted(by_unit.items()) for a, b in combinations(sorted(arms), 2)]
 
 
 def append_vote(path: Path, record: dict) -> None:
