@@ -21,7 +21,7 @@ from curate.models import preflight
 from curate.per_video import VideoStage
 from curate.record import VideoRecord
 from curate.shards import MANIFEST_FILE, MARKER_FILE, Committer, ConfigMismatch, OutNotOurs, ownership_problem
-from curate.storage import OutputStore, check_out_path, duplicates_by_content
+from curate.storage import OutputStore, check_out_path, duplicates_by_content, largest_first
 from pipelines.graph import StageSpec, enabled_scorers, execute, model_stages, regroup, scorer_specs
 
 @dataclass
@@ -97,7 +97,7 @@ def _run_locked(cfg: PipelineConfig, inputs: list[str], store: OutputStore, leas
     for uri, (vid, first) in dups.items():
         committer.add_video(VideoRecord(source_uri=uri, video_id=vid, clips=0, quarantine={
             "reason": schema.Q_DUPLICATE, "detail": f"same content as {first}"}), None)
-    todo = [u for u in todo if u not in dups]
+    todo = largest_first([u for u in todo if u not in dups])
     # Missing weights: fail now (before any work), or skip optional stages loudly.
     skip_stages, skip_reasons = preflight(model_stages(cfg))
     if cfg.cuts.detector != "classical":

@@ -95,6 +95,25 @@ class Killed(Exception):
     pass
 
 
+def test_inputs_are_worked_largest_first(tmp_path, three_shots):
+    """A long input given last held the run's tail alone on one lane (the 1080p talk, last of
+    ../shared/data by name): inputs start largest first, then the remote and missing ones in the
+    order given. Seen in the commit log: one input per commit, in the order they were worked."""
+    from curate.storage import largest_first
+
+    small, big = tmp_path / "a_small.mp4", tmp_path / "b_big.mp4"
+    shutil.copy(DATA / "counter.mp4", small)
+    shutil.copy(three_shots.path, big)
+    assert small.stat().st_size < big.stat().st_size
+    missing, remote = str(tmp_path / "c_missing.mp4"), "s3://bucket/a.mp4"
+    assert largest_first([remote, str(small), missing, str(big)]) == [str(big), str(small), remote, missing]
+    out = tmp_path / "out"
+    run(local_cfg(False, **{"shards.commit_every_videos": 1}), [str(small), missing, str(big)], str(out))
+    order = [v["source_uri"] for rec in sorted((out / "_commits").glob("commit-*.json"))
+             for v in json.loads(rec.read_text())["videos"]]  # fmt: skip
+    assert order == [str(big), str(small), missing]
+
+
 @pytest.mark.parametrize("crash_at", ["before_commit", "after_commit_before_rename"])
 def test_killed_run_resumes_exactly_once(tmp_path, corpus, monkeypatch, crash_at):
     inputs = resolve_inputs([str(corpus)])
