@@ -363,7 +363,7 @@ def with_retries(fn, what: str, budget_s: float | None = None):
 
 def largest_first(uris: list[str]) -> list[str]:
     """The order in which inputs are worked: the largest local files first (a stat each), then
-    the remote ones (no size without a request) and the missing ones, each in the given order.
+    the rest (remote ones, which have no size without a request, and missing ones) in the given order.
     A long input given last held the run's tail alone on a lane while the others sat idle: the
     1080p talk, last of ../shared/data by name, is 14 of the deferred pass's 33 stage-seconds
     (longest-processing-time-first, with the file's size standing in for its decode)."""
