@@ -3,11 +3,12 @@ spans in their source, the scorers' frames and a small moving preview, and no cl
 `curate export --materialize` encodes the clips a subset keeps (curate.materialize).
 
 One ffmpeg process decodes the input once and hands on two streams: the cut analysis's small
-frames (stdout) and every frame at the stored clip size through the extraction's own filters
-(scale, yuv420p, RGB: the pixels an `exact` clip of any span is encoded from) on a second pipe.
+frames (stdout) and, on a second pipe, every frame at the stored clip size through the
+extraction's own filters (scale, yuv420p, RGB: the pixels an `exact` clip of any span is encoded
+from) where scorers want frames, or only at the preview's size where none does.
 The cuts are analysed as the frames come (curate.cuts.CutAnalysis); a clip is planned as soon as
 the cuts before it are final (clips.plan_clips, open_end) and its frames are read back from a
-spill of the stored-size frames on local disk, which is dropped as planning moves past it:
+spill of those frames on local disk, which is dropped as planning moves past it:
 memory and disk stay bounded by a clip's length, whatever the input's. At the end the plan is
 checked against the one the final cuts give: a span planned early that the final plan lacks is
 dropped, one not sampled yet is sampled from the spill, or (its frames gone: a cut later than
@@ -36,17 +37,18 @@ from curate.record import InputRecord, Quarantine, VideoInfo
 from curate.stage import pack_plans
 from curate.video import DecodeTimeout, ffmpeg_exe, ffmpeg_run, read_chunks, scaled_size, seek_args
 
-SPILL_FRAMES = 32  # stored-size frames per spill file: the unit in which the spill is dropped
+SPILL_FRAMES = 32  # frames per spill file: the unit in which the spill is dropped
 CHUNK_FRAMES, READ_AHEAD = 64, 4  # analysis frames per read, and reads queued ahead of the analysis
-AHEAD = (READ_AHEAD + 3) * CHUNK_FRAMES  # stored-size frames spilled ahead of the analysis, at most
+AHEAD = (READ_AHEAD + 3) * CHUNK_FRAMES  # frames spilled ahead of the analysis, at most
 # The spill holds at most a clip (max_s), the analysis's lag and its read-ahead: not the input.
 PREVIEW_SIDE = 128  # long side of a preview frame ...
 PREVIEW_FRAMES = 8  # ... and how many, evenly over the clip
 
 
 class _Spill:
-    """The stored-size frames of the decode (yuv420p, as the encoder would get them), appended by a
-    reader thread, read back by index as RGB, dropped a file at a time once no clip can need them."""
+    """The spilled frames of the decode (yuv420p; at the stored size, as the encoder would get them,
+    or at the preview's: _spilled), appended by a reader thread, read back by index as RGB, dropped
+    a file at a time once no clip can need them."""
 
     def __init__(self, directory: str, width: int, height: int):
         self.dir, self.shape = directory, (height * 3 // 2, width)  # a planar 4:2:0 frame as one array
@@ -102,7 +104,7 @@ class _Spill:
             self.cond.notify_all()
 
     def get(self, i: int) -> np.ndarray | None:
-        """Frame i, RGB at the stored size, waiting for it to be written; None when it is gone or
+        """Frame i, RGB at the spill's size, waiting for it to be written; None when it is gone or
         never came. Converted here, for the few frames a clip's scorers and preview use: with
         FFmpeg's own conversion (PyAV's swscale), the pixels `format=rgb24` gives the other modes,
         bit for bit (tests/test_deferred.py), at a third of the bytes through the pipe and spill."""
@@ -136,14 +138,15 @@ def deferred_clips(rec: InputRecord, cuts_p: CutsParams, clips_p: ClipsParams, p
     geo = geometry(info, clips_p)
     aw, ah = scaled_size(info.width, info.height, cuts_p.analysis_size)  # frames come rotated, as clips store them
     analysis = CutAnalysis(info.fps, cuts_p, aw, ah)
-    size = stored_size_filter(geo)
+    size, sw, sh = _spilled(geo, plans)
     work = tempfile.mkdtemp(prefix="curate-deferred-")
-    spill = _Spill(work, geo.width, geo.height)
+    spill = _Spill(work, sw, sh)
     read_fd, write_fd = os.pipe()
-    graph = (f"[0:v]split=2[x][y];[x]scale={aw}:{ah}:flags=area,format=bgr24[a];"
-             f"[y]{size},format=yuv420p[b]")  # the stored pixels: _extract_group's chain (RGB: _Spill.get)
+    graph = f"[0:v]split=2[x][y];[x]scale={aw}:{ah}:flags=area,format=bgr24[a];[y]{size}[b]"
+    # one filter thread: the decoder's frame threads already take the cores, and slice threads
+    # beside them cost CPU time (the 1080p talk's ffmpeg side: 9.8-11.4 s against 12.7 s, wall)
     cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-threads", str(cuts_p.decode_threads),
-           "-i", rec.local, "-filter_complex", graph,
+           "-filter_complex_threads", "1", "-i", rec.local, "-filter_complex", graph,
            "-map", "[a]", "-an", "-sn", "-dn", "-fps_mode", "passthrough", "-f", "rawvideo", "pipe:1",
            "-map", "[b]", "-fps_mode", "passthrough", "-f", "rawvideo", f"pipe:{write_fd}"]  # fmt: skip
     left = rec.remaining_s()
@@ -204,7 +207,7 @@ def _decode_once(rec: InputRecord, proc, expired, read_fd: int, analysis: CutAna
 
 def deferred_span_rows(rec: InputRecord, clips_p: ClipsParams, plans: list, only: tuple[int, int]) -> list[dict]:
     """The rows of the clips that start in frames `only` of an input whose cuts are known (a
-    segment of a long input, curate.segments): one decode of their frames at the stored size from
+    segment of a long input, curate.segments): one decode of their frames (_spilled) from
     the first of them, through the same filters and spill as `deferred_clips` (so the same pixels)."""
     info = rec.info
     mine = [(i, span) for i, span in enumerate(plan_input(rec, clips_p)) if only[0] <= span.start < only[1]]
@@ -212,12 +215,12 @@ def deferred_span_rows(rec: InputRecord, clips_p: ClipsParams, plans: list, only
         return []
     geo = geometry(info, clips_p)
     first, end = mine[0][1].start, mine[-1][1].end
-    size = stored_size_filter(geo)
-    cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", *seek_args(info, first), "-i", rec.local,
-           "-map", "0:v:0", "-an", "-sn", "-dn", "-fps_mode", "passthrough", "-frames:v", str(end - first),
-           "-vf", f"{size},format=yuv420p", "-f", "rawvideo", "pipe:1"]  # fmt: skip
+    size, sw, sh = _spilled(geo, plans)
+    cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-filter_threads", "1", *seek_args(info, first),
+           "-i", rec.local, "-map", "0:v:0", "-an", "-sn", "-dn", "-fps_mode", "passthrough", "-frames:v",
+           str(end - first), "-vf", size, "-f", "rawvideo", "pipe:1"]  # fmt: skip
     work = tempfile.mkdtemp(prefix="curate-deferred-")
-    spill = _Spill(work, geo.width, geo.height)
+    spill = _Spill(work, sw, sh)
     left = rec.remaining_s()
     try:
         with ffmpeg_run(cmd, left) as (proc, expired, _):
@@ -246,9 +249,21 @@ def deferred_span_rows(rec: InputRecord, clips_p: ClipsParams, plans: list, only
         shutil.rmtree(work, ignore_errors=True)
 
 
+def _spilled(geo: Geometry, plans: list) -> tuple[str, int, int]:
+    """(filter, width, height) of the frames the one decode spills: every frame at the stored size
+    when scorers want frames (an `exact` clip's pixels: _extract_group's chain; which frames, a
+    span's plans say only once its cuts are final), else at the preview's size, all a row then
+    takes (scaling each frame to the stored size cost more than the cut analysis: bench/README)."""
+    if plans:
+        return f"{stored_size_filter(geo)},format=yuv420p", geo.width, geo.height
+    s = min(1.0, PREVIEW_SIDE / max(geo.width, geo.height))
+    w, h = max(2, 2 * round(geo.width * s / 2)), max(2, 2 * round(geo.height * s / 2))  # (4:2:0: even sides)
+    return f"scale={w}:{h}:flags=area,format=yuv420p", w, h
+
+
 class _ClipRows:
     """Rows of the spans planned so far (each once), with their frames from the spill (`frame`:
-    the input's frame i, RGB at the stored size, or None)."""
+    the input's frame i, RGB at the spill's size, or None)."""
 
     def __init__(self, rec: InputRecord, params: ClipsParams, geo, plans: list, frame):
         self.rec, self.params, self.geo, self.plans, self.frame = rec, params, geo, plans, frame

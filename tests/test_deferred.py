@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -113,6 +114,42 @@ def _export(subset: Path, dest: Path, *flags: str, env: dict | None = None) -> s
 def _frames(path: str, n: int) -> list[np.ndarray]:
     got, _ = decode_frames(path, set(range(n)), ["pyav"])
     return [got[k] for k in sorted(got)]
+
+
+def test_without_scorers_the_decode_spills_preview_sized_frames_and_the_previews_show_the_clips(tmp_path, outs, inputs,
+                                                                                                monkeypatch):
+    """No scorer wants frames: the one decode's second stream is at the preview's size, not the
+    stored size, and each row's moving preview still shows its own clip (the `exact` run's file)."""
+    import cv2
+    from PIL import Image, ImageSequence
+
+    import curate.deferred as deferred
+
+    spills, real_spill = [], deferred._Spill
+    monkeypatch.setattr(deferred, "_Spill", lambda *a, **kw: spills.append(real_spill(*a, **kw)) or spills[-1])
+    off = [f"scorers.{s}.enabled=false" for s in ("flow", "camera", "ocr", "quality", "phash")]
+    run(demo_cfg("deferred", "watchdog=false", *off), inputs, str(tmp_path / "out"))
+    assert len(spills) == len(inputs) and all(max(s.shape[1], s.shape[0] * 2 // 3) <= deferred.PREVIEW_SIDE for s in spills)
+    exact = {r[schema.CLIP_ID]: r for r in read_shards(str(outs["exact"])).to_pylist()}
+    rows = read_shards(str(tmp_path / "out")).to_pylist()
+    assert {r[schema.CLIP_ID] for r in rows} == set(exact) and all(r[schema.SAMPLES] is None for r in rows
+                                                                   if schema.SAMPLES in r)  # fmt: skip
+    firsts = {}
+    for r in rows:
+        e = exact[r[schema.CLIP_ID]]
+        pics = [np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(Image.open(io.BytesIO(r[schema.PREVIEW])))]
+        assert 1 <= len(pics) <= min(deferred.PREVIEW_FRAMES, e[schema.NUM_FRAMES])  # (WebP joins equal frames)
+        h, w = pics[0].shape[:2]
+        assert max(h, w) <= deferred.PREVIEW_SIDE and abs(w / h - e[schema.WIDTH] / e[schema.HEIGHT]) < 0.05
+        frames, _ = decode_frames(e[schema.CLIP_URI], {0}, ["pyav"])
+        firsts[r[schema.CLIP_ID]] = (pics[0], cv2.resize(frames[0], (w, h), interpolation=cv2.INTER_AREA))
+    own = [np.abs(p.astype(int) - c).mean() for p, c in firsts.values()]
+    # the clip's first frame, as its file stores it: 0-9 levels apart in 255 (WebP and x264 both lossy, and
+    # the preview is scaled from the source in one step, the file's frame in two), where ...
+    assert max(own) < 12, max(own)
+    pairs = list(firsts.values())  # ... another clip's first frame, where the sizes match, is far further off
+    other = [np.abs(p.astype(int) - c).mean() for (p, _), (_, c) in zip(pairs, pairs[1:] + pairs[:1]) if p.shape == c.shape]
+    assert np.mean(other) > 3 * np.mean(own), (np.mean(other), np.mean(own))
 
 
 def test_materialize_encodes_the_kept_spans_as_exact_would_resumes_after_a_kill_and_refuses_changed_sources(tmp_path, outs, inputs):
