@@ -12,6 +12,7 @@ Run: python bench/pipeline.py [--videos DIR] [--only NAME ...]
         pass + select + export --materialize, at the demo recipe's 320 px and the svd recipe's 576 px)
      python bench/pipeline.py --memory     (peak memory of a deferred pass: a 2-, a 10- and a
         25-minute 1080p input)
+     python bench/pipeline.py --only fixed (what a run costs whatever its inputs: Ray's start and stop)
      python bench/pipeline.py --long       (a 24.5-minute 1080p talk in one piece and as
         segments, alone and beside the other inputs: wall time, identical rows)
 """
@@ -35,6 +36,7 @@ NO_SCORERS = ["scorers.flow.enabled=false", "scorers.camera.enabled=false", "sco
               "scorers.ocr.enabled=false", "scorers.quality.enabled=false",
               "scorers.caption_coca.enabled=false", "scorers.caption_vblip.enabled=false",
               "scorers.caption_llm.enabled=false", "scorers.clip.enabled=false"]  # fmt: skip
+ONLY_PHASH = [s for s in NO_SCORERS if not s.startswith("scorers.phash.")]
 # (name, demo recipe overrides); the recipe's cut levels and clip lengths throughout
 RUNS = [
     ("cuts+clips copy, source size", ["clips.mode=copy", "clips.short_side=null", *NO_SCORERS]),
@@ -45,7 +47,12 @@ RUNS = [
     ("demo recipe, 320 px, executor local (no Ray)", ["clips.mode=exact", "clips.short_side=320", "executor=local"]),
     ("demo recipe, smart at source size (before)", ["clips.mode=smart", "clips.short_side=null"]),
     ("cuts + spans + previews, deferred (one decode), 320 px", ["clips.mode=deferred", *NO_SCORERS]),
+    ("cuts + spans + previews, deferred, executor local (no Ray)", ["clips.mode=deferred", "executor=local", *NO_SCORERS]),
+    # one scorer (phash) wants frames: the one decode spills every frame at the stored size
+    ("cuts + spans + sampling (phash), deferred, 320 px", ["clips.mode=deferred", *ONLY_PHASH]),
+    ("cuts + spans + sampling (phash), deferred, executor local", ["clips.mode=deferred", "executor=local", *ONLY_PHASH]),
     ("demo recipe, deferred (one decode), 320 px", ["clips.mode=deferred"]),
+    ("demo recipe, deferred, executor local (no Ray)", ["clips.mode=deferred", "executor=local"]),
 ]
 
 
@@ -80,6 +87,19 @@ def pyscenedetect(videos: list[Path], work: Path) -> float:
         total += timed([sys.executable, "-m", "scenedetect", "-q", "-i", str(v), "-o", str(out), "detect-adaptive",
                         "split-video"], env)  # fmt: skip
     return total
+
+
+def fixed_cost(videos: list[Path], work: Path) -> None:
+    """What a run costs whatever its inputs: `curate run` over the shortest input alone (cuts and
+    spans), on Ray (its start and stop included) and with the local executor."""
+    short = min(videos, key=lambda v: v.stat().st_size)
+    one = work / "one"
+    one.mkdir(exist_ok=True)
+    if not (one / short.name).exists():
+        (one / short.name).symlink_to(short)
+    for executor in ("ray", "local"):
+        wall, _ = curate_run(one, work / f"fixed-{executor}", ["clips.mode=deferred", f"executor={executor}", *NO_SCORERS])
+        print(f"fixed cost, executor {executor}: {wall:.1f} s (`curate run` over {short.name} alone)", flush=True)
 
 
 def curate_run(videos_dir: Path, out: Path, sets: list[str], recipe: str = "demo") -> tuple[float, dict]:
@@ -255,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
         psd = pyscenedetect(videos, work)
         print(f"{len(videos)} videos; bare decode {base:.1f} s; PySceneDetect detect-adaptive split-video {psd:.1f} s "
               f"({psd / base:.1f}x decode)")  # fmt: skip
+        if not args.only or "fixed" in args.only:
+            fixed_cost(videos, work)
         print("| run | wall s | x bare decode | x PySceneDetect | clips | stage seconds (summed over workers) |")
         print("|---|---|---|---|---|---|")
         for k, (name, sets) in enumerate(RUNS):
