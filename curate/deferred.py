@@ -256,8 +256,7 @@ def _spilled(geo: Geometry, plans: list) -> tuple[str, int, int]:
     takes (scaling each frame to the stored size cost more than the cut analysis: bench/README)."""
     if plans:
         return f"{stored_size_filter(geo)},format=yuv420p", geo.width, geo.height
-    s = min(1.0, PREVIEW_SIDE / max(geo.width, geo.height))
-    w, h = max(2, 2 * round(geo.width * s / 2)), max(2, 2 * round(geo.height * s / 2))  # (4:2:0: even sides)
+    w, h = scaled_size(geo.width, geo.height, PREVIEW_SIDE)  # (even sides, as 4:2:0 needs)
     return f"scale={w}:{h}:flags=area,format=yuv420p", w, h
 
 
