@@ -135,7 +135,19 @@ def _open_clip_pretrained_cfg(model: str, tag: str) -> dict:
             package = types.ModuleType(_REGISTRY_PACKAGE)
             package.__path__ = [os.path.dirname(spec.origin)]
             sys.modules[_REGISTRY_PACKAGE] = package
-        table = importlib.import_module(_REGISTRY_PACKAGE + ".pretrained")
+        table = sys.modules.get(_REGISTRY_PACKAGE + ".pretrained")
+        if table is None:
+            # The table's module tries `import safetensors.torch` (for loading, which this copy never
+            # does): that imports torch, 1.5-3 s of every run's start where it was not yet loaded.
+            # The module guards that import (ImportError: no safetensors), so it is refused here.
+            blocked = "safetensors.torch" not in sys.modules
+            if blocked:
+                sys.modules["safetensors.torch"] = None  # (an import of it now raises ImportError)
+            try:
+                table = importlib.import_module(_REGISTRY_PACKAGE + ".pretrained")
+            finally:
+                if blocked:
+                    del sys.modules["safetensors.torch"]
         return table.get_pretrained_cfg(model, tag)
     except Exception:  # noqa: BLE001 - any layout we do not know: ask open_clip itself
         import open_clip

@@ -198,15 +198,19 @@ def test_model_stages_as_ray_actor_pools_match_local(tmp_path, tiny_models, thre
 
 
 def test_open_clip_tags_resolve_without_importing_open_clip():
-    """The preflight reads open_clip's pretrained table without its 5 s package import, and
-    answers as open_clip does (checked in a fresh interpreter, where nothing imported it yet)."""
+    """The preflight reads open_clip's pretrained table without its 5 s package import, nor
+    torch's (the table's module imports safetensors.torch, 1.5-3 s), and answers as open_clip
+    does (checked in a fresh interpreter, where nothing imported them yet); safetensors.torch
+    still imports afterwards."""
     code = textwrap.dedent("""
         import json, sys
         from curate.models import _open_clip_pretrained_cfg
         tags = [("ViT-L-14", "openai"), ("coca_ViT-L-14", "mscoco_finetuned_laion2B-s13B-b90k"),
                 ("ViT-B-32", "laion2b_s34b_b79k"), ("ViT-B-32", "no_such_tag")]
         mine = [_open_clip_pretrained_cfg(m, t) for m, t in tags]
-        imported = "open_clip" in sys.modules
+        imported = "open_clip" in sys.modules or "torch" in sys.modules
+        import safetensors.torch
+        assert "torch" in sys.modules and hasattr(safetensors.torch, "load_file")
         import open_clip
         theirs = [open_clip.get_pretrained_cfg(m, t) for m, t in tags]
         print(json.dumps({"imported": imported, "same": mine == theirs, "hub": mine[0].get("hf_hub")}))
