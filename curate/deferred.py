@@ -2,10 +2,10 @@
 spans in their source, the scorers' frames and a small moving preview, and no clip file.
 `curate export --materialize` encodes the clips a subset keeps (curate.materialize).
 
-One ffmpeg process decodes the input once and hands on two streams: the cut analysis's small
-frames (stdout) and, on a second pipe, every frame at the stored clip size through the
+One ffmpeg process decodes the input once and hands on the cut analysis's small frames (stdout)
+and, where scorers want frames, on a second pipe every frame at the stored clip size through the
 extraction's own filters (scale, yuv420p, RGB: the pixels an `exact` clip of any span is encoded
-from) where scorers want frames, or only at the preview's size where none does.
+from); where none does, the analysis's frames are also what the spill keeps, for the previews.
 The cuts are analysed as the frames come (curate.cuts.CutAnalysis); a clip is planned as soon as
 the cuts before it are final (clips.plan_clips, open_end) and its frames are read back from a
 spill of those frames on local disk, which is dropped as planning moves past it:
@@ -46,25 +46,61 @@ PREVIEW_FRAMES = 8  # ... and how many, evenly over the clip
 
 
 class _Spill:
-    """The spilled frames of the decode (yuv420p; at the stored size, as the encoder would get them,
-    or at the preview's: _spilled), appended by a reader thread, read back by index as RGB, dropped
-    a file at a time once no clip can need them."""
+    """The spilled frames of the decode, read back by index as RGB and dropped a file at a time
+    once no clip can need them: yuv420p at the stored size (as the encoder would get them), from
+    the decode's second stream and a reader thread (`write_from`); or, where no scorer wants
+    frames, the cut analysis's own bgr24 frames, appended as the analysis takes them (`append`)."""
 
-    def __init__(self, directory: str, width: int, height: int):
-        self.dir, self.shape = directory, (height * 3 // 2, width)  # a planar 4:2:0 frame as one array
-        self.frame_bytes = width * height * 3 // 2
+    def __init__(self, directory: str, width: int, height: int, pix_fmt: str = "yuv420p"):
+        self.dir, self.width, self.height, self.pix_fmt = directory, width, height, pix_fmt
+        # a planar 4:2:0 frame as one array, or a packed BGR one
+        self.shape = (height * 3 // 2, width) if pix_fmt == "yuv420p" else (height, width, 3)
+        self.frame_bytes = int(np.prod(self.shape))
         self.cond = threading.Condition()
         self.count = 0  # frames written
         self.done = False
         self.released = 0  # files below this index are gone (or never written)
         self.analysed = 0  # frames the cut analysis has taken: the writer keeps within AHEAD of it
         self.peak = 0  # the most files it held at once (the bound the tests check)
+        self._fh, self._seg = None, -1  # the file being written, and its index
 
     def _path(self, seg: int) -> str:
         return os.path.join(self.dir, f"{seg:08d}.rgb")
 
+    def _put(self, frames) -> None:
+        """Append whole frames (bytes, or a C-ordered array of them), file by file."""
+        data = memoryview(frames).cast("B")
+        n, at = len(data) // self.frame_bytes, 0
+        while at < n:
+            s = (self.count + at) // SPILL_FRAMES
+            if s != self._seg:
+                if self._fh:
+                    self._fh.close()
+                self._seg = s
+                self._fh = open(self._path(s), "wb") if s >= self.released else None
+                self.peak = max(self.peak, s + 1 - self.released)
+            take = min(n - at, (s + 1) * SPILL_FRAMES - (self.count + at))
+            if self._fh:
+                self._fh.write(data[at * self.frame_bytes:(at + take) * self.frame_bytes])
+            at += take
+        with self.cond:
+            self.count += n
+            self.cond.notify_all()
+
+    def close(self) -> None:
+        """No more frames: what was never written reads as gone."""
+        if self._fh:
+            self._fh.close()
+            self._fh = None
+        with self.cond:
+            self.done = True
+            self.cond.notify_all()
+
+    def append(self, frames: np.ndarray) -> None:
+        """Frames the caller holds (the analysis's chunk), before the analysis takes them."""
+        self._put(np.ascontiguousarray(frames))
+
     def write_from(self, stream) -> None:
-        fh, seg = None, -1
         try:
             while True:
                 # Back-pressure: ffmpeg decodes for both streams at once, and a stream that is read
@@ -78,24 +114,9 @@ class _Spill:
                 buf = read_exact(stream, self.frame_bytes)
                 if buf is None:
                     break
-                s = self.count // SPILL_FRAMES
-                if s != seg:
-                    if fh:
-                        fh.close()
-                    seg = s
-                    fh = open(self._path(seg), "wb") if seg >= self.released else None
-                    self.peak = max(self.peak, seg + 1 - self.released)
-                if fh:
-                    fh.write(buf)
-                with self.cond:
-                    self.count += 1
-                    self.cond.notify_all()
+                self._put(buf)
         finally:
-            if fh:
-                fh.close()
-            with self.cond:
-                self.done = True
-                self.cond.notify_all()
+            self.close()
 
     def took(self, n: int) -> None:
         """The cut analysis has taken `n` frames."""
@@ -113,12 +134,14 @@ class _Spill:
                 self.cond.wait(1.0)
             if i >= self.count or i // SPILL_FRAMES < self.released:
                 return None
-        import av
-
         with open(self._path(i // SPILL_FRAMES), "rb") as fh:
             fh.seek((i % SPILL_FRAMES) * self.frame_bytes)
-            yuv = np.frombuffer(fh.read(self.frame_bytes), np.uint8).reshape(self.shape)
-        return av.VideoFrame.from_ndarray(yuv, format="yuv420p").to_ndarray(format="rgb24")
+            frame = np.frombuffer(fh.read(self.frame_bytes), np.uint8).reshape(self.shape)
+        if self.pix_fmt == "bgr24":
+            return np.ascontiguousarray(frame[..., ::-1])
+        import av
+
+        return av.VideoFrame.from_ndarray(frame, format="yuv420p").to_ndarray(format="rgb24")
 
     def release_before(self, i: int) -> None:
         upto = i // SPILL_FRAMES  # files wholly before frame i
@@ -138,19 +161,27 @@ def deferred_clips(rec: InputRecord, cuts_p: CutsParams, clips_p: ClipsParams, p
     geo = geometry(info, clips_p)
     aw, ah = scaled_size(info.width, info.height, cuts_p.analysis_size)  # frames come rotated, as clips store them
     analysis = CutAnalysis(info.fps, cuts_p, aw, ah)
-    size, sw, sh = _spilled(geo, plans)
+    stored = _spilled(geo, plans)
     work = tempfile.mkdtemp(prefix="curate-deferred-")
-    spill = _Spill(work, sw, sh)
-    read_fd, write_fd = os.pipe()
-    graph = f"[0:v]split=2[x][y];[x]scale={aw}:{ah}:flags=area,format=bgr24[a];[y]{size}[b]"
+    analyse = f"scale={aw}:{ah}:flags=area,format=bgr24"
     # one filter thread: the decoder's frame threads already take the cores, and slice threads
     # beside them cost CPU time (the 1080p talk's ffmpeg side: 9.8-11.4 s against 12.7 s, wall)
     cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-threads", str(cuts_p.decode_threads),
-           "-filter_complex_threads", "1", "-i", rec.local, "-filter_complex", graph,
-           "-map", "[a]", "-an", "-sn", "-dn", "-fps_mode", "passthrough", "-f", "rawvideo", "pipe:1",
-           "-map", "[b]", "-fps_mode", "passthrough", "-f", "rawvideo", f"pipe:{write_fd}"]  # fmt: skip
-    left = rec.remaining_s()
+           "-filter_complex_threads", "1", "-i", rec.local]  # fmt: skip
+    out_a = ["-map", "[a]", "-an", "-sn", "-dn", "-fps_mode", "passthrough", "-f", "rawvideo", "pipe:1"]
     try:
+        if stored is None:  # the analysis's frames are all a row takes (its preview): one stream
+            spill = _Spill(work, aw, ah, "bgr24")
+            cmd += ["-filter_complex", f"[0:v]{analyse}[a]", *out_a]
+            left = rec.remaining_s()
+            with ffmpeg_run(cmd, left) as (proc, expired, _):
+                return _decode_once(rec, proc, expired, None, analysis, spill, clips_p, geo, plans, min_frames, left)
+        size, sw, sh = stored
+        spill = _Spill(work, sw, sh)
+        read_fd, write_fd = os.pipe()
+        cmd += ["-filter_complex", f"[0:v]split=2[x][y];[x]{analyse}[a];[y]{size}[b]", *out_a,
+                "-map", "[b]", "-fps_mode", "passthrough", "-f", "rawvideo", f"pipe:{write_fd}"]  # fmt: skip
+        left = rec.remaining_s()
         with ffmpeg_run(cmd, left, pass_fds=(write_fd,)) as (proc, expired, _):
             os.close(write_fd)
             return _decode_once(rec, proc, expired, read_fd, analysis, spill, clips_p, geo, plans, min_frames, left)
@@ -160,18 +191,22 @@ def deferred_clips(rec: InputRecord, cuts_p: CutsParams, clips_p: ClipsParams, p
 
 def _decode_once(rec: InputRecord, proc, expired, read_fd: int, analysis: CutAnalysis, spill: _Spill,
                  clips_p: ClipsParams, geo, plans: list, min_frames: int, left: float | None) -> list[dict]:
-    """Reads both streams of the one decode (a thread each), plans as the cuts become final."""
+    """Reads the streams of the one decode (a thread each), plans as the cuts become final.
+    `read_fd`: the stored-size stream's pipe, or None where the spill takes the analysis's frames."""
     info, aw, ah = rec.info, analysis.width, analysis.height
     chunks: queue.Queue = queue.Queue(maxsize=READ_AHEAD)
-    stored = os.fdopen(read_fd, "rb")
-    threads = [threading.Thread(target=read_chunks, args=(proc.stdout, (ah, aw, 3), CHUNK_FRAMES, chunks), daemon=True),
-               threading.Thread(target=spill.write_from, args=(stored,), daemon=True)]  # fmt: skip
+    stored = os.fdopen(read_fd, "rb") if read_fd is not None else None
+    threads = [threading.Thread(target=read_chunks, args=(proc.stdout, (ah, aw, 3), CHUNK_FRAMES, chunks), daemon=True)]
+    if stored is not None:
+        threads.append(threading.Thread(target=spill.write_from, args=(stored,), daemon=True))
     for t in threads:
         t.start()
     clip = _ClipRows(rec, clips_p, geo, plans, spill.get)
     trim = int(round(clips_p.trim_s * info.fps))  # (a scene's clips start this far past its cut)
     try:
         while (chunk := chunks.get()) is not None:
+            if stored is None:
+                spill.append(chunk)
             analysis.feed(chunk)
             spill.took(analysis.n_frames)
             final_upto = analysis.n_frames - analysis.lag
@@ -184,6 +219,7 @@ def _decode_once(rec: InputRecord, proc, expired, read_fd: int, analysis: CutAna
         proc.wait()  # (its exit status, as in the cut pass of the other modes: a decode error part-way
         for t in threads:  # keeps the frames that decoded; none at all is `undecodable` below)
             t.join()
+        spill.close()  # (already, where its own reader wrote it)
         if expired.is_set():
             raise DecodeTimeout(f"decode exceeded {left:.0f}s")
         result = analysis.finish()
@@ -202,25 +238,33 @@ def _decode_once(rec: InputRecord, proc, expired, read_fd: int, analysis: CutAna
             proc.wait()
         for t in threads:
             t.join(5)
-        stored.close()
+        if stored is not None:
+            stored.close()
 
 
-def deferred_span_rows(rec: InputRecord, clips_p: ClipsParams, plans: list, only: tuple[int, int]) -> list[dict]:
+def deferred_span_rows(rec: InputRecord, cuts_p: CutsParams, clips_p: ClipsParams, plans: list,
+                       only: tuple[int, int]) -> list[dict]:
     """The rows of the clips that start in frames `only` of an input whose cuts are known (a
-    segment of a long input, curate.segments): one decode of their frames (_spilled) from
-    the first of them, through the same filters and spill as `deferred_clips` (so the same pixels)."""
+    segment of a long input, curate.segments): one decode of their frames from the first of them,
+    through the filters and spill `deferred_clips` uses (so the same pixels: the stored-size
+    stream's, or where no scorer wants frames the analysis's)."""
     info = rec.info
     mine = [(i, span) for i, span in enumerate(plan_input(rec, clips_p)) if only[0] <= span.start < only[1]]
     if not mine:
         return []
     geo = geometry(info, clips_p)
     first, end = mine[0][1].start, mine[-1][1].end
-    size, sw, sh = _spilled(geo, plans)
+    stored = _spilled(geo, plans)
+    if stored is None:
+        sw, sh = scaled_size(info.width, info.height, cuts_p.analysis_size)
+        size, fmt = f"scale={sw}:{sh}:flags=area,format=bgr24", "bgr24"
+    else:
+        (size, sw, sh), fmt = stored, "yuv420p"
     cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-filter_threads", "1", *seek_args(info, first),
            "-i", rec.local, "-map", "0:v:0", "-an", "-sn", "-dn", "-fps_mode", "passthrough", "-frames:v",
            str(end - first), "-vf", size, "-f", "rawvideo", "pipe:1"]  # fmt: skip
     work = tempfile.mkdtemp(prefix="curate-deferred-")
-    spill = _Spill(work, sw, sh)
+    spill = _Spill(work, sw, sh, fmt)
     left = rec.remaining_s()
     try:
         with ffmpeg_run(cmd, left) as (proc, expired, _):
@@ -249,15 +293,16 @@ def deferred_span_rows(rec: InputRecord, clips_p: ClipsParams, plans: list, only
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _spilled(geo: Geometry, plans: list) -> tuple[str, int, int]:
-    """(filter, width, height) of the frames the one decode spills: every frame at the stored size
-    when scorers want frames (an `exact` clip's pixels: _extract_group's chain; which frames, a
-    span's plans say only once its cuts are final), else at the preview's size, all a row then
-    takes (scaling each frame to the stored size cost more than the cut analysis: bench/README)."""
+def _spilled(geo: Geometry, plans: list) -> tuple[str, int, int] | None:
+    """(filter, width, height) of the decode's second stream, which the spill holds, where
+    scorers want frames: every frame at the stored size (an `exact` clip's pixels:
+    _extract_group's chain; which frames, a span's plans say only once its cuts are final). None
+    where none does: a row then takes only its preview's few frames, and the cut analysis's own
+    (128 px, as a preview) serve, so the decode scales each frame once (a second scale cost a
+    third of the bare decode on the 1080p talk: bench/README)."""
     if plans:
         return f"{stored_size_filter(geo)},format=yuv420p", geo.width, geo.height
-    w, h = scaled_size(geo.width, geo.height, PREVIEW_SIDE)  # (even sides, as 4:2:0 needs)
-    return f"scale={w}:{h}:flags=area,format=yuv420p", w, h
+    return None
 
 
 class _ClipRows:

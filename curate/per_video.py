@@ -155,7 +155,7 @@ def _segment_steps(rec: InputRecord, task: dict, cuts_p: CutsParams, clips_p: Cl
         if clips_p.mode == "deferred":
             from curate.deferred import deferred_span_rows
 
-            return deferred_span_rows(rec, clips_p, plans, (a, b))
+            return deferred_span_rows(rec, cuts_p, clips_p, plans, (a, b))
         from curate.clips import make_clips
 
         return make_clips(rec, clips_p, store, plans, only=(a, b))

@@ -116,10 +116,10 @@ def _frames(path: str, n: int) -> list[np.ndarray]:
     return [got[k] for k in sorted(got)]
 
 
-def test_without_scorers_the_decode_spills_preview_sized_frames_and_the_previews_show_the_clips(tmp_path, outs, inputs,
-                                                                                                monkeypatch):
-    """No scorer wants frames: the one decode's second stream is at the preview's size, not the
-    stored size, and each row's moving preview still shows its own clip (the `exact` run's file)."""
+def test_without_scorers_the_decode_scales_once_and_the_previews_show_the_clips(tmp_path, outs, inputs, monkeypatch):
+    """No scorer wants frames: the one decode has one stream, the cut analysis's (no second scale
+    of every frame), whose frames the spill keeps, and each row's moving preview made from them
+    still shows its own clip (the `exact` run's file)."""
     import cv2
     from PIL import Image, ImageSequence
 
@@ -127,9 +127,14 @@ def test_without_scorers_the_decode_spills_preview_sized_frames_and_the_previews
 
     spills, real_spill = [], deferred._Spill
     monkeypatch.setattr(deferred, "_Spill", lambda *a, **kw: spills.append(real_spill(*a, **kw)) or spills[-1])
+    cmds, real_run = [], deferred.ffmpeg_run
+    monkeypatch.setattr(deferred, "ffmpeg_run", lambda cmd, *a, **kw: cmds.append(cmd) or real_run(cmd, *a, **kw))
     off = [f"scorers.{s}.enabled=false" for s in ("flow", "camera", "ocr", "quality", "phash")]
-    run(demo_cfg("deferred", "watchdog=false", *off), inputs, str(tmp_path / "out"))
-    assert len(spills) == len(inputs) and all(max(s.shape[1], s.shape[0] * 2 // 3) <= deferred.PREVIEW_SIDE for s in spills)
+    cfg = demo_cfg("deferred", "watchdog=false", *off)
+    run(cfg, inputs, str(tmp_path / "out"))
+    assert len(cmds) == len(inputs) and all(c.count("-map") == 1 and "split=2" not in " ".join(c) for c in cmds)
+    assert len(spills) == len(inputs) and all(s.pix_fmt == "bgr24" and max(s.width, s.height) <= cfg.cuts.analysis_size
+                                              for s in spills)  # fmt: skip
     exact = {r[schema.CLIP_ID]: r for r in read_shards(str(outs["exact"])).to_pylist()}
     rows = read_shards(str(tmp_path / "out")).to_pylist()
     assert {r[schema.CLIP_ID] for r in rows} == set(exact) and all(r[schema.SAMPLES] is None for r in rows
