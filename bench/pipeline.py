@@ -56,18 +56,46 @@ RUNS = [
 ]
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, stolen) CPU-seconds of the whole machine so far (/proc/stat; (0, 0) elsewhere).
+    Busy leaves out idle, iowait and steal: on a shared VM the hypervisor's steal (measured here:
+    0.3 to 32 s within one 45 s run) stretches wall time but not the CPU work a run does, so CPU
+    seconds compare runs where wall times are noise, and they are what a node with more cores
+    divides among its lanes."""
+    try:
+        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except OSError:
+        return 0.0, 0.0
+    hz = os.sysconf("SC_CLK_TCK")
+    steal = ticks[7] if len(ticks) > 7 else 0
+    return (sum(ticks[:8]) - ticks[3] - ticks[4] - steal) / hz, steal / hz
+
+
+LAST_CPU = [0.0, 0.0]  # (busy, stolen) CPU-seconds of the last `timed` command
+
+
 def timed(cmd: list[str], env: dict | None = None) -> float:
+    busy, stolen = machine_cpu()
     t = time.perf_counter()
     p = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd[:4])} failed: {(p.stdout + p.stderr)[-800:]}")
-    return time.perf_counter() - t
+    wall = time.perf_counter() - t
+    now = machine_cpu()
+    LAST_CPU[:] = [now[0] - busy, now[1] - stolen]
+    return wall
 
 
 def bare_decode(videos: list[Path]) -> float:
+    """Seconds of a bare decode of `videos`, one after the other; its CPU-seconds in LAST_CPU."""
     from curate.video import ffmpeg_exe
 
-    return sum(timed([ffmpeg_exe(), "-v", "error", "-i", str(v), "-map", "0:v:0", "-f", "null", "-"]) for v in videos)
+    total, cpu = 0.0, [0.0, 0.0]
+    for v in videos:
+        total += timed([ffmpeg_exe(), "-v", "error", "-i", str(v), "-map", "0:v:0", "-f", "null", "-"])
+        cpu = [a + b for a, b in zip(cpu, LAST_CPU)]
+    LAST_CPU[:] = cpu
+    return total
 
 
 def pyscenedetect(videos: list[Path], work: Path) -> float:
@@ -99,7 +127,8 @@ def fixed_cost(videos: list[Path], work: Path) -> None:
         (one / short.name).symlink_to(short)
     for executor in ("ray", "local"):
         wall, _ = curate_run(one, work / f"fixed-{executor}", ["clips.mode=deferred", f"executor={executor}", *NO_SCORERS])
-        print(f"fixed cost, executor {executor}: {wall:.1f} s (`curate run` over {short.name} alone)", flush=True)
+        print(f"fixed cost, executor {executor}: {wall:.1f} s, {LAST_CPU[0]:.1f} CPU-s (`curate run` over {short.name} "
+              "alone)", flush=True)  # fmt: skip
 
 
 def curate_run(videos_dir: Path, out: Path, sets: list[str], recipe: str = "demo") -> tuple[float, dict]:
@@ -218,12 +247,6 @@ def long_input(videos: list[Path], work: Path) -> None:
         if v != talk:
             os.link(v, mixed / v.name)
     cpus = os.cpu_count() or 1
-
-    def cpu_s() -> tuple[float, float]:  # (busy, all) CPU-seconds of the machine so far (/proc/stat)
-        ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-        hz = os.sysconf("SC_CLK_TCK")
-        return (sum(ticks) - ticks[3] - ticks[4]) / hz, sum(ticks) / hz
-
     print(f"| run | wall s | x one piece | clips | quarantined | CPU-s busy (machine) | CPUs busy, of {cpus} |")
     print("|---|---|---|---|---|---|---|")
     walls, rows = {}, {}
@@ -231,9 +254,8 @@ def long_input(videos: list[Path], work: Path) -> None:
                             ("segments + 19 short inputs", mixed, []), ("one piece + 19 short inputs", mixed,
                                                                         ["segment_s=0", "input_timeout_s=7200"])):  # fmt: skip
         out = work / name.replace(" ", "_")
-        busy0, _ = cpu_s()
         wall, m = curate_run(src, out, [*WEIGHT_FREE, *sets])
-        busy = cpu_s()[0] - busy0
+        busy = LAST_CPU[0]
         walls[name] = wall
         t = read_shards(str(out))
         rows[name] = sorted(map(str, t.drop_columns(["clip_uri"]).to_pylist()))
@@ -272,20 +294,25 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-pipeline-") as tmp:
         work = Path(tmp)
         base = bare_decode(videos)
+        base_cpu, base_steal = LAST_CPU
         psd = pyscenedetect(videos, work)
-        print(f"{len(videos)} videos; bare decode {base:.1f} s; PySceneDetect detect-adaptive split-video {psd:.1f} s "
-              f"({psd / base:.1f}x decode)")  # fmt: skip
+        print(f"{len(videos)} videos; bare decode {base:.1f} s ({base_cpu:.1f} CPU-s, {base_steal:.1f} s stolen); "
+              f"PySceneDetect detect-adaptive split-video {psd:.1f} s ({psd / base:.1f}x decode)")  # fmt: skip
         if not args.only or "fixed" in args.only:
             fixed_cost(videos, work)
-        print("| run | wall s | x bare decode | x PySceneDetect | clips | stage seconds (summed over workers) |")
-        print("|---|---|---|---|---|---|")
+        print("| run | wall s | x bare decode | x PySceneDetect | CPU-s | x bare decode's CPU-s | stolen s | clips | "
+              "stage seconds (summed over workers) |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|---|")
         for k, (name, sets) in enumerate(RUNS):
             if args.only and not any(w in name for w in args.only):
                 continue
             wall, m = curate_run(videos[0].parent, work / f"out{k}", sets)
+            cpu, stolen = LAST_CPU
             stages = ", ".join(f"{s} {v:.1f}" for s, v in m["stage_seconds"].items())
-            print(f"| {name} | {wall:.1f} | {wall / base:.2f} | {wall / psd:.2f} | {m['counts']['clips']} | {stages} |",
-                  flush=True)  # fmt: skip
+            print(f"| {name} | {wall:.1f} | {wall / base:.2f} | {wall / psd:.2f} | {cpu:.1f} | {cpu / base_cpu:.2f} | "
+                  f"{stolen:.1f} | {m['counts']['clips']} | {stages} |", flush=True)  # fmt: skip
+        again = bare_decode(videos)
+        print(f"bare decode again, after the runs: {again:.1f} s ({LAST_CPU[0]:.1f} CPU-s, {LAST_CPU[1]:.1f} s stolen)")
     return 0
 
 
