@@ -159,37 +159,34 @@ def deferred_clips(rec: InputRecord, cuts_p: CutsParams, clips_p: ClipsParams, p
     and `clips` of the other modes): its clip rows."""
     info = rec.info
     geo = geometry(info, clips_p)
-    aw, ah = scaled_size(info.width, info.height, cuts_p.analysis_size)  # frames come rotated, as clips store them
+    analyse, aw, ah = _analysis_stream(info, cuts_p)
     analysis = CutAnalysis(info.fps, cuts_p, aw, ah)
-    stored = _spilled(geo, plans)
+    size, sw, sh, fmt = _spilled(info, geo, cuts_p, plans)
     work = tempfile.mkdtemp(prefix="curate-deferred-")
-    analyse = f"scale={aw}:{ah}:flags=area,format=bgr24"
+    spill = _Spill(work, sw, sh, fmt)
     # one filter thread: the decoder's frame threads already take the cores, and slice threads
     # beside them cost CPU time (the 1080p talk's ffmpeg side: 9.8-11.4 s against 12.7 s, wall)
     cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-threads", str(cuts_p.decode_threads),
            "-filter_complex_threads", "1", "-i", rec.local]  # fmt: skip
     out_a = ["-map", "[a]", "-an", "-sn", "-dn", "-fps_mode", "passthrough", "-f", "rawvideo", "pipe:1"]
-    try:
-        if stored is None:  # the analysis's frames are all a row takes (its preview): one stream
-            spill = _Spill(work, aw, ah, "bgr24")
-            cmd += ["-filter_complex", f"[0:v]{analyse}[a]", *out_a]
-            left = rec.remaining_s()
-            with ffmpeg_run(cmd, left) as (proc, expired, _):
-                return _decode_once(rec, proc, expired, None, analysis, spill, clips_p, geo, plans, min_frames, left)
-        size, sw, sh = stored
-        spill = _Spill(work, sw, sh)
+    read_fd = write_fd = None
+    if plans:  # a second stream, at the stored size, on a pipe of its own
         read_fd, write_fd = os.pipe()
         cmd += ["-filter_complex", f"[0:v]split=2[x][y];[x]{analyse}[a];[y]{size}[b]", *out_a,
                 "-map", "[b]", "-fps_mode", "passthrough", "-f", "rawvideo", f"pipe:{write_fd}"]  # fmt: skip
-        left = rec.remaining_s()
-        with ffmpeg_run(cmd, left, pass_fds=(write_fd,)) as (proc, expired, _):
-            os.close(write_fd)
+    else:  # the analysis's frames are all a row takes (its preview): one stream
+        cmd += ["-filter_complex", f"[0:v]{analyse}[a]", *out_a]
+    left = rec.remaining_s()
+    try:
+        with ffmpeg_run(cmd, left, pass_fds=() if write_fd is None else (write_fd,)) as (proc, expired, _):
+            if write_fd is not None:
+                os.close(write_fd)
             return _decode_once(rec, proc, expired, read_fd, analysis, spill, clips_p, geo, plans, min_frames, left)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _decode_once(rec: InputRecord, proc, expired, read_fd: int, analysis: CutAnalysis, spill: _Spill,
+def _decode_once(rec: InputRecord, proc, expired, read_fd: int | None, analysis: CutAnalysis, spill: _Spill,
                  clips_p: ClipsParams, geo, plans: list, min_frames: int, left: float | None) -> list[dict]:
     """Reads the streams of the one decode (a thread each), plans as the cuts become final.
     `read_fd`: the stored-size stream's pipe, or None where the spill takes the analysis's frames."""
@@ -254,12 +251,7 @@ def deferred_span_rows(rec: InputRecord, cuts_p: CutsParams, clips_p: ClipsParam
         return []
     geo = geometry(info, clips_p)
     first, end = mine[0][1].start, mine[-1][1].end
-    stored = _spilled(geo, plans)
-    if stored is None:
-        sw, sh = scaled_size(info.width, info.height, cuts_p.analysis_size)
-        size, fmt = f"scale={sw}:{sh}:flags=area,format=bgr24", "bgr24"
-    else:
-        (size, sw, sh), fmt = stored, "yuv420p"
+    size, sw, sh, fmt = _spilled(info, geo, cuts_p, plans)
     cmd = [ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-filter_threads", "1", *seek_args(info, first),
            "-i", rec.local, "-map", "0:v:0", "-an", "-sn", "-dn", "-fps_mode", "passthrough", "-frames:v",
            str(end - first), "-vf", size, "-f", "rawvideo", "pipe:1"]  # fmt: skip
@@ -293,16 +285,23 @@ def deferred_span_rows(rec: InputRecord, cuts_p: CutsParams, clips_p: ClipsParam
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _spilled(geo: Geometry, plans: list) -> tuple[str, int, int] | None:
-    """(filter, width, height) of the decode's second stream, which the spill holds, where
-    scorers want frames: every frame at the stored size (an `exact` clip's pixels:
-    _extract_group's chain; which frames, a span's plans say only once its cuts are final). None
-    where none does: a row then takes only its preview's few frames, and the cut analysis's own
-    (128 px, as a preview) serve, so the decode scales each frame once (a second scale cost a
+def _analysis_stream(info: VideoInfo, cuts_p: CutsParams) -> tuple[str, int, int]:
+    """(filter, width, height) of the cut analysis's frames, bgr24 (they come rotated, as clips
+    store them)."""
+    w, h = scaled_size(info.width, info.height, cuts_p.analysis_size)
+    return f"scale={w}:{h}:flags=area,format=bgr24", w, h
+
+
+def _spilled(info: VideoInfo, geo: Geometry, cuts_p: CutsParams, plans: list) -> tuple[str, int, int, str]:
+    """(filter, width, height, pixel format) of the frames the spill holds. Where scorers want
+    frames, every frame at the stored size (an `exact` clip's pixels: _extract_group's chain;
+    which frames, a span's plans say only once its cuts are final), a second stream of the
+    decode. Where none does, a row takes only its preview's few frames, and the cut analysis's
+    own (128 px, as a preview) serve: the decode scales each frame once (a second scale cost a
     third of the bare decode on the 1080p talk: bench/README)."""
     if plans:
-        return f"{stored_size_filter(geo)},format=yuv420p", geo.width, geo.height
-    return None
+        return f"{stored_size_filter(geo)},format=yuv420p", geo.width, geo.height, "yuv420p"
+    return (*_analysis_stream(info, cuts_p), "bgr24")
 
 
 class _ClipRows:
